@@ -1,0 +1,92 @@
+"""Data set registry: ``--data`` names map to a builder returning ``{"train", "val", "test"}`` splits.
+
+To add a data set: write ``data/<name>.py`` with ``build(args) -> dict[str, SpuriousDataset]``
+and, if it needs flags, ``add_args(parser)``; then add one ``register`` line below.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Callable
+
+from data.base import SpuriousDataset, TensorSpuriousDataset
+from utils.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    build: Callable[[argparse.Namespace], dict[str, SpuriousDataset]]
+    add_args: Callable[[argparse._ArgumentGroup], None] | None = None
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> None:
+    REGISTRY[spec.name] = spec
+
+
+def canonical_name(name: str) -> str:
+    """The registered name for ``name`` or one of its aliases; raise a clear error otherwise."""
+    for spec in REGISTRY.values():
+        if name == spec.name or name in spec.aliases:
+            return spec.name
+    raise UserError(f"unknown --data {name!r}; choose one of {', '.join(dataset_names())}")
+
+
+def dataset_names() -> list[str]:
+    """All accepted ``--data`` values, aliases included."""
+    names: list[str] = []
+    for spec in REGISTRY.values():
+        names += [spec.name, *spec.aliases]
+    return names
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by several data sets, then each data set's own flags."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default="digits", help=f"data set: {', '.join(dataset_names())}")
+    group.add_argument("--train_root_dir", default=None, help="folder holding the data set's files")
+    group.add_argument("--val_root_dir", default=None,
+                       help="folder of the validation files where they live apart from --train_root_dir")
+    group.add_argument("--spurious_ratio", type=probability, default=None,
+                       help="P(attribute agrees with label) in train (digits default 0.95)")
+    group.add_argument("--label_noise", type=probability, default=None, help="probability of flipping a label")
+    group.add_argument("--data_seed", type=int, default=0, help="seed of the data split and colouring")
+    group.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    for spec in REGISTRY.values():
+        if spec.add_args is not None:
+            spec.add_args(group)
+
+
+def build_splits(args: argparse.Namespace) -> dict[str, SpuriousDataset]:
+    """Build train/val/test for ``args.data`` and check each follows the contract."""
+    spec = REGISTRY[canonical_name(args.data)]
+    splits = spec.build(args)
+    for split in SPLITS:
+        if split not in splits or len(splits[split]) == 0:
+            raise UserError(f"data set {spec.name!r} has no samples in split {split!r}; check its split column/files")
+    return splits
+
+
+def probability(text: str) -> float:
+    """argparse type for a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1]")
+    return value
+
+
+from data import digits  # noqa: E402  (registration needs the helpers above)
+
+register(DatasetSpec("digits", digits.build, digits.add_args))
+
+__all__ = ["SpuriousDataset", "TensorSpuriousDataset", "build_splits", "add_data_args", "dataset_names",
+           "canonical_name", "register", "DatasetSpec", "probability", "SPLITS"]

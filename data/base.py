@@ -1,0 +1,76 @@
+"""The dataset contract every data set follows (DESIGN.md section 4).
+
+Each split yields ``(x, y, a, index)``: image tensor, class label, spurious attribute (-1 where
+unknown) and the position of the sample in its split. ``y`` and ``a`` are also exposed as whole
+tensors so samplers, clustering and metrics never decode an image.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+
+class SpuriousDataset(Dataset):
+    """Base class of one split. Subclasses implement :meth:`load_image`."""
+
+    def __init__(
+        self,
+        y: torch.Tensor,
+        a: torch.Tensor,
+        n_classes: int,
+        n_attrs: int,
+        split: str,
+        filenames: Sequence[str] | None = None,
+    ) -> None:
+        self.y = torch.as_tensor(y, dtype=torch.long)
+        self.a = torch.as_tensor(a, dtype=torch.long)
+        if self.y.shape != self.a.shape or self.y.dim() != 1:
+            raise ValueError(f"y and a must be 1-D and equally long, got {tuple(self.y.shape)} and {tuple(self.a.shape)}")
+        if filenames is not None and len(filenames) != len(self.y):
+            raise ValueError(f"{len(filenames)} file names for {len(self.y)} samples")
+        self.n_classes = int(n_classes)
+        self.n_attrs = int(n_attrs)
+        self.split = split
+        self.filenames = list(filenames) if filenames is not None else None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def load_image(self, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
+        return self.load_image(index), int(self.y[index]), int(self.a[index]), index
+
+    @property
+    def groups(self) -> torch.Tensor:
+        """Group id ``g = y * n_attrs + a`` (-1 where the attribute is unknown)."""
+        return torch.where(self.a >= 0, self.y * self.n_attrs + self.a, torch.full_like(self.y, -1))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one image tensor, read from the first sample."""
+        return tuple(self.load_image(0).shape)
+
+
+class TensorSpuriousDataset(SpuriousDataset):
+    """A split whose images are held in memory as one tensor (digits, ColoredMNIST)."""
+
+    def __init__(self, images: torch.Tensor, y: torch.Tensor, a: torch.Tensor, n_classes: int, n_attrs: int,
+                 split: str, env: torch.Tensor | None = None, transform: Callable | None = None) -> None:
+        super().__init__(y, a, n_classes, n_attrs, split)
+        if len(images) != len(self.y):
+            raise ValueError(f"{len(images)} images for {len(self.y)} labels")
+        self.images = images
+        self.env = env
+        self.transform = transform
+
+    def load_image(self, index: int) -> torch.Tensor:
+        x = self.images[index]
+        return self.transform(x) if self.transform is not None else x
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])

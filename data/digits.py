@@ -1,0 +1,73 @@
+"""Colored Digits: the embedded default data set (no download), built like ColoredMNIST.
+
+Source: scikit-learn's bundled handwritten digits (1,797 images, 8x8, grey levels 0..16).
+Construction, all driven by ``--data_seed``:
+
+1. A fixed seeded split of the 1,797 source images, before any colouring:
+   50% train, 25% val, 25% test.
+2. Label ``y = 1`` if the digit is < 5 else 0; with ``--label_noise p`` each label is flipped
+   with probability p (in every split, as in the IRM paper's ColoredMNIST).
+3. Attribute ``a`` is the colour: the image goes into channel ``a`` of a 2-channel tensor.
+   In train the colour agrees with ``y`` with probability ``--spurious_ratio`` (default 0.95).
+   In val and test the colour is independent of ``y``: within each class, exactly half of the
+   samples (rounded) get each colour, so all four (label, colour) groups are populated.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+from data.base import TensorSpuriousDataset
+
+DEFAULT_SPURIOUS_RATIO = 0.95
+SPLIT_FRACTIONS = (0.5, 0.25, 0.25)
+
+
+def add_args(group: argparse._ArgumentGroup) -> None:
+    """Digits needs only the shared flags (--spurious_ratio, --label_noise, --data_seed)."""
+
+
+def colourise(images: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """Put each grey image (N, H, W) into channel ``colour[i]`` of a 2-channel image."""
+    out = torch.zeros(len(images), 2, *images.shape[1:], dtype=images.dtype)
+    out[torch.arange(len(images)), colour] = images
+    return out
+
+
+def make_colored_digits(spurious_ratio: float = DEFAULT_SPURIOUS_RATIO, label_noise: float = 0.0,
+                        data_seed: int = 0) -> dict[str, TensorSpuriousDataset]:
+    """Build the three splits of Colored Digits (see the module docstring)."""
+    bunch = load_digits()
+    images = torch.tensor(bunch.images / 16.0, dtype=torch.float32)
+    digits = torch.tensor(bunch.target, dtype=torch.long)
+    rng = np.random.default_rng(data_seed)
+    order = rng.permutation(len(images))
+    n_train = int(SPLIT_FRACTIONS[0] * len(images))
+    n_val = int(SPLIT_FRACTIONS[1] * len(images))
+    parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    splits = {}
+    for split, idx in parts.items():
+        idx = torch.as_tensor(idx)
+        y = (digits[idx] < 5).long()
+        flip = torch.as_tensor(rng.random(len(idx)) < label_noise)
+        y = torch.where(flip, 1 - y, y)
+        if split == "train":
+            agree = torch.as_tensor(rng.random(len(idx)) < spurious_ratio)
+            a = torch.where(agree, y, 1 - y)
+        else:
+            a = torch.empty_like(y)
+            for cls in (0, 1):
+                members = torch.nonzero(y == cls).flatten()
+                members = members[torch.as_tensor(rng.permutation(len(members)))]
+                a[members] = (torch.arange(len(members)) % 2).long()
+        splits[split] = TensorSpuriousDataset(colourise(images[idx], a), y, a, n_classes=2, n_attrs=2, split=split)
+    return splits
+
+
+def build(args: argparse.Namespace) -> dict[str, TensorSpuriousDataset]:
+    ratio = DEFAULT_SPURIOUS_RATIO if args.spurious_ratio is None else args.spurious_ratio
+    noise = 0.0 if args.label_noise is None else args.label_noise
+    return make_colored_digits(ratio, noise, args.data_seed)

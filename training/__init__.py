@@ -1,0 +1,1 @@
+"""Training loops: ERM, PruSC pruning and retraining, evaluation, and the contrastive loss."""

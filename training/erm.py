@@ -1,0 +1,48 @@
+"""ERM: plain cross-entropy training of the reference model, its checkpoint and its evaluation."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data import SpuriousDataset, build_splits
+from training.experiment import checkpoint_content, evaluate_model, model_from_args, results_payload
+from training.loops import make_optimizer, train_classifier
+from utils.checkpoint import save_checkpoint
+from utils.results import format_group_table, format_split_table, prepare_out_dir, write_results
+from utils.runtime import make_loader, resolve_device, seed_everything
+
+
+def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Namespace, device: torch.device,
+              generator: torch.Generator) -> list[float]:
+    """Train ``model`` in place with cross-entropy on the whole training split; return epoch losses."""
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = make_loader(train_set, args.batch_size, shuffle=True, generator=generator, num_workers=args.num_workers)
+    optimizer = make_optimizer(model.parameters(), args.optimizer, args.lr, args.weight_decay)
+    return train_classifier(model, loader, optimizer, device, args.epochs, "ERM", amp=args.amp,
+                            channels_last=args.channels_last)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """``--mode erm``: train, save ``<out_dir>/erm.pt``, evaluate val/test, write results.json."""
+    started = time.time()
+    out_dir = prepare_out_dir(args.out_dir, args.overwrite)
+    device = resolve_device(args.device)
+    generator = seed_everything(args.seed)
+    splits = build_splits(args)
+    model, arch_args = model_from_args(args, splits["train"])
+    losses = train_erm(model, splits["train"], args, device, generator)
+    ckpt_path = save_checkpoint(Path(out_dir) / "erm.pt",
+                                checkpoint_content(model, args, arch_args, splits["train"].n_classes))
+    metrics = evaluate_model(model, splits, args, device)
+    payload = results_payload("erm", args, started, metrics, checkpoint=str(ckpt_path), train_loss=losses)
+    path = write_results(out_dir, payload)
+    print(format_split_table({"ERM": metrics}, title=f"ERM on {args.data} (seed {args.seed})"))
+    print(format_group_table(metrics["test"], "test"))
+    print(f"checkpoint: {ckpt_path}\nresults:    {path}")
+    return payload

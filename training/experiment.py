@@ -1,0 +1,90 @@
+"""What every mode shares: build a model from flags or a checkpoint, evaluate splits, package results."""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from data import SpuriousDataset
+from models import build_model
+from training.loops import predict_logits
+from utils.checkpoint import plain_args
+from utils.metrics import compute_metrics, group_counts
+from utils.runtime import make_loader
+
+
+def arch_args_from_cli(args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor keyword arguments of ``args.arch`` taken from the flags."""
+    if args.arch == "mlp":
+        return {"hidden_dim": args.hidden_dim}
+    if args.arch == "cnn":
+        return {"width": args.cnn_width}
+    return {"imagenet": bool(args.imagenet), "pretrained_path": args.pretrained_path}
+
+
+def model_from_args(args: argparse.Namespace, train_set: SpuriousDataset) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh model for ``args.arch``, plus the arguments that rebuild it from a checkpoint.
+
+    Pretrained-weight options are not stored: the checkpoint's ``state_dict`` carries the weights.
+    """
+    arch_args = arch_args_from_cli(args)
+    model = build_model(args.arch, train_set.input_shape, train_set.n_classes, **arch_args)
+    rebuild = {k: v for k, v in arch_args.items() if k not in ("imagenet", "pretrained_path")}
+    rebuild["input_shape"] = list(train_set.input_shape)
+    return model, rebuild
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the dense model stored in a checkpoint (masks are attached by ``models.masking``)."""
+    arch_args = dict(ckpt["arch_args"])
+    input_shape = tuple(arch_args.pop("input_shape"))
+    model = build_model(ckpt["arch"], input_shape, int(ckpt["n_classes"]), **arch_args)
+    model.load_state_dict(ckpt["state_dict"])
+    return model
+
+
+def checkpoint_content(model: nn.Module, args: argparse.Namespace, arch_args: dict[str, Any],
+                       n_classes: int, **extra: Any) -> dict[str, Any]:
+    """The DESIGN.md checkpoint dict for ``model``."""
+    return {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "arch": args.arch,
+        "arch_args": arch_args,
+        "data": args.data,
+        "n_classes": int(n_classes),
+        "args": plain_args(args),
+        **extra,
+    }
+
+
+def evaluate_model(model: nn.Module, splits: dict[str, SpuriousDataset], args: argparse.Namespace,
+                   device: torch.device, names: tuple[str, ...] = ("val", "test")) -> dict[str, dict]:
+    """Per-group metrics on each named split, weighted-average weights from the training groups."""
+    train = splits["train"]
+    train_counts = group_counts(train.y, train.a)
+    out = {}
+    for name in names:
+        ds = splits[name]
+        loader = make_loader(ds, args.eval_batch_size, num_workers=args.num_workers)
+        logits = predict_logits(model, loader, device, amp=args.amp, channels_last=args.channels_last,
+                                desc=f"evaluate {name}")
+        out[name] = compute_metrics(logits.argmax(1), ds.y, ds.a, train_counts)
+    return out
+
+
+def results_payload(mode: str, args: argparse.Namespace, started: float, splits_metrics: dict[str, dict],
+                    **extra: Any) -> dict[str, Any]:
+    """The DESIGN.md results.json dict."""
+    return {
+        "mode": mode,
+        "data": args.data,
+        "arch": args.arch,
+        "seed": args.seed,
+        "args": plain_args(args),
+        "time_s": round(time.time() - started, 3),
+        "splits": splits_metrics,
+        **extra,
+    }

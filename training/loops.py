@@ -1,0 +1,95 @@
+"""The supervised training loop shared by ERM and retraining, and batched prediction."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from utils.errors import UserError
+from utils.runtime import progress
+
+
+def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``sgd`` (with momentum) or ``adam``."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise UserError(f"unknown --optimizer {name!r}; choose sgd or adam")
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``--amp`` is set; a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    """Stop with a clear message when the loss is NaN/inf instead of training on garbage."""
+    if not math.isfinite(float(loss.detach())):
+        raise UserError(f"the loss became {float(loss.detach())} {where}; lower the learning rate (--lr/--lr_main/--lr_prune)")
+
+
+def train_classifier(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epochs: int,
+    desc: str,
+    amp: bool = False,
+    channels_last: bool = False,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> list[float]:
+    """Cross-entropy training for ``epochs``; returns the mean loss of each epoch."""
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        total, count = 0.0, 0
+        for x, y, _a, _idx in progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}"):
+            x, y = to_device(x, device, channels_last), y.to(device)
+            with autocast(device, amp):
+                loss = nn.functional.cross_entropy(model(x), y)
+            check_finite(loss, f"in {desc} epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+        history.append(total / max(count, 1))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    return history
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
+                   channels_last: bool = False, desc: str = "predict") -> torch.Tensor:
+    """Logits for every sample of the loader's data set, in dataset order (uses the index field)."""
+    model.eval()
+    n = len(loader.dataset)
+    out: torch.Tensor | None = None
+    for x, _y, _a, idx in progress(loader, desc=desc):
+        with autocast(device, amp):
+            logits = model(to_device(x, device, channels_last)).float().cpu()
+        if out is None:
+            out = torch.empty(n, logits.shape[1])
+        out[idx] = logits
+    assert out is not None
+    return out

@@ -1,0 +1,1 @@
+"""Shared helpers: metrics, results files, checkpoints, seeding, devices, user-facing errors."""

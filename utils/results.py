@@ -1,0 +1,71 @@
+"""results.json: refuse to clobber a finished run, write atomically, print the same numbers."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from utils.errors import UserError
+
+RESULTS_NAME = "results.json"
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Create ``out_dir``; refuse one that holds a finished result unless ``overwrite``."""
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out_dir {path} is a file, not a directory; pass a directory path")
+    if (path / RESULTS_NAME).exists() and not overwrite:
+        raise UserError(
+            f"--out_dir {path} already holds a finished result ({RESULTS_NAME}); "
+            "choose another --out_dir or pass --overwrite"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write through a temporary file in the same folder, then rename (never a half file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(out_dir: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as ``<out_dir>/results.json`` atomically and return the path."""
+    path = Path(out_dir) / RESULTS_NAME
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def format_split_table(rows: dict[str, dict[str, dict]], title: str = "") -> str:
+    """A table with one row per (model, split): avg / worst-group / mean-group / weighted acc.
+
+    ``rows`` maps a model name to its ``splits`` dict (``{"val": M, "test": M}``).
+    """
+    header = f"{'model':<18}{'split':<7}{'avg':>8}{'worst-grp':>11}{'mean-grp':>10}{'weighted':>10}"
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    for name, splits in rows.items():
+        for split, m in splits.items():
+            lines.append(
+                f"{name:<18}{split:<7}{100 * m['avg_acc']:>8.2f}{100 * m['worst_group_acc']:>11.2f}"
+                f"{100 * m['mean_group_acc']:>10.2f}{100 * m['weighted_avg_acc']:>10.2f}"
+            )
+    return "\n".join(lines)
+
+
+def format_group_table(metrics: dict, split: str) -> str:
+    """Per-group accuracy and count for one split."""
+    lines = [f"groups on {split}:"]
+    for key, g in metrics["groups"].items():
+        lines.append(f"  {key:<12} acc {100 * g['acc']:6.2f}  n={g['n']}")
+    return "\n".join(lines)
