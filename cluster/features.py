@@ -1,0 +1,29 @@
+"""Penultimate features of any model in ``models/`` (batched, no grad), optionally L2-normalised."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from training.loops import autocast, to_device
+from utils.runtime import make_loader, progress
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512,
+                     normalize: bool = True, num_workers: int = 0, amp: bool = False) -> torch.Tensor:
+    """``model.features`` of every sample, in dataset order, as a float CPU tensor (N, D).
+
+    With ``normalize`` each row has unit L2 norm, so Euclidean k-means works in cosine geometry.
+    """
+    model.eval().to(device)
+    loader = make_loader(dataset, batch_size, num_workers=num_workers)
+    out: torch.Tensor | None = None
+    for x, _y, _a, idx in progress(loader, desc="features"):
+        with autocast(device, amp):
+            feats = model.features(to_device(x, device)).float().cpu()
+        if out is None:
+            out = torch.empty(len(dataset), feats.shape[1])
+        out[idx] = feats
+    assert out is not None, "empty data set"
+    return nn.functional.normalize(out, dim=1) if normalize else out
