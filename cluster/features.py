@@ -27,3 +27,10 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, b
         out[idx] = feats
     assert out is not None, "empty data set"
     return nn.functional.normalize(out, dim=1) if normalize else out
+
+
+def cluster_centroids(features: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
+    """Unit-norm mean feature of each cluster id 0..max(assign) (a zero row for an unused id)."""
+    k = int(assign.max()) + 1
+    sums = torch.zeros(k, features.shape[1]).index_add_(0, assign, features)
+    return nn.functional.normalize(sums, dim=1)

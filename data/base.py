@@ -54,6 +54,27 @@ class SpuriousDataset(Dataset):
         """Shape of one image tensor, read from the first sample."""
         return tuple(self.load_image(0).shape)
 
+    def subset(self, indices: torch.Tensor) -> "SubsetView":
+        """A view on some samples, re-indexed 0..len-1 (e.g. the two halves of a split)."""
+        return SubsetView(self, torch.as_tensor(indices).long())
+
+
+class SubsetView(SpuriousDataset):
+    """Samples ``indices`` of ``parent`` as a split of their own; ``index`` is the new position."""
+
+    def __init__(self, parent: SpuriousDataset, indices: torch.Tensor) -> None:
+        names = [parent.filenames[i] for i in indices.tolist()] if parent.filenames is not None else None
+        super().__init__(parent.y[indices], parent.a[indices], parent.n_classes, parent.n_attrs, parent.split, names)
+        self.parent = parent
+        self.indices = indices
+
+    def load_image(self, index: int) -> torch.Tensor:
+        return self.parent.load_image(int(self.indices[index]))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.parent.input_shape
+
 
 class TensorSpuriousDataset(SpuriousDataset):
     """A split whose images are held in memory as one tensor (digits, ColoredMNIST)."""

@@ -10,8 +10,10 @@ from torch import nn
 
 from data import SpuriousDataset
 from models import build_model
+from models.masking import load_mask_logits, set_mask_mode, split_state
 from training.loops import predict_logits
 from utils.checkpoint import plain_args
+from utils.errors import UserError
 from utils.metrics import compute_metrics, group_counts
 from utils.runtime import make_loader
 
@@ -38,19 +40,29 @@ def model_from_args(args: argparse.Namespace, train_set: SpuriousDataset) -> tup
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the dense model stored in a checkpoint (masks are attached by ``models.masking``)."""
+    """Rebuild the model stored in a checkpoint, with its fixed masks when it has ``mask_logits``."""
     arch_args = dict(ckpt["arch_args"])
     input_shape = tuple(arch_args.pop("input_shape"))
     model = build_model(ckpt["arch"], input_shape, int(ckpt["n_classes"]), **arch_args)
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint weights do not fit architecture {ckpt['arch']!r} with {ckpt['arch_args']} "
+                        f"({str(exc).splitlines()[0]}); the file is damaged or was edited") from exc
+    if ckpt.get("mask_logits"):
+        load_mask_logits(model, ckpt["mask_logits"])
+        set_mask_mode(model, "fixed")
     return model
 
 
 def checkpoint_content(model: nn.Module, args: argparse.Namespace, arch_args: dict[str, Any],
                        n_classes: int, **extra: Any) -> dict[str, Any]:
-    """The DESIGN.md checkpoint dict for ``model``."""
+    """The DESIGN.md checkpoint dict for ``model``; a masked model also stores ``mask_logits``."""
+    state, logits = split_state(model)
+    if logits:
+        extra["mask_logits"] = logits
     return {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "arch": args.arch,
         "arch_args": arch_args,
         "data": args.data,

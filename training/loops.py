@@ -56,11 +56,15 @@ def train_classifier(
     amp: bool = False,
     channels_last: bool = False,
     on_epoch_end: Callable[[int], None] | None = None,
+    train_mode: bool = True,
 ) -> list[float]:
-    """Cross-entropy training for ``epochs``; returns the mean loss of each epoch."""
+    """Cross-entropy training for ``epochs``; returns the mean loss of each epoch.
+
+    ``train_mode=False`` keeps BatchNorm statistics and dropout as in evaluation (head-only tuning).
+    """
     history = []
     for epoch in range(epochs):
-        model.train()
+        model.train(train_mode)
         total, count = 0.0, 0
         for x, y, _a, _idx in progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}"):
             x, y = to_device(x, device, channels_last), y.to(device)

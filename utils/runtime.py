@@ -55,8 +55,12 @@ def make_loader(
     sampler: Sampler | None = None,
     num_workers: int = 0,
     drop_last: bool = False,
+    batch_sampler: Sampler | None = None,
 ) -> DataLoader:
     """A DataLoader with the project's conventions (seeded shuffling, workers kept alive)."""
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                          persistent_workers=num_workers > 0)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -1,0 +1,167 @@
+"""Learnable binary weight masks attached to an unchanged network (PruSC's subnetwork).
+
+Each chosen ``Conv2d``/``Linear`` weight gets a :class:`WeightMask` parametrization
+(``torch.nn.utils.parametrize``) holding one mask logit per weight. The model's code is not
+touched: ``layer.weight`` simply becomes ``original_weight * mask``.
+
+Mask modes:
+
+- ``off``: dense, the mask is ignored;
+- ``sample``: training-time mask ``m = hard(s)`` with
+  ``s = sigmoid((logit + logistic noise) / tau)`` and ``hard(s) = [s >= 0.5]`` (Gumbel-sigmoid with a
+  straight-through hard threshold): the forward pass uses an exactly binary mask, the backward
+  pass treats the threshold as the identity so the gradient reaches the logits through ``s``;
+- ``fixed``: deterministic mask ``[logit >= 0]``, used for retraining and evaluation.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from utils.errors import UserError
+
+MODES = ("off", "sample", "fixed")
+_PARAM_TAG = ".parametrizations.weight.original"
+_LOGIT_TAG = ".parametrizations.weight.0.logits"
+
+
+class _StraightThroughThreshold(torch.autograd.Function):
+    """Forward: exactly binary ``[s >= 0.5]``; backward: the identity (gradient reaches ``s``)."""
+
+    @staticmethod
+    def forward(ctx, soft: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return (soft >= 0.5).to(soft.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+class WeightMask(nn.Module):
+    """A parametrization ``weight -> weight * mask(logits)`` with a switchable mode."""
+
+    def __init__(self, shape: torch.Size, init_logit: float, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.full(shape, float(init_logit)))
+        self.temperature = temperature
+        self.mode = "fixed"
+
+    def keep_probability(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    def mask(self) -> torch.Tensor:
+        if self.mode == "fixed":
+            return (self.logits >= 0).to(self.logits.dtype)
+        u = torch.rand_like(self.logits).clamp_(1e-6, 1 - 1e-6)
+        soft = torch.sigmoid((self.logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
+        return _StraightThroughThreshold.apply(soft)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.mode == "off":
+            return weight
+        return weight * self.mask().to(weight.dtype)
+
+
+def maskable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """All ``Conv2d``/``Linear`` layers in module order (names as in ``named_modules``)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def select_layers(model: nn.Module, which: str) -> list[tuple[str, nn.Module]]:
+    """Layers chosen by ``--prune_layers``: ``all``, ``head`` or an integer N (the last N layers)."""
+    layers = maskable_layers(model)
+    if which == "all":
+        return layers
+    if which == "head":
+        return [(n, m) for n, m in layers if m is model.head]
+    if which.isdigit() and int(which) >= 1:
+        return layers[-int(which):]
+    raise UserError(f"--prune_layers {which!r} is not understood; use all, head, or a number N (the last N layers)")
+
+
+def attach_masks(model: nn.Module, which: str = "all", init_logit: float = 3.0,
+                 temperature: float = 1.0) -> dict[str, WeightMask]:
+    """Give each selected layer a mask initialised so every weight starts kept (logit > 0)."""
+    if init_logit <= 0:
+        raise UserError(f"--mask_init {init_logit} must be > 0 so that pruning starts from the dense network")
+    masks = {}
+    for name, layer in select_layers(model, which):
+        mask = WeightMask(layer.weight.shape, init_logit, temperature).to(layer.weight.device)
+        parametrize.register_parametrization(layer, "weight", mask)
+        masks[name] = mask
+    return masks
+
+
+def iter_masks(model: nn.Module) -> Iterator[tuple[str, WeightMask]]:
+    """``(layer name, mask)`` for every masked layer."""
+    for name, layer in model.named_modules():
+        if parametrize.is_parametrized(layer, "weight"):
+            for p in layer.parametrizations.weight:
+                if isinstance(p, WeightMask):
+                    yield name, p
+
+
+def set_mask_mode(model: nn.Module, mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
+    for _, mask in iter_masks(model):
+        mask.mode = mode
+
+
+def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [mask.logits for _, mask in iter_masks(model)]
+
+
+def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter that is not a mask logit."""
+    logits = {id(p) for p in mask_parameters(model)}
+    return [p for p in model.parameters() if id(p) not in logits]
+
+
+def sparsity_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of keep probabilities over all masked weights (the reference's L0 surrogate)."""
+    return sum(mask.keep_probability().sum() for _, mask in iter_masks(model))
+
+
+def density_report(model: nn.Module, warn: bool = True) -> dict:
+    """Fraction of kept weights per masked layer and overall; warn about emptied layers."""
+    per_layer, kept, total = {}, 0, 0
+    for name, mask in iter_masks(model):
+        keep = int((mask.logits >= 0).sum())
+        per_layer[name] = keep / mask.logits.numel()
+        kept += keep
+        total += mask.logits.numel()
+        if warn and keep == 0:
+            warnings.warn(f"pruning removed every weight of layer {name!r}; its output is constant "
+                          "(lower --lambda_sparse or --pruning_ep)", stacklevel=2)
+    return {"overall": kept / total if total else 1.0, "per_layer": per_layer}
+
+
+def split_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The dense-model ``state_dict`` (original weights under their usual keys) and the mask logits."""
+    dense, logits = {}, {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if key.endswith(_LOGIT_TAG):
+            logits[key[: -len(_LOGIT_TAG)]] = value
+        elif key.endswith(_PARAM_TAG):
+            dense[key[: -len(_PARAM_TAG)] + ".weight"] = value
+        else:
+            dense[key] = value
+    return dense, logits
+
+
+def load_mask_logits(model: nn.Module, logits: dict[str, torch.Tensor], temperature: float = 1.0) -> None:
+    """Attach masks to the layers named in ``logits`` and copy the stored logits in."""
+    layers = dict(maskable_layers(model))
+    for name, value in logits.items():
+        if name not in layers or layers[name].weight.shape != value.shape:
+            raise UserError(f"checkpoint mask for layer {name!r} does not fit this model "
+                            f"(shape {tuple(value.shape)}); the checkpoint was written for another architecture")
+        mask = WeightMask(value.shape, 1.0, temperature)
+        mask.logits.data.copy_(value)
+        parametrize.register_parametrization(layers[name], "weight", mask)
