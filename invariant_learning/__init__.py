@@ -1,0 +1,1 @@
+"""Invariant learning with annotation-free environments: clusters -> environments -> IRM."""
