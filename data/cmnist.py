@@ -1,0 +1,162 @@
+"""ColoredMNIST (IRM paper construction) from MNIST-family IDX files: MNIST or Fashion-MNIST.
+
+Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+``t10k-labels-idx1-ubyte`` (``.gz`` or not; ``train-images.idx3-ubyte`` spellings accepted), in
+torchvision's layout (``<root>/MNIST/raw/``, ``<root>/FashionMNIST/raw/``) or flat in ``<root>``.
+
+Construction (Arjovsky et al., 2019), driven by ``--data_seed``:
+
+1. Splits: the IDX training file is permuted; 1/6 of it (10,000 of MNIST's 60,000) is ``val``,
+   the rest ``train``. ``test`` is the t10k file. Train and val samples alternate between the two
+   training environments (env 0 and 1, half each); test samples are env 2.
+2. Label ``y = 1`` for class < 5 (digits 0-4; T-shirt, trouser, pullover, dress, coat), then
+   flipped with probability ``--label_noise`` (default 0.25) in every split.
+3. Colour ``a`` agrees with the (noisy) label with probability ``r`` in env 0, ``r - 0.1`` in
+   env 1 and ``1 - r`` in test, where ``r = --spurious_ratio`` (default 0.9, the paper's colour
+   flips of 0.1, 0.2 and 0.9); probabilities are clipped to [0, 1]. The grey image (scaled to
+   [0, 1]) goes into channel ``a`` of a 2-channel image.
+4. ``--downsample`` keeps every second pixel (28x28 -> 14x14), as the paper does.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.base import TensorSpuriousDataset
+from data.digits import colourise
+from data.images import require_root
+from utils.errors import UserError
+
+DEFAULT_SPURIOUS_RATIO = 0.9
+ENV_GAP = 0.1
+DEFAULT_LABEL_NOISE = 0.25
+VAL_FRACTION = 1 / 6
+TEST_ENV = 2
+SOURCES = {"mnist": "MNIST", "fashion": "FashionMNIST"}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+UNSIGNED_BYTE = 0x08
+
+
+def add_args(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--mnist_source", choices=sorted(SOURCES), default="mnist",
+                       help="cmnist: which IDX files to colour (MNIST or Fashion-MNIST)")
+    group.add_argument("--download", action="store_true",
+                       help="cmnist: fetch the IDX files into --train_root_dir through torchvision (needs the network)")
+    group.add_argument("--downsample", action="store_true", help="cmnist: 14x14 images (every second pixel)")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte IDX file (gzipped or not) as a numpy array of its declared shape."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise UserError(f"cannot read IDX file {path} ({exc}); replace it with an intact copy") from exc
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != UNSIGNED_BYTE:
+        raise UserError(f"{path} is not an unsigned-byte IDX file (bad magic number); replace it with an intact copy")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", data[4:header]) if len(data) >= header else ()
+    if len(shape) != ndim or len(data) != header + math.prod(shape):
+        raise UserError(f"{path} is truncated or corrupt: its size does not match its header; replace it")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def find_idx(root: Path, source: str, stem: str) -> Path:
+    """``stem`` (with '-' or '.' before ``idx``, gzipped or not) in torchvision's layout or flat."""
+    folders = [root / SOURCES[source] / "raw", root]
+    names = [stem, stem.replace("-idx", ".idx")]
+    for folder in folders:
+        for name in names:
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.is_file():
+                    return candidate
+    raise UserError(
+        f"{stem}[.gz] not found in {folders[0]} or {folders[1]}; point --train_root_dir at the folder holding "
+        f"the {source} IDX files (or its parent in torchvision's layout), or add --download"
+    )
+
+
+def load_idx_pair(root: Path, source: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W) and class labels (N,) of the ``train`` or ``test`` IDX files."""
+    image_path, label_path = (find_idx(root, source, stem) for stem in IDX_FILES[part])
+    images, labels = read_idx(image_path), read_idx(label_path)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise UserError(f"{image_path} / {label_path}: expected (N, H, W) images and (N,) labels, "
+                        f"got shapes {images.shape} and {labels.shape}")
+    if len(images) != len(labels):
+        raise UserError(f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels")
+    if labels.size and labels.max() > 9:
+        raise UserError(f"{label_path} holds label {labels.max()}; MNIST-family labels are 0..9")
+    return images, labels
+
+
+def download(root: Path, source: str) -> None:
+    """Let torchvision fetch the four IDX files into ``root/<MNIST|FashionMNIST>/raw/``."""
+    import torchvision
+
+    dataset_class = torchvision.datasets.MNIST if source == "mnist" else torchvision.datasets.FashionMNIST
+    try:
+        dataset_class(str(root), train=True, download=True)
+    except (RuntimeError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"--download could not fetch {source} into {root} ({first_line}); you seem to be offline: copy the IDX "
+            f"files into {root / SOURCES[source] / 'raw'} and drop --download"
+        ) from exc
+
+
+def agreement_rates(spurious_ratio: float) -> np.ndarray:
+    """P(colour agrees with label) indexed by environment id: env 0, env 1, test (``TEST_ENV``)."""
+    return np.clip([spurious_ratio, spurious_ratio - ENV_GAP, 1.0 - spurious_ratio], 0.0, 1.0)
+
+
+def colour_split(images: np.ndarray, classes: np.ndarray, env: np.ndarray, agreement: np.ndarray,
+                 label_noise: float, downsample: bool, rng: np.random.Generator,
+                 split: str) -> TensorSpuriousDataset:
+    """One split: noisy binary labels, colour by per-sample agreement probability, 2-channel images."""
+    y = (classes < 5).astype(np.int64)
+    y = np.where(rng.random(len(y)) < label_noise, 1 - y, y)
+    a = np.where(rng.random(len(y)) < agreement, y, 1 - y)
+    grey = torch.tensor(images[:, ::2, ::2] if downsample else images, dtype=torch.float32).div_(255.0)
+    y_t, a_t = torch.from_numpy(y), torch.from_numpy(a)
+    return TensorSpuriousDataset(colourise(grey, a_t), y_t, a_t, n_classes=2, n_attrs=2, split=split,
+                                 env=torch.from_numpy(env))
+
+
+def make_colored_mnist(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                       spurious_ratio: float = DEFAULT_SPURIOUS_RATIO, label_noise: float = DEFAULT_LABEL_NOISE,
+                       data_seed: int = 0, downsample: bool = False) -> dict[str, TensorSpuriousDataset]:
+    """The three splits (see the module docstring) from (images, classes) of the IDX train and test files."""
+    rates = agreement_rates(spurious_ratio)
+    rng = np.random.default_rng(data_seed)
+    order = rng.permutation(len(train[1]))
+    n_val = round(len(order) * VAL_FRACTION)
+    splits = {}
+    for split, idx in (("val", order[:n_val]), ("train", order[n_val:])):
+        env = np.arange(len(idx)) % 2
+        splits[split] = colour_split(train[0][idx], train[1][idx], env, rates[env], label_noise, downsample,
+                                     rng, split)
+    test_env = np.full(len(test[1]), TEST_ENV)
+    splits["test"] = colour_split(test[0], test[1], test_env, rates[test_env], label_noise, downsample, rng, "test")
+    return {name: splits[name] for name in ("train", "val", "test")}
+
+
+def build(args: argparse.Namespace) -> dict[str, TensorSpuriousDataset]:
+    if args.download and args.train_root_dir is not None:
+        download(Path(args.train_root_dir).expanduser(), args.mnist_source)
+    root = require_root(args, "cmnist", f"the {args.mnist_source} IDX files")
+    ratio = DEFAULT_SPURIOUS_RATIO if args.spurious_ratio is None else args.spurious_ratio
+    noise = DEFAULT_LABEL_NOISE if args.label_noise is None else args.label_noise
+    return make_colored_mnist(load_idx_pair(root, args.mnist_source, "train"),
+                              load_idx_pair(root, args.mnist_source, "test"),
+                              ratio, noise, args.data_seed, args.downsample)

@@ -1,0 +1,174 @@
+"""Photo data sets read from image files, and the checks every loader of them shares.
+
+A loader reads its metadata with :func:`read_table`, checks it with the helpers below and hands
+file names, labels, attributes and split codes to :func:`image_splits`. Each helper turns a
+user mistake into a one-line :class:`UserError` that names the file, the column and the flag that
+fixes it. Images are decoded lazily in ``__getitem__``, so DataLoader workers (``--num_workers``)
+do the decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from data import SPLITS
+from data.base import SpuriousDataset
+from data.transforms import split_transforms
+from utils.errors import UserError
+
+SPLIT_CODES = {"train": 0, "0": 0, "val": 1, "valid": 1, "validation": 1, "1": 1, "test": 2, "2": 2}
+DEFAULT_SPLIT_COLUMN = "split"
+SEEDED_SPLIT_FRACTIONS = (0.8, 0.1)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageFileDataset(SpuriousDataset):
+    """One split of image files under ``image_dir``; ``filenames`` are relative to it."""
+
+    def __init__(self, image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np.ndarray, n_classes: int,
+                 n_attrs: int, split: str, transform: Callable) -> None:
+        super().__init__(torch.as_tensor(y), torch.as_tensor(a), n_classes, n_attrs, split, filenames)
+        self.image_dir = Path(image_dir)
+        self.transform = transform
+
+    def load_image(self, index: int) -> torch.Tensor:
+        path = self.image_dir / self.filenames[index]
+        try:
+            with Image.open(path) as image:
+                return self.transform(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise UserError(f"cannot decode image {path} ({exc}); replace it or drop its row from the metadata") from exc
+
+
+def require_root(args: argparse.Namespace, data_name: str, holds: str) -> Path:
+    """``--train_root_dir`` as an existing folder."""
+    if args.train_root_dir is None:
+        raise UserError(f"--data {data_name} needs --train_root_dir <folder holding {holds}>")
+    root = Path(args.train_root_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--train_root_dir {root} does not exist or is not a folder; pass the folder holding {holds}")
+    return root
+
+
+def find_first(candidates: Sequence[Path], what: str, fix: str) -> Path:
+    """The first existing path among ``candidates``; otherwise an error listing every place tried."""
+    for path in candidates:
+        if path.exists():
+            return path
+    raise UserError(f"{what} not found: looked for {', '.join(str(p) for p in candidates)}; {fix}")
+
+
+def read_table(path: Path, flag: str, **read_csv_args) -> pd.DataFrame:
+    """``pandas.read_csv`` of a metadata file; a missing or unparsable file names ``flag``."""
+    if not path.is_file():
+        raise UserError(f"metadata file {path} does not exist; check {flag}")
+    try:
+        return pd.read_csv(path, **read_csv_args)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"cannot read {path} as a table ({type(exc).__name__}: {exc}); check {flag}") from exc
+
+
+def require_columns(table: pd.DataFrame, path: Path, fixes: Mapping[str, str]) -> None:
+    """Each key of ``fixes`` must be a column of ``table``; the value says how to fix its absence."""
+    for column, fix in fixes.items():
+        if column not in table.columns:
+            have = ", ".join(map(str, table.columns[:50]))
+            raise UserError(f"{path} has no column {column!r} (it has: {have}); {fix}")
+
+
+def _as_text(value: object) -> str:
+    """A cell as lower-case text, with integral floats read as integers (pandas turns 1 into 1.0 next to NaN)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip().lower()
+
+
+def parse_codes(values: pd.Series, codes: Mapping[str, int], path: Path, column: str) -> np.ndarray:
+    """Map every cell to its code (compared as lower-case text); unexpected values are named."""
+    text = values.map(_as_text)
+    unexpected = sorted(set(text) - set(codes))
+    if unexpected:
+        raise UserError(f"{path} column {column!r} holds unexpected value(s) {unexpected[:5]}; "
+                        f"expected {sorted(set(codes))}")
+    return text.map(codes).to_numpy(dtype=np.int64)
+
+
+def parse_class_ids(values: pd.Series, path: Path, column: str) -> np.ndarray:
+    """Cells that must be class ids 0, 1, 2, ... (integers, possibly written as 1.0)."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values[numbers.isna() | (numbers < 0) | (numbers % 1 != 0)]
+    if len(bad):
+        raise UserError(f"{path} column {column!r} holds {bad.iloc[0]!r} (row {bad.index[0]}); "
+                        "expected class ids 0, 1, 2, ...")
+    return numbers.to_numpy(dtype=np.int64)
+
+
+def split_codes(table: pd.DataFrame, path: Path, column: str | None, seed: int) -> np.ndarray:
+    """0/1/2 (train/val/test) per row: from ``column`` (``--split_col``) when given, else from a
+    ``split`` column when present, else a split of 80/10/10 seeded by ``--data_seed``."""
+    if column is None:
+        if DEFAULT_SPLIT_COLUMN not in table.columns:
+            return seeded_split(len(table), seed)
+        column = DEFAULT_SPLIT_COLUMN
+    require_columns(table, path, {column: "name the split column with --split_col"})
+    return parse_codes(table[column], SPLIT_CODES, path, column)
+
+
+def seeded_split(n: int, seed: int) -> np.ndarray:
+    """Split codes for ``n`` rows: a seeded permutation cut 80/10/10."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_train, n_val = (round(n * f) for f in SEEDED_SPLIT_FRACTIONS)
+    codes = np.full(n, 2, dtype=np.int64)
+    codes[order[:n_train]] = 0
+    codes[order[n_train:n_train + n_val]] = 1
+    return codes
+
+
+def check_images_exist(image_dir: Path, filenames: Sequence[str], metadata: Path) -> None:
+    """Every listed file must exist; each folder is listed once, so 200k files take about a second."""
+    listings: dict[Path, set[str]] = {}
+    missing = []
+    for name in filenames:
+        path = image_dir / name
+        if path.parent not in listings:
+            listings[path.parent] = set(os.listdir(path.parent)) if path.parent.is_dir() else set()
+        if path.name not in listings[path.parent]:
+            missing.append(name)
+    if missing:
+        raise UserError(f"image {missing[0]!r} listed in {metadata} is missing from {image_dir} "
+                        f"({len(missing)} of {len(filenames)} missing); check --train_root_dir")
+
+
+def resolve_image_ids(image_dir: Path, ids: Sequence[str], metadata: Path, column: str) -> list[str]:
+    """The file of each id in ``image_dir``: the id itself or the id plus an image extension."""
+    by_id: dict[str, str] = {}
+    for name in sorted(os.listdir(image_dir)):
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() in IMAGE_SUFFIXES:
+            by_id[name] = name
+            by_id.setdefault(stem, name)
+    found = [by_id.get(str(i)) for i in ids]
+    missing = [str(i) for i, name in zip(ids, found) if name is None]
+    if missing:
+        raise UserError(f"no image for {column} {missing[0]!r} of {metadata} in {image_dir} (looked for the id with "
+                        f"and without an image extension; {len(missing)} of {len(ids)} missing); check --train_root_dir")
+    return found
+
+
+def image_splits(image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np.ndarray, codes: np.ndarray,
+                 n_classes: int, n_attrs: int, args: argparse.Namespace) -> dict[str, ImageFileDataset]:
+    """Train/val/test datasets from per-row arrays and split codes, with the ``--image_size``/``--augment`` transforms."""
+    transforms = split_transforms(args.image_size, args.augment)
+    splits = {}
+    for code, split in enumerate(SPLITS):
+        keep = np.flatnonzero(codes == code)
+        splits[split] = ImageFileDataset(image_dir, [filenames[i] for i in keep], y[keep], a[keep], n_classes,
+                                         n_attrs, split, transforms[split])
+    return splits
