@@ -14,13 +14,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data import add_data_args, canonical_name  # noqa: E402
 from models import ARCHS  # noqa: E402
-from training import erm  # noqa: E402
+from training import erm, pipeline  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 MODES = {
     "erm": erm.run,
+    "prune": pipeline.run_prune,
+    "retrain": pipeline.run_retrain,
+    "evaluate": pipeline.run_evaluate,
+    "all": pipeline.run_all,
 }
-DEFAULT_MODE = "erm"
+DEFAULT_MODE = "all"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -63,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser)
 
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", choices=sorted(ARCHS), default="mlp", help="backbone")
+    model.add_argument("--arch", choices=sorted(ARCHS), default=None,
+                       help="backbone (default: mlp, or the one stored in --checkpoint)")
     model.add_argument("--hidden_dim", type=positive_int, default=256, help="MLP width")
     model.add_argument("--cnn_width", type=positive_int, default=32, help="small CNN base width")
     model.add_argument("--imagenet", action="store_true", help="start ResNets from torchvision's ImageNet weights")
@@ -77,15 +82,43 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight_decay", type=non_negative(float), default=1e-4)
     train.add_argument("--batch_size", type=positive_int, default=64)
     train.add_argument("--eval_batch_size", type=positive_int, default=512)
+
+    prusc = parser.add_argument_group("PruSC pruning and retraining")
+    prusc.add_argument("--clusters", default=None, help="clusters.csv of the training split (computed when absent)")
+    prusc.add_argument("--pruning_ep", type=non_negative(int), default=20, help="mask-learning epochs")
+    prusc.add_argument("--lr_prune", type=non_negative(float), default=0.05, help="Adam learning rate of mask logits")
+    prusc.add_argument("--lambda_sparse", type=non_negative(float), default=1e-5,
+                       help="weight of the sum of keep probabilities")
+    prusc.add_argument("--lambda_con_prune", type=non_negative(float), default=1.0,
+                       help="weight of the cluster-contrastive loss")
+    prusc.add_argument("--temperature", type=non_negative(float), default=0.07, help="contrastive temperature")
+    prusc.add_argument("--prune_layers", default="all", help="all, head, or N (the last N Conv2d/Linear layers)")
+    prusc.add_argument("--mask_init", type=float, default=3.0, help="initial mask logit (> 0: all weights kept)")
+    prusc.add_argument("--mask_temperature", type=non_negative(float), default=1.0, help="Gumbel-sigmoid temperature")
+    prusc.add_argument("--retrain_ep", type=non_negative(int), default=20, help="retraining epochs (0: none)")
+    prusc.add_argument("--lr_main", type=non_negative(float), default=1e-3, help="retraining learning rate")
+    prusc.add_argument("--retrain_split", choices=["val", "train"], default="val",
+                       help="data for retraining (val: half fits, half selects)")
+    prusc.add_argument("--retrain_scope", choices=["all", "head"], default="all", help="weights fine-tuned")
+    prusc.add_argument("--retrain_balance", choices=["cluster", "class", "none"], default="cluster",
+                       help="balance retraining batches over (label, cluster) cells, labels, or not")
+    prusc.add_argument("--selection", choices=["worst_cluster", "oracle"], default="worst_cluster",
+                       help="model selection on val; oracle uses group labels and is labelled so")
+    prusc.add_argument("--min_cell_size", type=positive_int, default=5,
+                       help="smallest (label, cluster) cell counted by worst-cluster selection")
+    prusc.add_argument("--no_oracle", dest="oracle", action="store_false",
+                       help="--mode all: skip the group-balanced ERM oracle")
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.data = canonical_name(args.data)
+    if args.arch is None and not args.checkpoint:
+        args.arch = "mlp"
     if args.out_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        args.out_dir = str(Path("runs") / f"{args.mode}_{args.data}_{args.arch}_seed{args.seed}_{stamp}")
+        args.out_dir = str(Path("runs") / f"{args.mode}_{args.data}_{args.arch or 'ckpt'}_seed{args.seed}_{stamp}")
     return args
 
 

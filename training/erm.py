@@ -11,18 +11,27 @@ from torch import nn
 from data import SpuriousDataset, build_splits
 from training.experiment import checkpoint_content, evaluate_model, model_from_args, results_payload
 from training.loops import make_optimizer, train_classifier
+from training.samplers import BalancedBatchSampler
 from utils.checkpoint import save_checkpoint
 from utils.results import format_group_table, format_split_table, prepare_out_dir, write_results
 from utils.runtime import make_loader, resolve_device, seed_everything
 
 
 def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Namespace, device: torch.device,
-              generator: torch.Generator) -> list[float]:
-    """Train ``model`` in place with cross-entropy on the whole training split; return epoch losses."""
+              generator: torch.Generator, cells: torch.Tensor | None = None) -> list[float]:
+    """Train ``model`` in place with cross-entropy on the whole training split; return epoch losses.
+
+    With ``cells`` (e.g. true group ids for the oracle) batches are balanced over them.
+    """
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = make_loader(train_set, args.batch_size, shuffle=True, generator=generator, num_workers=args.num_workers)
+    if cells is None:
+        loader = make_loader(train_set, args.batch_size, shuffle=True, generator=generator,
+                             num_workers=args.num_workers)
+    else:
+        loader = make_loader(train_set, args.batch_size, num_workers=args.num_workers,
+                             batch_sampler=BalancedBatchSampler(cells, args.batch_size, generator=generator))
     optimizer = make_optimizer(model.parameters(), args.optimizer, args.lr, args.weight_decay)
     return train_classifier(model, loader, optimizer, device, args.epochs, "ERM", amp=args.amp,
                             channels_last=args.channels_last)

@@ -69,3 +69,17 @@ def format_group_table(metrics: dict, split: str) -> str:
     for key, g in metrics["groups"].items():
         lines.append(f"  {key:<12} acc {100 * g['acc']:6.2f}  n={g['n']}")
     return "\n".join(lines)
+
+
+def format_comparison(methods: dict[str, dict], title: str = "") -> str:
+    """Methods side by side on test (avg / worst-group / mean-group), val worst-group, and density."""
+    header = f"{'method':<24}{'avg':>8}{'worst-grp':>11}{'mean-grp':>10}{'val worst':>11}{'density':>9}"
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    for name, result in methods.items():
+        test, val = result["splits"]["test"], result["splits"]["val"]
+        density = result.get("sparsity", {}).get("overall", 1.0)
+        lines.append(f"{name:<24}{100 * test['avg_acc']:>8.2f}{100 * test['worst_group_acc']:>11.2f}"
+                     f"{100 * test['mean_group_acc']:>10.2f}{100 * val['worst_group_acc']:>11.2f}"
+                     f"{100 * density:>8.1f}%")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""The reference (ERM) model and its representation clusters that PruSC and retraining start from.
+
+Either loaded (``--checkpoint``, ``--clusters``) or produced on the spot, as the public reference
+did: ERM is trained when no checkpoint is given, clusters are computed when no file is given.
+Validation samples get the cluster of the nearest training-cluster centroid in the reference
+model's feature space; this is what model selection without group labels uses.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cluster.features import cluster_centroids, extract_features
+from cluster.io import load_clusters, write_clusters
+from data import SpuriousDataset
+from training.erm import train_erm
+from training.experiment import checkpoint_content, model_from_args, model_from_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.errors import UserError
+
+
+@dataclass
+class Reference:
+    model: nn.Module
+    arch_args: dict[str, Any]
+    checkpoint: str
+    train_clusters: torch.Tensor
+    val_clusters: torch.Tensor
+    clusters_file: str
+
+
+def load_or_train_reference(args: argparse.Namespace, train_set: SpuriousDataset, device: torch.device,
+                            generator: torch.Generator, out_dir: Path,
+                            allow_masked: bool = False) -> tuple[nn.Module, dict[str, Any], str]:
+    """The reference model: ``--checkpoint`` if given (its arch is adopted), else fresh ERM."""
+    if args.checkpoint:
+        ckpt = load_checkpoint(args.checkpoint, data=args.data, arch=args.arch)
+        if ckpt.get("mask_logits") and not allow_masked:
+            raise UserError(f"--checkpoint {args.checkpoint} is already pruned (it holds mask logits); "
+                            "PruSC starts from a dense ERM checkpoint written by --mode erm")
+        args.arch = ckpt["arch"]
+        return model_from_checkpoint(ckpt).to(device), dict(ckpt["arch_args"]), str(args.checkpoint)
+    args.arch = args.arch or "mlp"
+    model, arch_args = model_from_args(args, train_set)
+    print(f"no --checkpoint given: training the ERM reference model ({args.epochs} epochs)")
+    train_erm(model, train_set, args, device, generator)
+    path = save_checkpoint(out_dir / "erm.pt", checkpoint_content(model, args, arch_args, train_set.n_classes))
+    return model, arch_args, str(path)
+
+
+def prepare_reference(args: argparse.Namespace, splits: dict[str, SpuriousDataset], device: torch.device,
+                      generator: torch.Generator, out_dir: Path, allow_masked: bool = False) -> Reference:
+    """Reference model, training clusters (loaded or computed) and nearest-centroid val clusters."""
+    from cluster.clustering import cluster_training_set  # TODO(lead): module-level once cluster/ lands
+    from cluster.kmeans import assign_nearest
+    train, val = splits["train"], splits["val"]
+    model, arch_args, ckpt_path = load_or_train_reference(args, train, device, generator, out_dir, allow_masked)
+    feats = extract_features(model, train, device, args.eval_batch_size, num_workers=args.num_workers)
+    if args.clusters:
+        assign = load_clusters(args.clusters, train)
+        clusters_file = str(args.clusters)
+    else:
+        assign = cluster_training_set(model, train, args, device).assign
+        clusters_file = str(write_clusters(out_dir / "clusters.csv", train, assign))
+    centroids = cluster_centroids(feats, assign)
+    val_feats = extract_features(model, val, device, args.eval_batch_size, num_workers=args.num_workers)
+    return Reference(model, arch_args, ckpt_path, assign, assign_nearest(val_feats, centroids), clusters_file)
