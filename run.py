@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cluster import clustering  # noqa: E402
 from data import add_data_args, canonical_name  # noqa: E402
 from models import ARCHS  # noqa: E402
 from training import erm, pipeline  # noqa: E402
@@ -19,6 +20,7 @@ from utils.errors import UserError  # noqa: E402
 
 MODES = {
     "erm": erm.run,
+    "cluster": clustering.run,
     "prune": pipeline.run_prune,
     "retrain": pipeline.run_retrain,
     "evaluate": pipeline.run_evaluate,
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", action="store_true", help="bf16 mixed precision on CUDA")
     parser.add_argument("--channels_last", action="store_true", help="channels-last memory format on CUDA")
     add_data_args(parser)
+    clustering.add_cluster_args(parser)
 
     model = parser.add_argument_group("model")
     model.add_argument("--arch", choices=sorted(ARCHS), default=None,

@@ -34,3 +34,15 @@ def cluster_centroids(features: torch.Tensor, assign: torch.Tensor) -> torch.Ten
     k = int(assign.max()) + 1
     sums = torch.zeros(k, features.shape[1]).index_add_(0, assign, features)
     return nn.functional.normalize(sums, dim=1)
+
+
+def cluster_centroids(features: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
+    """Unit-norm mean direction of each cluster's L2-normalised features, (K, D) with K = max id + 1.
+
+    This is how centroids are defined everywhere (k-means fits and clusters loaded from a CSV), so
+    nearest-centroid assignment of new samples means the same thing whatever made the clusters.
+    """
+    assign = torch.as_tensor(assign).long()
+    unit = nn.functional.normalize(features.float(), dim=1)
+    sums = torch.zeros(int(assign.max()) + 1, unit.shape[1]).index_add_(0, assign, unit)
+    return nn.functional.normalize(sums, dim=1)
