@@ -54,11 +54,27 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--val_root_dir", default=None,
                        help="folder of the validation files where they live apart from --train_root_dir")
     group.add_argument("--spurious_ratio", type=probability, default=None,
-                       help="P(attribute agrees with label) in train (default: digits 0.95, cmnist 0.9)")
+                       help="P(attribute agrees with label) in train (None: digits 0.95, cmnist 0.9)")
     group.add_argument("--label_noise", type=probability, default=None,
-                       help="probability of flipping a label (default: digits 0, cmnist 0.25)")
+                       help="probability of flipping a label (None: digits 0, cmnist 0.25)")
     group.add_argument("--data_seed", type=int, default=0, help="seed of the data split and colouring")
     group.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    group.add_argument("--image_size", type=int, default=224,
+                       help="photo data sets: side of the square crop fed to the model")
+    group.add_argument("--augment", action="store_true",
+                       help="photo data sets: random resized crop + horizontal flip in training")
+    group.add_argument("--metadata", default=None,
+                       help="csv: the metadata CSV; isic: the labels CSV "
+                            "(None: isic reads <train_root_dir>/metadata.csv)")
+    group.add_argument("--image_col", default=None,
+                       help="csv/isic: column of image paths or ids (None: csv image, isic isic_id)")
+    group.add_argument("--label_col", default=None,
+                       help="csv/isic: column of the label (None: csv label, isic benign_malignant)")
+    group.add_argument("--attr_col", default=None,
+                       help="csv/isic: column of the spurious attribute (None: csv none, isic patches)")
+    group.add_argument("--split_col", default=None,
+                       help="csv/isic: column of train/val/test or 0/1/2 (None: 'split' when present, "
+                            "else a seeded 80/10/10 split)")
     for spec in REGISTRY.values():
         if spec.add_args is not None:
             spec.add_args(group)
@@ -85,10 +101,15 @@ def probability(text: str) -> float:
     return value
 
 
-from data import cmnist, digits  # noqa: E402  (registration needs the helpers above)
+# registration needs the helpers above
+from data import celeba, cmnist, custom_csv, digits, isic, waterbirds  # noqa: E402
 
 register(DatasetSpec("digits", digits.build, digits.add_args))
 register(DatasetSpec("cmnist", cmnist.build, cmnist.add_args))
+register(DatasetSpec("celebA", celeba.build, celeba.add_args, aliases=("celeba",)))
+register(DatasetSpec("waterbirds", waterbirds.build, aliases=("cub",)))
+register(DatasetSpec("isic", isic.build))
+register(DatasetSpec("csv", custom_csv.build))
 
 __all__ = ["SpuriousDataset", "TensorSpuriousDataset", "build_splits", "add_data_args", "dataset_names",
            "canonical_name", "register", "DatasetSpec", "probability", "SPLITS"]

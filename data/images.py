@@ -24,6 +24,7 @@ from data.transforms import split_transforms
 from utils.errors import UserError
 
 SPLIT_CODES = {"train": 0, "0": 0, "val": 1, "valid": 1, "validation": 1, "1": 1, "test": 2, "2": 2}
+BINARY_CODES = {"0": 0, "1": 1, "false": 0, "true": 1}
 DEFAULT_SPLIT_COLUMN = "split"
 SEEDED_SPLIT_FRACTIONS = (0.8, 0.1)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -44,7 +45,8 @@ class ImageFileDataset(SpuriousDataset):
             with Image.open(path) as image:
                 return self.transform(image.convert("RGB"))
         except (OSError, UnidentifiedImageError) as exc:
-            raise UserError(f"cannot decode image {path} ({exc}); replace it or drop its row from the metadata") from exc
+            raise UserError(f"cannot decode image {path} ({exc}); replace it or drop its row from the metadata"
+                            ) from exc
 
 
 def require_root(args: argparse.Namespace, data_name: str, holds: str) -> Path:
@@ -55,6 +57,19 @@ def require_root(args: argparse.Namespace, data_name: str, holds: str) -> Path:
     if not root.is_dir():
         raise UserError(f"--train_root_dir {root} does not exist or is not a folder; pass the folder holding {holds}")
     return root
+
+
+def locate_metadata(args: argparse.Namespace, data_name: str, default_name: str | None = None) -> tuple[Path, Path]:
+    """(metadata CSV, image folder). The CSV is ``--metadata``, else ``<--train_root_dir>/<default_name>``;
+    images are looked up under ``--train_root_dir``, else in the CSV's folder."""
+    if args.metadata is None:
+        if default_name is None:
+            raise UserError(f"--data {data_name} needs --metadata <CSV file> (and --train_root_dir <image folder>)")
+        root = require_root(args, data_name, f"{default_name} and the images")
+        return root / default_name, root
+    metadata = Path(args.metadata).expanduser()
+    image_dir = metadata.parent if args.train_root_dir is None else require_root(args, data_name, "the images")
+    return metadata, image_dir
 
 
 def find_first(candidates: Sequence[Path], what: str, fix: str) -> Path:
@@ -81,6 +96,19 @@ def require_columns(table: pd.DataFrame, path: Path, fixes: Mapping[str, str]) -
         if column not in table.columns:
             have = ", ".join(map(str, table.columns[:50]))
             raise UserError(f"{path} has no column {column!r} (it has: {have}); {fix}")
+
+
+def table_columns(args: argparse.Namespace, table: pd.DataFrame, path: Path,
+                  defaults: Mapping[str, str | None]) -> dict[str, str | None]:
+    """The column named by each ``--<key>`` flag (``--image_col`` ...) or else the data set's default,
+    checked to exist; ``None`` where neither names one."""
+    columns = {}
+    for key, default in defaults.items():
+        column = getattr(args, key) or default
+        if column is not None:
+            require_columns(table, path, {column: f"name the right column with --{key}"})
+        columns[key] = column
+    return columns
 
 
 def _as_text(value: object) -> str:
@@ -157,14 +185,15 @@ def resolve_image_ids(image_dir: Path, ids: Sequence[str], metadata: Path, colum
     found = [by_id.get(str(i)) for i in ids]
     missing = [str(i) for i, name in zip(ids, found) if name is None]
     if missing:
-        raise UserError(f"no image for {column} {missing[0]!r} of {metadata} in {image_dir} (looked for the id with "
-                        f"and without an image extension; {len(missing)} of {len(ids)} missing); check --train_root_dir")
+        raise UserError(f"no image for {column} {missing[0]!r} of {metadata} in {image_dir} (looked for the id "
+                        f"with and without an image extension; {len(missing)} of {len(ids)} missing); "
+                        "check --train_root_dir")
     return found
 
 
 def image_splits(image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np.ndarray, codes: np.ndarray,
                  n_classes: int, n_attrs: int, args: argparse.Namespace) -> dict[str, ImageFileDataset]:
-    """Train/val/test datasets from per-row arrays and split codes, with the ``--image_size``/``--augment`` transforms."""
+    """Train/val/test datasets from per-row arrays and split codes, transformed per ``--image_size``/``--augment``."""
     transforms = split_transforms(args.image_size, args.augment)
     splits = {}
     for code, split in enumerate(SPLITS):

@@ -10,6 +10,8 @@ from typing import Callable
 
 from torchvision import transforms as T
 
+from utils.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENT_SCALE = (0.7, 1.0)
@@ -32,5 +34,7 @@ def augment_transform(size: int) -> T.Compose:
 
 def split_transforms(size: int, augment: bool) -> dict[str, T.Compose]:
     """The transform of each split; only ``train`` is augmented, and only with ``--augment``."""
+    if size < 1:
+        raise UserError(f"--image_size {size} is not allowed; it must be >= 1")
     evaluation = eval_transform(size)
     return {"train": augment_transform(size) if augment else evaluation, "val": evaluation, "test": evaluation}

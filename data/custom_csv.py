@@ -1,0 +1,38 @@
+"""``--data csv``: any metadata CSV plus an image folder.
+
+``--metadata`` names the CSV; image paths (``--image_col``, default ``image``) are relative to
+``--train_root_dir`` (default: the CSV's folder). ``--label_col`` (default ``label``) holds class
+ids 0, 1, ...; ``--attr_col`` (optional) holds attribute ids 0, 1, ... (-1 for every sample
+without it); ``--split_col`` (default ``split`` when present) holds train/val/test or 0/1/2,
+else a split of 80/10/10 seeded by ``--data_seed``.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from data.images import (ImageFileDataset, check_images_exist, image_splits, locate_metadata, parse_class_ids,
+                         read_table, split_codes, table_columns)
+from utils.errors import UserError
+
+DEFAULT_COLUMNS = {"image_col": "image", "label_col": "label", "attr_col": None}
+
+
+def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
+    metadata, image_dir = locate_metadata(args, "csv")
+    table = read_table(metadata, "--metadata")
+    columns = table_columns(args, table, metadata, DEFAULT_COLUMNS)
+    filenames = [str(name) for name in table[columns["image_col"]]]
+    check_images_exist(image_dir, filenames, metadata)
+    y = parse_class_ids(table[columns["label_col"]], metadata, columns["label_col"])
+    if len(np.unique(y)) < 2:
+        raise UserError(f"{metadata} column {columns['label_col']!r} holds a single class; a classifier needs two "
+                        "or more (check --label_col)")
+    if columns["attr_col"] is None:
+        a, n_attrs = np.full(len(y), -1), 1
+    else:
+        a = parse_class_ids(table[columns["attr_col"]], metadata, columns["attr_col"])
+        n_attrs = int(a.max()) + 1
+    codes = split_codes(table, metadata, args.split_col, args.data_seed)
+    return image_splits(image_dir, filenames, y, a, codes, n_classes=int(y.max()) + 1, n_attrs=n_attrs, args=args)

@@ -1,0 +1,139 @@
+"""Photo data sets in their exact public layouts: ERM end to end, per-group counts, file names, transforms."""
+import pytest
+import torch
+
+import run
+from conftest import read_results
+from data import build_splits
+from data.transforms import IMAGENET_MEAN, split_transforms
+from fixtures import (CELEBA_ATTRIBUTES, expected_groups, write_celeba, write_custom_csv, write_isic,
+                      write_waterbirds)
+
+TINY_ERM = ("--mode", "erm", "--epochs", "1", "--device", "cpu", "--arch", "cnn", "--cnn_width", "4",
+            "--image_size", "16", "--batch_size", "8")
+
+
+def run_erm(run_cli, out_dir, *argv) -> dict:
+    """One tiny ERM epoch; return the splits of results.json."""
+    rc, _, err = run_cli(*TINY_ERM, *argv, "--out_dir", out_dir)
+    assert rc == 0, err
+    return read_results(out_dir)["splits"]
+
+
+def splits_of(*argv) -> dict:
+    return build_splits(run.parse_args([str(a) for a in (*argv, "--out_dir", "unused")]))
+
+
+def assert_groups(results: dict, samples: list) -> None:
+    for split in ("val", "test"):
+        got = {group: stats["n"] for group, stats in results[split]["groups"].items()}
+        assert got == expected_groups(samples, split), split
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "original"])
+def test_celeba_layouts(run_cli, tmp_path, layout):
+    samples = write_celeba(tmp_path / "celeba", layout)
+    argv = ("--data", "celebA", "--train_root_dir", tmp_path / "celeba")
+    assert_groups(run_erm(run_cli, tmp_path / "out", *argv), samples)
+    train = splits_of(*argv)["train"]
+    assert train.filenames == [s.filename for s in samples if s.split == "train"]
+    assert train.y.tolist() == [s.y for s in samples if s.split == "train"]
+    assert train.a.tolist() == [s.a for s in samples if s.split == "train"]
+
+
+def test_celeba_target_and_confounder_take_any_attribute(tmp_path):
+    write_celeba(tmp_path, "original")
+    swapped = splits_of("--data", "celeba", "--train_root_dir", tmp_path, "--target", "Male", "--confounder",
+                        "Blond_Hair")
+    default = splits_of("--data", "celebA", "--train_root_dir", tmp_path)
+    for split in ("train", "val", "test"):
+        assert torch.equal(swapped[split].y, default[split].a) and torch.equal(swapped[split].a, default[split].y)
+    smiling = splits_of("--data", "celebA", "--train_root_dir", tmp_path, "--target", "Smiling")["train"]
+    attrs = (tmp_path / "list_attr_celeba.txt").read_text().splitlines()[2:]
+    column = 1 + CELEBA_ATTRIBUTES.index("Smiling")
+    expected = {line.split()[0]: int(line.split()[column] == "1") for line in attrs}
+    assert smiling.y.tolist() == [expected[name] for name in smiling.filenames]
+
+
+@pytest.mark.parametrize("point_at_parent", [False, True])
+def test_waterbirds_folder_or_parent(run_cli, tmp_path, point_at_parent):
+    folder = tmp_path / "waterbird_complete95_forest2water2"
+    samples = write_waterbirds(folder)
+    root = tmp_path if point_at_parent else folder
+    assert_groups(run_erm(run_cli, tmp_path / "out", "--data", "waterbirds", "--train_root_dir", root), samples)
+    test = splits_of("--data", "cub", "--train_root_dir", root)["test"]
+    expected = [s for s in samples if s.split == "test"]
+    assert test.filenames == [s.filename for s in expected]
+    x, y, a, idx = test[1]
+    assert x.shape == (3, 224, 224) and (y, a, idx) == (expected[1].y, expected[1].a, 1)
+
+
+def test_isic_with_split_column_and_text_labels(run_cli, tmp_path):
+    samples = write_isic(tmp_path, with_split=True, text_labels=True)
+    assert_groups(run_erm(run_cli, tmp_path / "out", "--data", "isic", "--train_root_dir", tmp_path), samples)
+
+
+def test_isic_without_split_column_uses_a_seeded_80_10_10_split(run_cli, tmp_path):
+    samples = write_isic(tmp_path, with_split=False, text_labels=False)
+    results = run_erm(run_cli, tmp_path / "out", "--data", "isic", "--metadata", tmp_path / "metadata.csv")
+    splits = splits_of("--data", "isic", "--metadata", tmp_path / "metadata.csv")
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [round(0.8 * 28), round(0.1 * 28), 28 - 22 - 3]
+    for split in ("val", "test"):
+        assert sum(g["n"] for g in results[split]["groups"].values()) == len(splits[split])
+    by_name = {s.filename: s for s in samples}
+    for ds in splits.values():
+        assert ds.y.tolist() == [by_name[name].y for name in ds.filenames]
+    again = splits_of("--data", "isic", "--metadata", tmp_path / "metadata.csv")
+    other = splits_of("--data", "isic", "--metadata", tmp_path / "metadata.csv", "--data_seed", "1")
+    assert again["test"].filenames == splits["test"].filenames != other["test"].filenames
+
+
+def test_isic_columns_are_overridable(tmp_path):
+    write_isic(tmp_path, with_split=True, text_labels=True)
+    metadata = tmp_path / "metadata.csv"
+    text = metadata.read_text().replace("isic_id,benign_malignant,patches,split", "id,diagnosis,patch,fold", 1)
+    metadata.write_text(text)
+    splits = splits_of("--data", "isic", "--train_root_dir", tmp_path, "--image_col", "id", "--label_col",
+                       "diagnosis", "--attr_col", "patch", "--split_col", "fold")
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [12, 8, 8]
+
+
+def test_custom_csv_with_attribute_and_numeric_splits(run_cli, tmp_path):
+    samples = write_custom_csv(tmp_path)
+    argv = ("--data", "csv", "--metadata", tmp_path / "labels.csv", "--image_col", "path", "--label_col", "target",
+            "--attr_col", "bg", "--split_col", "fold")
+    assert_groups(run_erm(run_cli, tmp_path / "out", *argv), samples)
+    train = splits_of(*argv)["train"]
+    assert train.n_classes == 3 and train.n_attrs == 2
+    assert train.filenames == [s.filename for s in samples if s.split == "train"]
+
+
+def test_custom_csv_without_attribute_groups_by_class(run_cli, tmp_path):
+    samples = write_custom_csv(tmp_path / "meta", n_classes=2)
+    images = tmp_path / "meta"
+    results = run_erm(run_cli, tmp_path / "out", "--data", "csv", "--metadata", images / "labels.csv",
+                      "--train_root_dir", images, "--image_col", "path", "--label_col", "target",
+                      "--split_col", "fold", "--num_workers", "2", "--augment")
+    for split in ("val", "test"):
+        expected = {f"y={y},a=-1": sum(s.y == y and s.split == split for s in samples) for y in (0, 1)}
+        got = {group: stats["n"] for group, stats in results[split]["groups"].items()}
+        assert got == {k: v for k, v in expected.items() if v}
+
+
+def test_transforms_size_normalisation_and_augmentation():
+    from PIL import Image
+
+    image = Image.new("RGB", (40, 30), color=(255, 0, 0))
+    plain = split_transforms(24, augment=False)
+    augmented = split_transforms(24, augment=True)
+    x = plain["train"](image)
+    assert x.shape == (3, 24, 24)
+    assert torch.allclose(x[:, 0, 0], torch.tensor([(1 - IMAGENET_MEAN[0]) / 0.229, -IMAGENET_MEAN[1] / 0.224,
+                                                    -IMAGENET_MEAN[2] / 0.225]), atol=1e-4)
+    assert plain["train"] is plain["val"] is plain["test"]
+    assert augmented["train"](image).shape == (3, 24, 24) and augmented["val"] is not augmented["train"]
+    torch.manual_seed(0)
+    striped = Image.fromarray(torch.arange(40 * 30 * 3, dtype=torch.uint8).reshape(30, 40, 3).numpy())
+    crops = {tuple(augmented["train"](striped).flatten()[:20].tolist()) for _ in range(5)}
+    assert len(crops) > 1
+    assert torch.equal(augmented["val"](striped), augmented["val"](striped))
