@@ -30,13 +30,6 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, b
 
 
 def cluster_centroids(features: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
-    """Unit-norm mean feature of each cluster id 0..max(assign) (a zero row for an unused id)."""
-    k = int(assign.max()) + 1
-    sums = torch.zeros(k, features.shape[1]).index_add_(0, assign, features)
-    return nn.functional.normalize(sums, dim=1)
-
-
-def cluster_centroids(features: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
     """Unit-norm mean direction of each cluster's L2-normalised features, (K, D) with K = max id + 1.
 
     This is how centroids are defined everywhere (k-means fits and clusters loaded from a CSV), so

@@ -15,8 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from cluster.clustering import cluster_features
 from cluster.features import cluster_centroids, extract_features
 from cluster.io import load_clusters, write_clusters
+from cluster.kmeans import assign_nearest, majority_label
+from cluster.report import format_summary
 from data import SpuriousDataset
 from training.erm import train_erm
 from training.experiment import checkpoint_content, model_from_args, model_from_checkpoint
@@ -56,8 +59,6 @@ def load_or_train_reference(args: argparse.Namespace, train_set: SpuriousDataset
 def prepare_reference(args: argparse.Namespace, splits: dict[str, SpuriousDataset], device: torch.device,
                       generator: torch.Generator, out_dir: Path, allow_masked: bool = False) -> Reference:
     """Reference model, training clusters (loaded or computed) and nearest-centroid val clusters."""
-    from cluster.clustering import cluster_training_set  # TODO(lead): module-level once cluster/ lands
-    from cluster.kmeans import assign_nearest
     train, val = splits["train"], splits["val"]
     model, arch_args, ckpt_path = load_or_train_reference(args, train, device, generator, out_dir, allow_masked)
     feats = extract_features(model, train, device, args.eval_batch_size, num_workers=args.num_workers)
@@ -65,8 +66,25 @@ def prepare_reference(args: argparse.Namespace, splits: dict[str, SpuriousDatase
         assign = load_clusters(args.clusters, train)
         clusters_file = str(args.clusters)
     else:
-        assign = cluster_training_set(model, train, args, device).assign
+        fit, summary = cluster_features(feats, train, args)
+        print(format_summary(summary))
+        assign = fit.assign
         clusters_file = str(write_clusters(out_dir / "clusters.csv", train, assign))
-    centroids = cluster_centroids(feats, assign)
     val_feats = extract_features(model, val, device, args.eval_batch_size, num_workers=args.num_workers)
-    return Reference(model, arch_args, ckpt_path, assign, assign_nearest(val_feats, centroids), clusters_file)
+    return Reference(model, arch_args, ckpt_path, assign, nearest_clusters(feats, assign, train.y, val_feats, val.y),
+                     clusters_file)
+
+
+def nearest_clusters(train_feats: torch.Tensor, train_assign: torch.Tensor, train_y: torch.Tensor,
+                     feats: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Training cluster of the nearest centroid for each new sample.
+
+    When every training cluster holds a single label (per-class clustering) a sample only
+    considers the clusters of its own label, as the per-class fit itself did.
+    """
+    centroids = cluster_centroids(train_feats, train_assign)
+    cluster_label = majority_label(train_assign, train_y)
+    label_pure = bool((cluster_label[train_assign] == train_y).all())
+    if label_pure:
+        return assign_nearest(feats, centroids, y, cluster_label)
+    return assign_nearest(feats, centroids)
