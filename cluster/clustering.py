@@ -93,10 +93,10 @@ def cluster_training_set(model: nn.Module, train_set: SpuriousDataset, args: arg
     """Features of ``train_set`` under ``model``, k-means on them, and the printed quality report.
 
     ``args`` needs the flags of :func:`add_cluster_args` plus ``seed``, ``eval_batch_size``,
-    ``num_workers`` and ``amp`` (all defined by run.py).
+    ``num_workers``, ``amp`` and ``channels_last`` (all defined by run.py).
     """
     features = extract_features(model, train_set, device, args.eval_batch_size, num_workers=args.num_workers,
-                                amp=args.amp)
+                                amp=args.amp, channels_last=args.channels_last)
     fit, summary = cluster_features(features, train_set, args)
     print(format_summary(summary))
     return fit
@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> dict:
     features = None
     if args.checkpoint:
         features = extract_features(load_reference(args, train), train, resolve_device(args.device),
-                                    args.eval_batch_size, num_workers=args.num_workers, amp=args.amp)
+                                    args.eval_batch_size, num_workers=args.num_workers, amp=args.amp,
+                                    channels_last=args.channels_last)
     if args.clusters:
         assign = load_clusters(args.clusters, train)
         summary = summarize(assign, train.y, train.a, per_class=None)

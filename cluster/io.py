@@ -66,13 +66,13 @@ def load_clusters(path: str | os.PathLike, dataset: SpuriousDataset) -> torch.Te
         raise UserError(f"{path}: column 'index' must list 0..{n - 1} once each "
                         f"(found range {index.min()}..{index.max()}, {dupes} duplicate(s))")
     frame = frame.sort_values("index")
-    labels = torch.as_tensor(frame["label"].to_numpy()).long()
+    labels = torch.tensor(frame["label"].to_numpy()).long()
     wrong = torch.nonzero(labels != dataset.y).flatten()
     if len(wrong):
         shown = ", ".join(f"index {int(i)} (csv {int(labels[i])}, data {int(dataset.y[i])})" for i in wrong[:5])
         raise UserError(f"{path}: column 'label' disagrees with the data set at {len(wrong)} row(s): {shown}; "
                         "the file was written for other data (or another --data_seed / --label_noise)")
-    assign = torch.as_tensor(frame["cluster_assign"].to_numpy()).long()
+    assign = torch.tensor(frame["cluster_assign"].to_numpy()).long()
     if int(assign.min()) < 0:
         raise UserError(f"{path}: column 'cluster_assign' has negative ids; cluster ids must be 0, 1, 2, ...")
     return assign
