@@ -130,7 +130,7 @@ def build_environments(train: SpuriousDataset, clusters_path: str | Path, balanc
 
 def summarize(role: str, table: pd.DataFrame, train: SpuriousDataset, source: dict[str, Any]) -> dict[str, Any]:
     """The ``environment.json`` content of one environment."""
-    idx = torch.as_tensor(table["index"].to_numpy())
+    idx = torch.tensor(table["index"].to_numpy())
     return {
         "role": role,
         **source,
