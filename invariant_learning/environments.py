@@ -39,6 +39,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from cluster.io import load_clusters  # noqa: E402
+from cluster.kmeans import majority_label  # noqa: E402
 from data import SpuriousDataset, add_data_args, build_splits, canonical_name  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import atomic_write_text  # noqa: E402
@@ -52,9 +53,7 @@ WEAK_CONTRAST = 0.1
 
 def conflicting_mask(labels: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
     """True where a sample's label differs from the majority label of its cluster."""
-    counts = torch.zeros(int(clusters.max()) + 1, int(labels.max()) + 1)
-    counts.index_put_((clusters, labels), torch.ones(len(labels)), accumulate=True)
-    return labels != counts.argmax(dim=1)[clusters]
+    return labels != majority_label(clusters, labels)[clusters]
 
 
 def split_environments(conflicting: torch.Tensor, balanced_fraction: float, minority_share: float,

@@ -72,7 +72,7 @@ def test_environments_from_erm_clusters_differ_in_label_colour_agreement(erm_clu
     summaries = {role: json.loads((tmp_path / role / "environment.json").read_text()) for role in environments.ROLES}
     tables = {role: pd.read_csv(tmp_path / role / "indices.csv") for role in environments.ROLES}
     for role in environments.ROLES:
-        idx = torch.as_tensor(tables[role]["index"].to_numpy())
+        idx = torch.tensor(tables[role]["index"].to_numpy())
         assert summaries[role]["size"] == len(idx) > 0
         assert summaries[role]["label_attr_agreement"] == pytest.approx(float((train.y[idx] == train.a[idx]).double().mean()))
         assert f"{summaries[role]['size']} samples" in out
