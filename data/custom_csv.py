@@ -25,14 +25,14 @@ def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
     columns = table_columns(args, table, metadata, DEFAULT_COLUMNS)
     filenames = [str(name) for name in table[columns["image_col"]]]
     check_images_exist(image_dir, filenames, metadata)
-    y = parse_class_ids(table[columns["label_col"]], metadata, columns["label_col"])
+    y = parse_class_ids(table[columns["label_col"]], metadata, columns["label_col"], "--label_col")
     if len(np.unique(y)) < 2:
         raise UserError(f"{metadata} column {columns['label_col']!r} holds a single class; a classifier needs two "
                         "or more (check --label_col)")
     if columns["attr_col"] is None:
         a, n_attrs = np.full(len(y), -1), 1
     else:
-        a = parse_class_ids(table[columns["attr_col"]], metadata, columns["attr_col"])
+        a = parse_class_ids(table[columns["attr_col"]], metadata, columns["attr_col"], "--attr_col")
         n_attrs = int(a.max()) + 1
     codes = split_codes(table, metadata, args.split_col, args.data_seed)
     return image_splits(image_dir, filenames, y, a, codes, n_classes=int(y.max()) + 1, n_attrs=n_attrs, args=args)

@@ -118,23 +118,25 @@ def _as_text(value: object) -> str:
     return str(value).strip().lower()
 
 
-def parse_codes(values: pd.Series, codes: Mapping[str, int], path: Path, column: str) -> np.ndarray:
-    """Map every cell to its code (compared as lower-case text); unexpected values are named."""
+def parse_codes(values: pd.Series, codes: Mapping[str, int], path: Path, column: str,
+                flag: str | None = None) -> np.ndarray:
+    """Map every cell to its code (compared as lower-case text); unexpected values are named, and
+    ``flag`` (the option naming the column) is suggested when the column was chosen by one."""
     text = values.map(_as_text)
     unexpected = sorted(set(text) - set(codes))
     if unexpected:
         raise UserError(f"{path} column {column!r} holds unexpected value(s) {unexpected[:5]}; "
-                        f"expected {sorted(set(codes))}")
+                        f"expected {sorted(set(codes))}" + (f" (or name another column with {flag})" if flag else ""))
     return text.map(codes).to_numpy(dtype=np.int64)
 
 
-def parse_class_ids(values: pd.Series, path: Path, column: str) -> np.ndarray:
+def parse_class_ids(values: pd.Series, path: Path, column: str, flag: str) -> np.ndarray:
     """Cells that must be class ids 0, 1, 2, ... (integers, possibly written as 1.0)."""
     numbers = pd.to_numeric(values, errors="coerce")
     bad = values[numbers.isna() | (numbers < 0) | (numbers % 1 != 0)]
     if len(bad):
-        raise UserError(f"{path} column {column!r} holds {bad.iloc[0]!r} (row {bad.index[0]}); "
-                        "expected class ids 0, 1, 2, ...")
+        raise UserError(f"{path} column {column!r} holds {bad.iloc[0]!r}; expected class ids 0, 1, 2, ... "
+                        f"(or name another column with {flag})")
     return numbers.to_numpy(dtype=np.int64)
 
 
@@ -146,7 +148,7 @@ def split_codes(table: pd.DataFrame, path: Path, column: str | None, seed: int) 
             return seeded_split(len(table), seed)
         column = DEFAULT_SPLIT_COLUMN
     require_columns(table, path, {column: "name the split column with --split_col"})
-    return parse_codes(table[column], SPLIT_CODES, path, column)
+    return parse_codes(table[column], SPLIT_CODES, path, column, "--split_col")
 
 
 def seeded_split(n: int, seed: int) -> np.ndarray:

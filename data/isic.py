@@ -27,7 +27,7 @@ def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
     columns = table_columns(args, table, metadata, DEFAULT_COLUMNS)
     ids = [str(i) for i in table[columns["image_col"]]]
     filenames = resolve_image_ids(image_dir, ids, metadata, columns["image_col"])
-    y = parse_codes(table[columns["label_col"]], LABEL_CODES, metadata, columns["label_col"])
-    a = parse_codes(table[columns["attr_col"]], BINARY_CODES, metadata, columns["attr_col"])
+    y = parse_codes(table[columns["label_col"]], LABEL_CODES, metadata, columns["label_col"], "--label_col")
+    a = parse_codes(table[columns["attr_col"]], BINARY_CODES, metadata, columns["attr_col"], "--attr_col")
     codes = split_codes(table, metadata, args.split_col, args.data_seed)
     return image_splits(image_dir, filenames, y, a, codes, n_classes=2, n_attrs=2, args=args)
