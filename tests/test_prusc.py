@@ -1,0 +1,117 @@
+"""PruSC end to end: modes, ablations, invariants of the pruning step, and bad input."""
+import copy
+
+import pytest
+import torch
+
+import run
+from conftest import read_results
+from data.digits import make_colored_digits
+from models import build_model
+from training.prune import learn_masks
+from utils.checkpoint import load_checkpoint
+from utils.runtime import seed_everything
+
+FAST = ("--data", "digits", "--device", "cpu", "--epochs", "3", "--pruning_ep", "2", "--retrain_ep", "2",
+        "--per_class")
+
+
+@pytest.fixture(scope="module")
+def erm_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("erm")
+    assert run.main(["--mode", "erm", *FAST, "--out_dir", str(out)]) == 0
+    return out
+
+
+def test_pruning_step_never_changes_weights_or_batchnorm_statistics():
+    splits = make_colored_digits(0.95, 0.0, 0)
+    train = splits["train"].subset(torch.arange(128))
+    model = build_model("cnn", train.input_shape, 2)
+    model.train()
+    model(torch.randn(32, *train.input_shape))  # non-trivial running statistics
+    before = copy.deepcopy(model.state_dict())
+    args = run.parse_args(["--pruning_ep", "1", "--batch_size", "32", "--lambda_sparse", "1e-3"])
+    learn_masks(model, train, train.y * 2 + train.a, args, torch.device("cpu"), seed_everything(0))
+    after = model.state_dict()
+    for key, value in before.items():
+        moved = key.replace(".weight", ".parametrizations.weight.original") if key not in after else key
+        assert torch.equal(value, after[moved]), key
+    logits = [v for k, v in after.items() if k.endswith(".logits")]
+    assert logits and any(bool((v != 3.0).any()) for v in logits)  # the mask did learn
+
+
+def test_all_mode_reports_method_and_ablations(tmp_path, erm_dir, run_cli):
+    rc, out, _ = run_cli("--mode", "all", *FAST, "--checkpoint", erm_dir / "erm.pt", "--out_dir", tmp_path)
+    assert rc == 0
+    res = read_results(tmp_path)
+    assert set(res["methods"]) == {"erm", "retrain_only", "prusc_no_con", "prusc", "oracle_group_balanced"}
+    assert res["methods"]["oracle_group_balanced"]["uses_group_labels"] is True
+    assert res["splits"] == res["methods"]["prusc"]["splits"]
+    assert 0.0 < res["sparsity"]["overall"] <= 1.0
+    assert set(res["sparsity"]["per_layer"]) == {"body.1", "body.3", "head"}
+    assert "no group labels" in res["methods"]["prusc"]["retrain"]["selection"]
+    assert all(name in out for name in res["methods"])
+    assert (tmp_path / "clusters.csv").exists() and (tmp_path / "prusc.pt").exists()
+
+
+def test_prune_then_evaluate_round_trip(tmp_path, erm_dir, run_cli):
+    assert run_cli("--mode", "cluster", "--data", "digits", "--per_class", "--checkpoint", erm_dir / "erm.pt",
+                   "--out_dir", tmp_path / "clusters")[0] == 0
+    rc, _, _ = run_cli("--mode", "prune", *FAST, "--checkpoint", erm_dir / "erm.pt",
+                       "--clusters", tmp_path / "clusters" / "clusters.csv", "--out_dir", tmp_path / "prune")
+    assert rc == 0
+    pruned = read_results(tmp_path / "prune")
+    ckpt = load_checkpoint(tmp_path / "prune" / "prusc.pt")
+    assert ckpt["mask_logits"] and "sparsity" in pruned
+    rc, _, _ = run_cli("--mode", "evaluate", "--data", "digits", "--checkpoint", tmp_path / "prune" / "prusc.pt",
+                       "--out_dir", tmp_path / "eval")
+    assert rc == 0
+    evaluated = read_results(tmp_path / "eval")
+    assert evaluated["splits"] == pruned["splits"]
+    assert evaluated["sparsity"]["overall"] == pytest.approx(pruned["sparsity"]["overall"])
+    rc, _, _ = run_cli("--mode", "retrain", *FAST, "--checkpoint", tmp_path / "prune" / "prusc.pt",
+                       "--clusters", tmp_path / "clusters" / "clusters.csv", "--out_dir", tmp_path / "retrain",
+                       "--selection", "oracle")
+    assert rc == 0
+    assert "ORACLE" in read_results(tmp_path / "retrain")["retrain"]["selection"]
+
+
+def test_clusters_of_other_data_are_refused(tmp_path, erm_dir, run_cli):
+    other = tmp_path / "other"
+    assert run_cli("--mode", "cluster", "--data", "digits", "--data_seed", "5", "--checkpoint", erm_dir / "erm.pt",
+                   "--out_dir", other)[0] == 0
+    rc, _, err = run_cli("--mode", "prune", *FAST, "--checkpoint", erm_dir / "erm.pt",
+                         "--clusters", other / "clusters.csv", "--out_dir", tmp_path / "p")
+    assert rc == 2 and "clusters.csv" in err and "label" in err
+
+
+def test_negative_lambda_is_refused(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--mode", "prune", "--lambda_sparse", "-1", "--out_dir", str(tmp_path)])
+    assert exc.value.code == 2
+
+
+def test_emptied_layer_warns_and_evaluation_still_runs(tmp_path, erm_dir, run_cli):
+    with pytest.warns(UserWarning, match="removed every weight of layer"):
+        rc, _, _ = run_cli("--mode", "prune", *FAST, "--checkpoint", erm_dir / "erm.pt", "--out_dir", tmp_path,
+                           "--lambda_sparse", "100", "--lambda_con_prune", "0", "--lr_prune", "5", "--retrain_ep", "0")
+    assert rc == 0
+    assert read_results(tmp_path)["sparsity"]["overall"] < 0.05
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, erm_dir, run_cli, monkeypatch):
+    import training.prune as prune
+
+    calls = {"n": 0}
+    real = prune.cluster_contrastive_loss
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] > 20 else loss  # the second epoch goes bad
+
+    monkeypatch.setattr(prune, "cluster_contrastive_loss", poisoned)
+    rc, _, err = run_cli("--mode", "prune", *FAST, "--checkpoint", erm_dir / "erm.pt", "--out_dir", tmp_path)
+    assert rc == 2 and "nan" in err.lower() and "last good checkpoint" in err
+    assert load_checkpoint(tmp_path / "prusc_pruned.pt")["mask_logits"]
+    assert not (tmp_path / "results.json").exists()
