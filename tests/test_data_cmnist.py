@@ -54,6 +54,15 @@ def test_erm_runs_on_each_layout_with_the_right_group_counts(run_cli, tmp_path, 
         assert got == group_counts(splits[name].y, splits[name].a)
 
 
+def test_whole_pipeline_runs_on_cmnist(run_cli, tmp_path):
+    write_mnist(tmp_path / "data", n_train=60, n_test=20)
+    rc, _, err = run_cli(*ERM_ONE_EPOCH, "--mode", "all", "--train_root_dir", tmp_path / "data", "--pruning_ep", "1",
+                         "--retrain_ep", "1", "--out_dir", tmp_path / "out")
+    assert rc == 0, err
+    for method in read_results(tmp_path / "out")["methods"].values():
+        assert sum(group["n"] for group in method["splits"]["test"]["groups"].values()) == 20
+
+
 def test_irm_construction_rates_environments_and_shapes():
     train, test = synthetic(12_000, 6_000)
     splits = make_colored_mnist(train, test, data_seed=1)

@@ -1,4 +1,5 @@
 """Photo data sets in their exact public layouts: ERM end to end, per-group counts, file names, transforms."""
+import pandas as pd
 import pytest
 import torch
 
@@ -137,3 +138,25 @@ def test_transforms_size_normalisation_and_augmentation():
     crops = {tuple(augmented["train"](striped).flatten()[:20].tolist()) for _ in range(5)}
     assert len(crops) > 1
     assert torch.equal(augmented["val"](striped), augmented["val"](striped))
+
+
+def photo_layout(data: str, root) -> tuple[list, tuple]:
+    """Write ``data`` under ``root``; return its samples and the flags that point run.py at it."""
+    if data == "celebA":
+        return write_celeba(root, "kaggle"), ("--train_root_dir", root)
+    if data == "waterbirds":
+        return write_waterbirds(root), ("--train_root_dir", root)
+    if data == "isic":
+        return write_isic(root, with_split=True, text_labels=True), ("--train_root_dir", root)
+    return write_custom_csv(root), ("--metadata", root / "labels.csv", "--image_col", "path", "--label_col", "target",
+                                    "--attr_col", "bg", "--split_col", "fold")
+
+
+@pytest.mark.parametrize("data", ["celebA", "waterbirds", "isic", "csv"])
+def test_whole_pipeline_runs_on_each_photo_data_set(run_cli, tmp_path, data):
+    samples, argv = photo_layout(data, tmp_path / "data")
+    rc, _, err = run_cli(*TINY_ERM, "--mode", "all", "--data", data, *argv, "--pruning_ep", "1", "--retrain_ep", "1",
+                         "--out_dir", tmp_path / "out")
+    assert rc == 0, err
+    image_ids = pd.read_csv(tmp_path / "out" / "clusters.csv")["image_id"].tolist()
+    assert image_ids == [s.filename for s in samples if s.split == "train"]
