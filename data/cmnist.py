@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from data.base import TensorSpuriousDataset
-from data.digits import colourise
 from data.images import require_root
 from utils.errors import UserError
 
@@ -118,6 +117,13 @@ def download(root: Path, source: str) -> None:
 def agreement_rates(spurious_ratio: float) -> np.ndarray:
     """P(colour agrees with label) indexed by environment id: env 0, env 1, test (``TEST_ENV``)."""
     return np.clip([spurious_ratio, spurious_ratio - ENV_GAP, 1.0 - spurious_ratio], 0.0, 1.0)
+
+
+def colourise(images: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """The IRM paper's colouring: each grey image (N, H, W) goes into channel ``colour[i]`` of 2."""
+    out = torch.zeros(len(images), 2, *images.shape[1:], dtype=images.dtype)
+    out[torch.arange(len(images)), colour] = images
+    return out
 
 
 def colour_split(images: np.ndarray, classes: np.ndarray, env: np.ndarray, agreement: np.ndarray,

@@ -7,7 +7,10 @@ Construction, all driven by ``--data_seed``:
    50% train, 25% val, 25% test.
 2. Label ``y = 1`` if the digit is < 5 else 0; with ``--label_noise p`` each label is flipped
    with probability p (in every split, as in the IRM paper's ColoredMNIST).
-3. Attribute ``a`` is the colour: the image goes into channel ``a`` of a 2-channel tensor.
+3. Attribute ``a`` is the colour of the digit's strokes, drawn in RGB: colour 0 is orange
+   (1, 0.5, 0), colour 1 is azure (0, 0.5, 1). As with real colours the two share a channel
+   (green carries the shape at half intensity in both), while red/blue carry it only for one
+   colour; a network can therefore rely on the colour or read the shape colour-blind.
    In train the colour agrees with ``y`` with probability ``--spurious_ratio`` (default 0.95).
    In val and test the colour is independent of ``y``: within each class, exactly half of the
    samples (rounded) get each colour, so all four (label, colour) groups are populated.
@@ -24,6 +27,7 @@ from data.base import TensorSpuriousDataset
 
 DEFAULT_SPURIOUS_RATIO = 0.95
 SPLIT_FRACTIONS = (0.5, 0.25, 0.25)
+PALETTE = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]])  # RGB of colour 0 (orange) and 1 (azure)
 
 
 def add_args(group: argparse._ArgumentGroup) -> None:
@@ -31,10 +35,8 @@ def add_args(group: argparse._ArgumentGroup) -> None:
 
 
 def colourise(images: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-    """Put each grey image (N, H, W) into channel ``colour[i]`` of a 2-channel image."""
-    out = torch.zeros(len(images), 2, *images.shape[1:], dtype=images.dtype)
-    out[torch.arange(len(images)), colour] = images
-    return out
+    """Draw each grey image (N, H, W) in RGB colour ``PALETTE[colour[i]]``: (N, 3, H, W)."""
+    return images[:, None] * PALETTE[colour][:, :, None, None].to(images.dtype)
 
 
 def make_colored_digits(spurious_ratio: float = DEFAULT_SPURIOUS_RATIO, label_noise: float = 0.0,

@@ -8,11 +8,13 @@ def test_contract_and_split_sizes():
     assert sum(len(s) for s in splits.values()) == 1797
     train = splits["train"]
     x, y, a, idx = train[5]
-    assert x.shape == (2, 8, 8) and idx == 5
+    assert x.shape == (3, 8, 8) and idx == 5
     assert y == int(train.y[5]) and a == int(train.a[5])
     assert train.n_classes == 2 and train.n_attrs == 2
-    # the image sits in the channel named by its colour
-    assert x[1 - a].abs().sum() == 0 and x[a].abs().sum() > 0
+    # strokes drawn in the colour's RGB: red only for colour 0, blue only for colour 1, green in both
+    red, green, blue = x
+    assert torch.allclose(green * 2, red + blue)
+    assert (red.abs().sum() > 0) == (a == 0) and (blue.abs().sum() > 0) == (a == 1)
     assert torch.equal(train.groups, train.y * 2 + train.a)
 
 
