@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from data import SPLITS
 from data.base import SpuriousDataset
@@ -44,7 +44,7 @@ class ImageFileDataset(SpuriousDataset):
         try:
             with Image.open(path) as image:
                 return self.transform(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
+        except OSError as exc:  # PIL's UnidentifiedImageError included
             raise UserError(f"cannot decode image {path} ({exc}); replace it or drop its row from the metadata"
                             ) from exc
 
