@@ -42,6 +42,17 @@ def test_celeba_layouts(run_cli, tmp_path, layout):
     assert train.a.tolist() == [s.a for s in samples if s.split == "train"]
 
 
+def test_celeba_release_folders_anno_eval_img(tmp_path):
+    samples = write_celeba(tmp_path, "original")
+    for name, folder in (("list_attr_celeba.txt", "Anno"), ("list_eval_partition.txt", "Eval"),
+                         ("img_align_celeba", "Img")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / name).rename(tmp_path / folder / name)
+    splits = splits_of("--data", "celebA", "--train_root_dir", tmp_path)
+    assert splits["test"].filenames == [s.filename for s in samples if s.split == "test"]
+    assert splits["test"][0][0].shape == (3, 224, 224)
+
+
 def test_celeba_target_and_confounder_take_any_attribute(tmp_path):
     write_celeba(tmp_path, "original")
     swapped = splits_of("--data", "celeba", "--train_root_dir", tmp_path, "--target", "Male", "--confounder",
