@@ -60,14 +60,18 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     ColoredMNIST: 2 clusters over all samples, one per colour, so that each cluster's majority
     label defines the conflicting samples of the IRM environments and same-label samples of the
     other cluster are PruSC's positives. ``--per_class`` (k clusters inside each class) keeps
-    positives in every class even when the reference model's clusters follow the labels.
+    positives in every class even when the reference model's clusters follow the labels; it is
+    what PruSC uses when it computes clusters itself and the flag is not given (on Colored Digits
+    the ERM features cluster by label globally, leaving PruSC almost no positives).
     """
     group = parser.add_argument_group("clustering")
     group.add_argument("--num_clusters", type=num_clusters_type, default=DEFAULT_NUM_CLUSTERS,
                        help="k of k-means (per class with --per_class), or auto: best silhouette in 2..--max_clusters")
     group.add_argument("--max_clusters", type=num_clusters_type, default=DEFAULT_MAX_CLUSTERS,
                        help="largest k tried by --num_clusters auto")
-    group.add_argument("--per_class", action="store_true", help="cluster each class separately (ids stay unique)")
+    group.add_argument("--per_class", action=argparse.BooleanOptionalAction, default=None,
+                       help="cluster each class separately (ids stay unique); default: per class when PruSC "
+                            "computes its clusters (--mode prune/all), over all samples otherwise")
     group.add_argument("--plot", nargs="?", const="pca", choices=["pca", "tsne"], default=None,
                        help="--mode cluster: save clusters.png, a 2-D PCA (default) or t-SNE picture")
     group.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="alias of --out_dir")
@@ -76,7 +80,8 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
 def cluster_features(features: torch.Tensor, train_set: SpuriousDataset,
                      args: argparse.Namespace) -> tuple[ClusterFit, dict]:
     """k-means on ``features`` (k chosen by silhouette for ``auto``) and its quality summary."""
-    labels = train_set.y if args.per_class else None
+    per_class = bool(args.per_class)  # None (flag not given) means over all samples here
+    labels = train_set.y if per_class else None
     k, silhouette = args.num_clusters, None
     if k == "auto":
         if args.max_clusters == "auto":
@@ -85,7 +90,7 @@ def cluster_features(features: torch.Tensor, train_set: SpuriousDataset,
     fit = fit_kmeans(features, k, args.seed, labels)
     if fit.cluster_label is None:
         fit = replace(fit, cluster_label=majority_label(fit.assign, train_set.y))
-    return fit, summarize(fit.assign, train_set.y, train_set.a, args.per_class, silhouette)
+    return fit, summarize(fit.assign, train_set.y, train_set.a, per_class, silhouette)
 
 
 def cluster_training_set(model: nn.Module, train_set: SpuriousDataset, args: argparse.Namespace,

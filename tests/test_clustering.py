@@ -127,7 +127,7 @@ def cluster_cli(run_cli, *argv):
 
 def test_cluster_mode_separates_colour_within_each_class(run_cli, erm_checkpoint, train_set, tmp_path):
     rc, out, _ = cluster_cli(run_cli, "--checkpoint", erm_checkpoint, "--out_dir", tmp_path)
-    assert rc == 0 and "attribute | y=1" in out
+    assert rc == 0 and "attribute | y=1" in out and "fitted over all samples" in out
     assign = load_clusters(tmp_path / "clusters.csv", train_set)
     assert sorted(assign.unique().tolist()) == [0, 1]
     summary = json.loads((tmp_path / "cluster_summary.json").read_text())
