@@ -40,17 +40,20 @@ DEFAULT_NUM_CLUSTERS = 2
 DEFAULT_MAX_CLUSTERS = 6
 
 
-def num_clusters_type(text: str) -> int | str:
-    """argparse type: ``auto`` or an integer >= 2 (the upper bound, the sample count, is checked at fit time)."""
-    if text == "auto":
-        return text
+def at_least_two(text: str) -> int:
+    """argparse type: an integer >= 2 (k-means with one cluster says nothing)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor an integer") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 2:
         raise argparse.ArgumentTypeError(f"{value} is below 2; k-means needs at least 2 clusters")
     return value
+
+
+def num_clusters_type(text: str) -> int | str:
+    """argparse type: ``auto`` or an integer >= 2 (the upper bound, the sample count, is checked at fit time)."""
+    return text if text == "auto" else at_least_two(text)
 
 
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +70,7 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("clustering")
     group.add_argument("--num_clusters", type=num_clusters_type, default=DEFAULT_NUM_CLUSTERS,
                        help="k of k-means (per class with --per_class), or auto: best silhouette in 2..--max_clusters")
-    group.add_argument("--max_clusters", type=num_clusters_type, default=DEFAULT_MAX_CLUSTERS,
+    group.add_argument("--max_clusters", type=at_least_two, default=DEFAULT_MAX_CLUSTERS,
                        help="largest k tried by --num_clusters auto")
     group.add_argument("--per_class", action=argparse.BooleanOptionalAction, default=None,
                        help="cluster each class separately (ids stay unique); default: per class when PruSC "
@@ -84,8 +87,6 @@ def cluster_features(features: torch.Tensor, train_set: SpuriousDataset,
     labels = train_set.y if per_class else None
     k, silhouette = args.num_clusters, None
     if k == "auto":
-        if args.max_clusters == "auto":
-            raise UserError("--max_clusters must be an integer >= 2, not 'auto'")
         k, silhouette = select_k(features, range(2, args.max_clusters + 1), args.seed, labels)
     fit = fit_kmeans(features, k, args.seed, labels)
     if fit.cluster_label is None:

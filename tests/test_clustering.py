@@ -149,6 +149,15 @@ def test_script_per_class_with_plot(erm_checkpoint, train_set, tmp_path):
     assert frame.groupby("label")["cluster_assign"].unique().map(sorted).tolist() == [[0, 1], [2, 3]]
 
 
+def test_auto_k_is_reported(run_cli, erm_checkpoint, tmp_path):
+    rc, out, _ = cluster_cli(run_cli, "--checkpoint", erm_checkpoint, "--num_clusters", "auto", "--per_class",
+                             "--max_clusters", "3", "--out_dir", tmp_path)
+    summary = json.loads((tmp_path / "cluster_summary.json").read_text())
+    assert rc == 0 and "silhouette" in out and sorted(summary["silhouette"]) == ["2", "3"]
+    best = max(summary["silhouette"], key=summary["silhouette"].get)
+    assert summary["num_clusters"] == 2 * int(best) and summary["per_class"] is True
+
+
 @pytest.fixture
 def checkpoints(erm_checkpoint, tmp_path):
     """The ERM checkpoint as it is, claiming another data set, and claiming other image sizes."""
@@ -167,7 +176,6 @@ def checkpoints(erm_checkpoint, tmp_path):
     ("other_shape", (), "expects inputs (2, 4, 4)"),
     ("erm", ("--num_clusters", "900"), "--num_clusters 900 exceeds the 898 samples"),
     ("erm", ("--num_clusters", "450", "--per_class"), "exceeds the"),
-    ("erm", ("--num_clusters", "auto", "--max_clusters", "auto"), "--max_clusters"),
     (None, ("--plot", "--clusters", "some.csv"), "--plot needs --checkpoint"),
     (None, (), "needs --checkpoint"),
 ])
