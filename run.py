@@ -89,12 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     prusc = parser.add_argument_group("PruSC pruning and retraining")
     prusc.add_argument("--clusters", default=None, help="clusters.csv of the training split (computed when absent)")
     prusc.add_argument("--pruning_ep", type=non_negative(int), default=20, help="mask-learning epochs")
-    prusc.add_argument("--lr_prune", type=non_negative(float), default=0.05, help="Adam learning rate of mask logits")
+    prusc.add_argument("--lr_prune", type=non_negative(float), default=0.1, help="Adam learning rate of mask logits")
     prusc.add_argument("--lambda_sparse", type=non_negative(float), default=1e-5,
                        help="weight of the sum of keep probabilities")
     prusc.add_argument("--lambda_con_prune", type=non_negative(float), default=1.0,
                        help="weight of the cluster-contrastive loss")
-    prusc.add_argument("--temperature", type=non_negative(float), default=0.07, help="contrastive temperature")
+    prusc.add_argument("--temperature", type=non_negative(float), default=0.2, help="contrastive temperature")
     prusc.add_argument("--prune_layers", default="all", help="all, head, or N (the last N Conv2d/Linear layers)")
     prusc.add_argument("--mask_init", type=float, default=3.0, help="initial mask logit (> 0: all weights kept)")
     prusc.add_argument("--mask_temperature", type=non_negative(float), default=1.0, help="Gumbel-sigmoid temperature")

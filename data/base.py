@@ -44,6 +44,15 @@ class SpuriousDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
         return self.load_image(index), int(self.y[index]), int(self.a[index]), index
 
+    def load_images(self, indices: torch.Tensor) -> torch.Tensor:
+        """Images of ``indices`` stacked into one batch; in-memory data sets slice instead."""
+        return torch.stack([self.load_image(int(i)) for i in indices])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A whole batch at once (the DataLoader passes it through ``utils.runtime.collate_batch``)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.load_images(idx), self.y[idx], self.a[idx], idx
+
     @property
     def groups(self) -> torch.Tensor:
         """Group id ``g = y * n_attrs + a`` (-1 where the attribute is unknown)."""
@@ -71,6 +80,9 @@ class SubsetView(SpuriousDataset):
     def load_image(self, index: int) -> torch.Tensor:
         return self.parent.load_image(int(self.indices[index]))
 
+    def load_images(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.parent.load_images(self.indices[indices])
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.parent.input_shape
@@ -91,6 +103,11 @@ class TensorSpuriousDataset(SpuriousDataset):
     def load_image(self, index: int) -> torch.Tensor:
         x = self.images[index]
         return self.transform(x) if self.transform is not None else x
+
+    def load_images(self, indices: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            return super().load_images(indices)
+        return self.images[indices]
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -66,6 +66,8 @@ def prepare_reference(args: argparse.Namespace, splits: dict[str, SpuriousDatase
         assign = load_clusters(args.clusters, train)
         clusters_file = str(args.clusters)
     else:
+        if args.per_class is None:
+            args.per_class = True  # PruSC's positives need two clusters inside each class
         fit, summary = cluster_features(feats, train, args)
         print(format_summary(summary))
         assign = fit.assign

@@ -8,7 +8,7 @@ from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm import tqdm
 
 from utils.errors import UserError
@@ -47,6 +47,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def collate_batch(batch: tuple | list) -> tuple | list:
+    """Pass through a batch a data set built whole in ``__getitems__``; collate per-sample items."""
+    return batch if isinstance(batch, tuple) else default_collate(batch)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -57,12 +62,17 @@ def make_loader(
     drop_last: bool = False,
     batch_sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A DataLoader with the project's conventions (seeded shuffling, workers kept alive)."""
+    """A DataLoader with the project's conventions (seeded shuffling, workers kept alive).
+
+    Batches are fetched whole through the data set's ``__getitems__`` (one tensor slice for
+    in-memory data) and passed through :func:`collate_batch`.
+    """
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-                          persistent_workers=num_workers > 0)
+                          persistent_workers=num_workers > 0, collate_fn=collate_batch)
     return DataLoader(
         dataset,
+        collate_fn=collate_batch,
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
