@@ -62,6 +62,9 @@ def split_environments(conflicting: torch.Tensor, balanced_fraction: float, mino
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(conflicting), generator=gen)
     n_balanced = round(balanced_fraction * len(order))
+    if n_balanced == 0:
+        raise UserError(f"--balanced_fraction {balanced_fraction} of {len(order)} samples leaves the balanced "
+                        "environment empty; raise --balanced_fraction")
     rest = order[n_balanced:]
     rest_conflicting = rest[conflicting[rest]]
     if len(rest_conflicting) == 0:
@@ -135,7 +138,7 @@ def summarize(role: str, table: pd.DataFrame, train: SpuriousDataset, source: di
         **source,
         "size": len(table),
         "n_conflicting": int(table["conflicting"].sum()),
-        "conflicting_share": float(table["conflicting"].mean()) if len(table) else 0.0,
+        "conflicting_share": float(table["conflicting"].mean()),
         "label_attr_agreement": label_attr_agreement(train.y[idx], train.a[idx]),
     }
 

@@ -59,6 +59,15 @@ def test_split_follows_the_documented_construction():
     assert all(torch.equal(envs[k], again[k]) for k in envs)
 
 
+@pytest.mark.parametrize("conflicting, fraction, message", [
+    (torch.tensor([True] + [False] * 99), 0.001, "balanced environment empty"),
+    (torch.tensor([True] + [False] * 9), 0.99, "no conflicting sample is left"),
+])
+def test_split_refuses_an_empty_environment(conflicting, fraction, message):
+    with pytest.raises(UserError, match=message):
+        split_environments(conflicting, fraction, 0.5, seed=0)
+
+
 def test_label_attr_agreement():
     y = torch.tensor([0, 1, 1, 0])
     assert label_attr_agreement(y, torch.tensor([0, 1, 0, 1])) == 0.5
