@@ -28,6 +28,7 @@ from cluster.kmeans import majority_label
 from utils.metrics import group_key
 
 PLOT_SAMPLES = 3000  # t-SNE is slow and a scatter of 60k points is unreadable
+PROJECTIONS = {"pca": "PCA", "tsne": "t-SNE"}
 
 
 def agreement(assign: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -122,7 +123,7 @@ def plot_clusters(features: torch.Tensor, assign: torch.Tensor, y: torch.Tensor,
         palette = 10 if values.max() < 10 else 20  # fixed range: id i always gets colour i of the palette
         points = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=4, cmap=f"tab{palette}", vmin=0, vmax=palette - 1)
         ax.legend(*points.legend_elements(), title=name, loc="best", fontsize="small")
-        ax.set_title(f"{method.upper()} of the features, coloured by {name}")
+        ax.set_title(f"{PROJECTIONS[method]} of the features, coloured by {name}")
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path
