@@ -126,7 +126,8 @@ def prepare_output(out_dir: str, overwrite: bool) -> Path:
     """
     clusters = Path(out_dir) / CLUSTERS_NAME
     if clusters.exists() and not overwrite:
-        raise UserError(f"--out_dir {out_dir} already holds {CLUSTERS_NAME}; choose another --out_dir or pass --overwrite")
+        raise UserError(f"--out_dir {out_dir} already holds {CLUSTERS_NAME}; "
+                        "choose another --out_dir or pass --overwrite")
     return prepare_out_dir(out_dir, overwrite=True)
 
 

@@ -12,7 +12,8 @@ from training.loops import autocast, to_device
 from utils.runtime import make_loader, progress
 
 
-def image_batches(dataset: Dataset, batch_size: int, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def image_batches(dataset: Dataset, batch_size: int,
+                  num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(images, indices)`` batches in dataset order.
 
     In-memory images without a transform are sliced directly: a DataLoader spends a Python call per

@@ -109,7 +109,8 @@ def test_summary_separates_colour_clusters_from_label_clusters():
 def erm_checkpoint(tmp_path_factory):
     """An MLP after one ERM epoch on Colored Digits: it has learnt the colour, not yet the digits."""
     out = tmp_path_factory.mktemp("erm")
-    assert run.main(["--mode", "erm", "--data", "digits", "--epochs", "1", "--device", "cpu", "--out_dir", str(out)]) == 0
+    argv = ["--mode", "erm", "--data", "digits", "--epochs", "1", "--device", "cpu", "--out_dir", str(out)]
+    assert run.main(argv) == 0
     return out / "erm.pt"
 
 
@@ -192,7 +193,8 @@ def test_bad_input_fails_with_a_message(run_cli, checkpoints, tmp_path, which, f
     (lambda f: f.drop(columns=["label"]), "lacks column(s) ['label']"),
 ])
 def test_bad_clusters_file_is_named(run_cli, train_set, tmp_path, damage, needle):
-    good = pd.DataFrame({"index": range(len(train_set)), "label": train_set.y.numpy(), "cluster_assign": train_set.a.numpy()})
+    good = pd.DataFrame({"index": range(len(train_set)), "label": train_set.y.numpy(),
+                         "cluster_assign": train_set.a.numpy()})
     damage(good).to_csv(tmp_path / "bad.csv", index=False)
     rc, _, err = cluster_cli(run_cli, "--clusters", tmp_path / "bad.csv", "--out_dir", tmp_path / "out")
     assert rc == 2 and needle in err and str(tmp_path / "bad.csv") in err
