@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import clustering  # noqa: E402
-from data import add_data_args, canonical_name  # noqa: E402
+from data import add_data_args, canonical_name, default_arch  # noqa: E402
 from models import ARCHS  # noqa: E402
 from training import erm, pipeline  # noqa: E402
 from utils.errors import UserError  # noqa: E402
@@ -55,6 +55,12 @@ def positive_int(text: str) -> int:
     return value
 
 
+def cluster_epoch(text: str) -> int | str:
+    if text in ("auto", "final"):
+        return text
+    return positive_int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="run.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -71,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model")
     model.add_argument("--arch", choices=sorted(ARCHS), default=None,
-                       help="backbone (default: mlp, or the one stored in --checkpoint)")
+                       help="backbone (default: the one in --checkpoint, else mlp for digits/cmnist and "
+                            "resnet18 for photo data sets)")
     model.add_argument("--hidden_dim", type=positive_int, default=256, help="MLP width")
     model.add_argument("--cnn_width", type=positive_int, default=32, help="small CNN base width")
     model.add_argument("--imagenet", action="store_true", help="start ResNets from torchvision's ImageNet weights")
@@ -88,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     prusc = parser.add_argument_group("PruSC pruning and retraining")
     prusc.add_argument("--clusters", default=None, help="clusters.csv of the training split (computed when absent)")
+    prusc.add_argument("--cluster_epoch", type=cluster_epoch, default="auto",
+                       help="when ERM is trained here, cluster its snapshot after this epoch (saved as "
+                            "erm_epoch<E>.pt): a number, auto (a tenth of --epochs, at least 1) or final")
+    prusc.add_argument("--cluster_checkpoint", default=None,
+                       help="cluster this checkpoint's features instead of --checkpoint's")
     prusc.add_argument("--pruning_ep", type=non_negative(int), default=20, help="mask-learning epochs")
     prusc.add_argument("--lr_prune", type=non_negative(float), default=0.1, help="Adam learning rate of mask logits")
     prusc.add_argument("--lambda_sparse", type=non_negative(float), default=1e-5,
@@ -118,7 +130,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.data = canonical_name(args.data)
     if args.arch is None and not args.checkpoint:
-        args.arch = "mlp"
+        args.arch = default_arch(args.data)
+    if (args.imagenet or args.pretrained_path) and args.arch in ("mlp", "cnn"):
+        raise UserError(f"--imagenet/--pretrained_path load ResNet weights, but --arch is {args.arch}; "
+                        "pass --arch resnet18 or resnet50")
+    if args.cluster_epoch == "auto":
+        args.cluster_epoch = max(1, args.epochs // 10)
+    elif args.cluster_epoch == "final":
+        args.cluster_epoch = args.epochs
     if args.out_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.out_dir = str(Path("runs") / f"{args.mode}_{args.data}_{args.arch or 'ckpt'}_seed{args.seed}_{stamp}")

@@ -21,6 +21,7 @@ class DatasetSpec:
     build: Callable[[argparse.Namespace], dict[str, SpuriousDataset]]
     add_args: Callable[[argparse._ArgumentGroup], None] | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    default_arch: str = "resnet18"  # used when neither --arch nor --checkpoint names one
 
 
 REGISTRY: dict[str, DatasetSpec] = {}
@@ -36,6 +37,11 @@ def canonical_name(name: str) -> str:
         if name == spec.name or name in spec.aliases:
             return spec.name
     raise UserError(f"unknown --data {name!r}; choose one of {', '.join(dataset_names())}")
+
+
+def default_arch(name: str) -> str:
+    """The backbone a data set uses unless told otherwise (MLP for small images, ResNet-18 for photos)."""
+    return REGISTRY[canonical_name(name)].default_arch
 
 
 def dataset_names() -> list[str]:
@@ -104,8 +110,8 @@ def probability(text: str) -> float:
 # registration needs the helpers above
 from data import celeba, cmnist, custom_csv, digits, isic, waterbirds  # noqa: E402
 
-register(DatasetSpec("digits", digits.build, digits.add_args))
-register(DatasetSpec("cmnist", cmnist.build, cmnist.add_args))
+register(DatasetSpec("digits", digits.build, digits.add_args, default_arch="mlp"))
+register(DatasetSpec("cmnist", cmnist.build, cmnist.add_args, default_arch="mlp"))
 register(DatasetSpec("celebA", celeba.build, celeba.add_args, aliases=("celeba",)))
 register(DatasetSpec("waterbirds", waterbirds.build, aliases=("cub",)))
 register(DatasetSpec("isic", isic.build))

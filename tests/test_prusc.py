@@ -115,3 +115,32 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, erm_dir, run_cl
     assert rc == 2 and "nan" in err.lower() and "last good checkpoint" in err
     assert load_checkpoint(tmp_path / "prusc_pruned.pt")["mask_logits"]
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("weights", ["local_imagenet_file", "no_imagenet"])
+def test_original_celeba_command_shape(run_cli, tmp_path, weights):
+    """python3 run.py --mode prune --data celebA --train_root_dir=<DIR> --imagenet --lambda_sparse 5e-8 ..."""
+    import torchvision
+
+    from fixtures import write_celeba
+
+    root = tmp_path / "celeba"
+    write_celeba(root, "kaggle")
+    argv = ["--mode", "prune", "--data", "celebA", f"--train_root_dir={root}", "--lambda_sparse", "5e-8",
+            "--pruning_ep=1", "--retrain_ep=1", "--epochs", "1", "--image_size", "32", "--batch_size", "8",
+            "--device", "cpu", "--out_dir", tmp_path / "out"]
+    if weights == "local_imagenet_file":
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+        argv += ["--imagenet", "--pretrained_path", tmp_path / "r18.pth"]
+    rc, _, err = run_cli(*argv)
+    assert rc == 0, err
+    res = read_results(tmp_path / "out")
+    assert res["arch"] == "resnet18" and res["args"]["lambda_sparse"] == 5e-8
+    assert {k: g["n"] for k, g in res["splits"]["test"]["groups"].items()} == {
+        f"y={y},a={a}": 2 for y in (0, 1) for a in (0, 1)}
+    assert 0 < res["sparsity"]["overall"] <= 1
+
+
+def test_imagenet_flag_needs_a_resnet(run_cli, tmp_path):
+    rc, _, err = run_cli("--mode", "erm", "--arch", "mlp", "--imagenet", "--out_dir", tmp_path)
+    assert rc == 2 and "--arch resnet18" in err

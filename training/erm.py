@@ -13,15 +13,19 @@ from training.experiment import checkpoint_content, evaluate_model, model_from_a
 from training.loops import make_optimizer, train_classifier
 from training.samplers import BalancedBatchSampler
 from utils.checkpoint import save_checkpoint
+from utils.errors import UserError
 from utils.results import format_group_table, format_split_table, prepare_out_dir, write_results
 from utils.runtime import make_loader, resolve_device, seed_everything
 
 
 def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Namespace, device: torch.device,
-              generator: torch.Generator, cells: torch.Tensor | None = None) -> list[float]:
+              generator: torch.Generator, cells: torch.Tensor | None = None,
+              snapshot_to: Path | None = None, arch_args: dict | None = None) -> list[float]:
     """Train ``model`` in place with cross-entropy on the whole training split; return epoch losses.
 
-    With ``cells`` (e.g. true group ids for the oracle) batches are balanced over them.
+    With ``cells`` (e.g. true group ids for the oracle) batches are balanced over them. With
+    ``snapshot_to`` and ``--cluster_epoch E``, the model after epoch E is checkpointed there: an
+    early ERM model whose representation still clusters by the spurious attribute.
     """
     model.to(device)
     if args.channels_last:
@@ -33,8 +37,23 @@ def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Names
         loader = make_loader(train_set, args.batch_size, num_workers=args.num_workers,
                              batch_sampler=BalancedBatchSampler(cells, args.batch_size, generator=generator))
     optimizer = make_optimizer(model.parameters(), args.optimizer, args.lr, args.weight_decay)
+
+    def snapshot(epoch: int) -> None:
+        if snapshot_to is not None and epoch + 1 == args.cluster_epoch:
+            save_checkpoint(snapshot_to, checkpoint_content(model, args, arch_args, train_set.n_classes,
+                                                            epoch=epoch + 1))
+
     return train_classifier(model, loader, optimizer, device, args.epochs, "ERM", amp=args.amp,
-                            channels_last=args.channels_last)
+                            channels_last=args.channels_last, on_epoch_end=snapshot)
+
+
+def snapshot_path(out_dir: Path, args: argparse.Namespace) -> Path | None:
+    """Where the ``--cluster_epoch`` snapshot of the ERM model goes (None for the final model)."""
+    if args.cluster_epoch == args.epochs:
+        return None
+    if args.cluster_epoch > args.epochs:
+        raise UserError(f"--cluster_epoch {args.cluster_epoch} is after the last ERM epoch (--epochs {args.epochs})")
+    return Path(out_dir) / f"erm_epoch{args.cluster_epoch}.pt"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -45,7 +64,8 @@ def run(args: argparse.Namespace) -> dict:
     generator = seed_everything(args.seed)
     splits = build_splits(args)
     model, arch_args = model_from_args(args, splits["train"])
-    losses = train_erm(model, splits["train"], args, device, generator)
+    losses = train_erm(model, splits["train"], args, device, generator,
+                       snapshot_to=snapshot_path(out_dir, args), arch_args=arch_args)
     ckpt_path = save_checkpoint(Path(out_dir) / "erm.pt",
                                 checkpoint_content(model, args, arch_args, splits["train"].n_classes))
     metrics = evaluate_model(model, splits, args, device)

@@ -89,7 +89,8 @@ def run_prune(args: argparse.Namespace) -> dict:
     ref = prepare_reference(args, splits, device, seed_everything(args.seed), out_dir)
     result = prusc(ref, splits, args, device, out_dir)
     payload = results_payload("prune", args, started, result.pop("splits"), **result,
-                              reference_checkpoint=ref.checkpoint, clusters=ref.clusters_file)
+                              reference_checkpoint=ref.checkpoint, clusters=ref.clusters_file,
+                              cluster_checkpoint=ref.cluster_checkpoint)
     _finish(out_dir, payload, "PruSC")
     return payload
 
@@ -102,7 +103,8 @@ def run_retrain(args: argparse.Namespace) -> dict:
     ref = prepare_reference(args, splits, device, seed_everything(args.seed), out_dir, allow_masked=True)
     result = _retrain_and_evaluate(copy.deepcopy(ref.model), ref, splits, args, device, out_dir / "retrained.pt")
     payload = results_payload("retrain", args, started, result.pop("splits"), **result,
-                              reference_checkpoint=ref.checkpoint, clusters=ref.clusters_file)
+                              reference_checkpoint=ref.checkpoint, clusters=ref.clusters_file,
+                              cluster_checkpoint=ref.cluster_checkpoint)
     _finish(out_dir, payload, "retrained")
     return payload
 
@@ -135,7 +137,8 @@ def run_all(args: argparse.Namespace) -> dict:
         methods["oracle_group_balanced"] = oracle_group_balanced(splits, args, device)
     payload = results_payload("all", args, started, methods["prusc"]["splits"],
                               sparsity=methods["prusc"]["sparsity"], methods=methods,
-                              reference_checkpoint=ref.checkpoint, clusters=ref.clusters_file)
+                              reference_checkpoint=ref.checkpoint, clusters=ref.clusters_file,
+                              cluster_checkpoint=ref.cluster_checkpoint)
     path = write_results(out_dir, payload)
     print(format_comparison(methods, title=f"{args.data}, seed {args.seed}: test accuracy (%)"))
     print(f"results: {path}")

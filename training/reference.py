@@ -21,7 +21,7 @@ from cluster.io import load_clusters, write_clusters
 from cluster.kmeans import assign_nearest, majority_label
 from cluster.report import format_summary
 from data import SpuriousDataset
-from training.erm import train_erm
+from training.erm import snapshot_path, train_erm
 from training.experiment import checkpoint_content, model_from_args, model_from_checkpoint
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
@@ -35,33 +35,51 @@ class Reference:
     train_clusters: torch.Tensor
     val_clusters: torch.Tensor
     clusters_file: str
+    cluster_checkpoint: str
+
+
+def load_model(path: str, args: argparse.Namespace, allow_masked: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """A model from a checkpoint of ``args.data`` (and ``args.arch`` when given)."""
+    ckpt = load_checkpoint(path, data=args.data, arch=args.arch)
+    if ckpt.get("mask_logits") and not allow_masked:
+        raise UserError(f"{path} is already pruned (it holds mask logits); "
+                        "PruSC starts from a dense ERM checkpoint written by --mode erm")
+    return model_from_checkpoint(ckpt), ckpt
 
 
 def load_or_train_reference(args: argparse.Namespace, train_set: SpuriousDataset, device: torch.device,
                             generator: torch.Generator, out_dir: Path,
-                            allow_masked: bool = False) -> tuple[nn.Module, dict[str, Any], str]:
-    """The reference model: ``--checkpoint`` if given (its arch is adopted), else fresh ERM."""
+                            allow_masked: bool = False) -> tuple[nn.Module, dict[str, Any], str, str]:
+    """The reference model and the checkpoint whose features are clustered.
+
+    ``--checkpoint`` if given (its arch is adopted), else fresh ERM. The clustering model is
+    ``--cluster_checkpoint`` if given, else the ERM snapshot of ``--cluster_epoch`` when ERM is
+    trained here, else the reference model itself.
+    """
     if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint, data=args.data, arch=args.arch)
-        if ckpt.get("mask_logits") and not allow_masked:
-            raise UserError(f"--checkpoint {args.checkpoint} is already pruned (it holds mask logits); "
-                            "PruSC starts from a dense ERM checkpoint written by --mode erm")
+        model, ckpt = load_model(args.checkpoint, args, allow_masked)
         args.arch = ckpt["arch"]
-        return model_from_checkpoint(ckpt).to(device), dict(ckpt["arch_args"]), str(args.checkpoint)
-    args.arch = args.arch or "mlp"
-    model, arch_args = model_from_args(args, train_set)
-    print(f"no --checkpoint given: training the ERM reference model ({args.epochs} epochs)")
-    train_erm(model, train_set, args, device, generator)
-    path = save_checkpoint(out_dir / "erm.pt", checkpoint_content(model, args, arch_args, train_set.n_classes))
-    return model, arch_args, str(path)
+        arch_args, ckpt_path, snapshot = dict(ckpt["arch_args"]), str(args.checkpoint), None
+    else:
+        args.arch = args.arch or "mlp"
+        model, arch_args = model_from_args(args, train_set)
+        print(f"no --checkpoint given: training the ERM reference model ({args.epochs} epochs)")
+        snapshot = snapshot_path(out_dir, args)
+        train_erm(model, train_set, args, device, generator, snapshot_to=snapshot, arch_args=arch_args)
+        ckpt_path = str(save_checkpoint(out_dir / "erm.pt", checkpoint_content(model, args, arch_args,
+                                                                                 train_set.n_classes)))
+    cluster_ckpt = args.cluster_checkpoint or (str(snapshot) if snapshot else ckpt_path)
+    return model.to(device), arch_args, ckpt_path, cluster_ckpt
 
 
 def prepare_reference(args: argparse.Namespace, splits: dict[str, SpuriousDataset], device: torch.device,
                       generator: torch.Generator, out_dir: Path, allow_masked: bool = False) -> Reference:
     """Reference model, training clusters (loaded or computed) and nearest-centroid val clusters."""
     train, val = splits["train"], splits["val"]
-    model, arch_args, ckpt_path = load_or_train_reference(args, train, device, generator, out_dir, allow_masked)
-    feats = extract_features(model, train, device, args.eval_batch_size, num_workers=args.num_workers)
+    model, arch_args, ckpt_path, cluster_ckpt = load_or_train_reference(args, train, device, generator, out_dir,
+                                                                        allow_masked)
+    cluster_model = model if cluster_ckpt == ckpt_path else load_model(cluster_ckpt, args, True)[0].to(device)
+    feats = extract_features(cluster_model, train, device, args.eval_batch_size, num_workers=args.num_workers)
     if args.clusters:
         assign = load_clusters(args.clusters, train)
         clusters_file = str(args.clusters)
@@ -72,9 +90,9 @@ def prepare_reference(args: argparse.Namespace, splits: dict[str, SpuriousDatase
         print(format_summary(summary))
         assign = fit.assign
         clusters_file = str(write_clusters(out_dir / "clusters.csv", train, assign))
-    val_feats = extract_features(model, val, device, args.eval_batch_size, num_workers=args.num_workers)
+    val_feats = extract_features(cluster_model, val, device, args.eval_batch_size, num_workers=args.num_workers)
     return Reference(model, arch_args, ckpt_path, assign, nearest_clusters(feats, assign, train.y, val_feats, val.y),
-                     clusters_file)
+                     clusters_file, cluster_ckpt)
 
 
 def nearest_clusters(train_feats: torch.Tensor, train_assign: torch.Tensor, train_y: torch.Tensor,
