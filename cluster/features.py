@@ -1,31 +1,12 @@
 """Penultimate features of any model in ``models/`` (batched, no grad), optionally L2-normalised."""
 from __future__ import annotations
 
-from typing import Iterator
-
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from data.base import TensorSpuriousDataset
 from training.loops import autocast, to_device
 from utils.runtime import make_loader, progress
-
-
-def image_batches(dataset: Dataset, batch_size: int,
-                  num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(images, indices)`` batches in dataset order.
-
-    In-memory images without a transform are sliced directly: a DataLoader spends a Python call per
-    sample, most of the extraction time of a small model on the 60k ColoredMNIST images.
-    """
-    if isinstance(dataset, TensorSpuriousDataset) and dataset.transform is None:
-        for start in range(0, len(dataset), batch_size):
-            stop = min(start + batch_size, len(dataset))
-            yield dataset.images[start:stop], torch.arange(start, stop)
-    else:
-        for x, _y, _a, idx in make_loader(dataset, batch_size, num_workers=num_workers):
-            yield x, idx
 
 
 @torch.no_grad()
@@ -41,8 +22,7 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, b
     if channels_last:
         model.to(memory_format=torch.channels_last)
     out: torch.Tensor | None = None
-    batches = image_batches(dataset, batch_size, num_workers)
-    for x, idx in progress(batches, desc="features", total=-(-len(dataset) // batch_size)):
+    for x, _y, _a, idx in progress(make_loader(dataset, batch_size, num_workers=num_workers), desc="features"):
         with autocast(device, amp):
             feats = model.features(to_device(x, device, channels_last)).float().cpu()
         if out is None:
