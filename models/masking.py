@@ -29,16 +29,25 @@ _PARAM_TAG = ".parametrizations.weight.original"
 _LOGIT_TAG = ".parametrizations.weight.0.logits"
 
 
-class _StraightThroughThreshold(torch.autograd.Function):
-    """Forward: exactly binary ``[s >= 0.5]``; backward: the identity (gradient reaches ``s``)."""
+class _GumbelHardMask(torch.autograd.Function):
+    """Forward: the exactly binary mask ``[(logit + noise) / tau >= 0]``, i.e. ``[s >= 0.5]``.
+
+    Backward: the straight-through estimator, the gradient of ``s = sigmoid((logit + noise) / tau)``.
+    One fused function instead of a chain of element-wise ops keeps a pruning step cheap.
+    """
 
     @staticmethod
-    def forward(ctx, soft: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return (soft >= 0.5).to(soft.dtype)
+    def forward(ctx, logits: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:  # type: ignore[override]
+        z = (logits + noise) / temperature
+        ctx.save_for_backward(z)
+        ctx.temperature = temperature
+        return (z >= 0).to(logits.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return grad
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        soft = torch.sigmoid(z)
+        return grad * soft * (1 - soft) / ctx.temperature, None, None
 
 
 class WeightMask(nn.Module):
@@ -56,9 +65,8 @@ class WeightMask(nn.Module):
     def mask(self) -> torch.Tensor:
         if self.mode == "fixed":
             return (self.logits >= 0).to(self.logits.dtype)
-        u = torch.rand_like(self.logits).clamp_(1e-6, 1 - 1e-6)
-        soft = torch.sigmoid((self.logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
-        return _StraightThroughThreshold.apply(soft)
+        noise = torch.logit(torch.rand_like(self.logits), eps=1e-6)  # logistic noise
+        return _GumbelHardMask.apply(self.logits, noise, self.temperature)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.mode == "off":
