@@ -16,6 +16,7 @@ from cluster import clustering  # noqa: E402
 from data import add_data_args, canonical_name, default_arch  # noqa: E402
 from models import ARCHS  # noqa: E402
 from training import erm, pipeline  # noqa: E402
+from utils.cli import OneLineErrorParser, non_negative, positive_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 MODES = {
@@ -29,33 +30,8 @@ MODES = {
 DEFAULT_MODE = "all"
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag on one line (no usage dump) with exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def non_negative(kind: type) -> callable:
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{value} is negative; it must be >= 0")
-        return value
-    return parse
-
-
-def positive_int(text: str) -> int:
-    value = non_negative(int)(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("0 is not allowed; it must be >= 1")
-    return value
-
-
 def cluster_epoch(text: str) -> int | str:
+    """argparse type for --cluster_epoch: a positive epoch, ``auto`` or ``final``."""
     if text in ("auto", "final"):
         return text
     return positive_int(text)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from data.base import SpuriousDataset, TensorSpuriousDataset
+from utils.cli import non_negative
 from utils.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -64,7 +65,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label_noise", type=probability, default=None,
                        help="probability of flipping a label (None: digits 0, cmnist 0.25)")
     group.add_argument("--data_seed", type=int, default=0, help="seed of the data split and colouring")
-    group.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    group.add_argument("--num_workers", type=non_negative(int), default=0, help="DataLoader worker processes")
     group.add_argument("--image_size", type=int, default=224,
                        help="photo data sets: side of the square crop fed to the model")
     group.add_argument("--augment", action="store_true",

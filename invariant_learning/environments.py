@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from cluster.io import load_clusters  # noqa: E402
 from cluster.kmeans import majority_label  # noqa: E402
 from data import SpuriousDataset, add_data_args, build_splits, canonical_name  # noqa: E402
+from utils.cli import OneLineErrorParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import atomic_write_text  # noqa: E402
 
@@ -238,7 +239,6 @@ def describe(summary: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from run import OneLineErrorParser  # imported late: run.py may one day import this module
 
     def share(text: str) -> float:
         value = float(text)

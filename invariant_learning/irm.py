@@ -38,6 +38,7 @@ from invariant_learning.penalty import irm_penalty, penalty_weight_at  # noqa: E
 from models import build_model  # noqa: E402
 from training.loops import check_finite  # noqa: E402
 from utils.checkpoint import plain_args  # noqa: E402
+from utils.cli import OneLineErrorParser, non_negative, positive_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.metrics import compute_metrics, group_counts  # noqa: E402
 from utils.results import prepare_out_dir, write_results  # noqa: E402
@@ -232,7 +233,6 @@ def default_out_dir(data: str, seed: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from run import OneLineErrorParser, non_negative, positive_int  # imported late: run.py may import this module
 
     parser = OneLineErrorParser(prog="irm.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
