@@ -16,7 +16,7 @@ from cluster import clustering  # noqa: E402
 from data import add_data_args, canonical_name, default_arch  # noqa: E402
 from models import ARCHS  # noqa: E402
 from training import erm, pipeline  # noqa: E402
-from utils.cli import OneLineErrorParser, non_negative, positive_int  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 MODES = {
@@ -120,14 +120,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    MODES[args.mode](args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        MODES[args.mode](args)
-    except UserError as exc:
-        print(f"run.py: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code("run.py", lambda: run(argv))
 
 
 if __name__ == "__main__":

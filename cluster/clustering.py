@@ -30,6 +30,7 @@ from cluster.report import format_summary, plot_clusters, summarize  # noqa: E40
 from data import SpuriousDataset, build_splits  # noqa: E402
 from training.experiment import model_from_checkpoint  # noqa: E402
 from utils.checkpoint import load_checkpoint, plain_args  # noqa: E402
+from utils.cli import int_at_least  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import atomic_write_text, prepare_out_dir  # noqa: E402
 from utils.runtime import resolve_device, seed_everything  # noqa: E402
@@ -40,15 +41,7 @@ DEFAULT_NUM_CLUSTERS = 2
 DEFAULT_MAX_CLUSTERS = 6
 
 
-def at_least_two(text: str) -> int:
-    """argparse type: an integer >= 2 (k-means with one cluster says nothing)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"{value} is below 2; k-means needs at least 2 clusters")
-    return value
+at_least_two = int_at_least(2)  # k-means with one cluster says nothing
 
 
 def num_clusters_type(text: str) -> int | str:

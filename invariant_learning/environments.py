@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from cluster.io import load_clusters  # noqa: E402
 from cluster.kmeans import majority_label  # noqa: E402
 from data import SpuriousDataset, add_data_args, build_splits, canonical_name  # noqa: E402
-from utils.cli import OneLineErrorParser  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import atomic_write_text  # noqa: E402
 
@@ -260,21 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        args.data = canonical_name(args.data)
-        train = build_splits(args)["train"]
-        tables = build_environments(train, args.clusters, args.balanced_fraction, args.minority_share, args.seed)
-        source = {"data": args.data, "data_flags": data_flags(args), "n_train": len(train),
-                  "input_shape": list(train.input_shape), "clusters": str(Path(args.clusters).resolve()),
-                  "construction": {"balanced_fraction": args.balanced_fraction,
-                                   "minority_share": args.minority_share, "seed": args.seed}}
-        summaries = {role: summarize(role, tables[role], train, source) for role in ROLES}
-        paths = write_environments(args.output_dir, tables, summaries, args.overwrite)
-    except UserError as exc:
-        print(f"environments.py: error: {exc}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> None:
+    """Build, write and describe the two environments."""
+    args.data = canonical_name(args.data)
+    train = build_splits(args)["train"]
+    tables = build_environments(train, args.clusters, args.balanced_fraction, args.minority_share, args.seed)
+    source = {"data": args.data, "data_flags": data_flags(args), "n_train": len(train),
+              "input_shape": list(train.input_shape), "clusters": str(Path(args.clusters).resolve()),
+              "construction": {"balanced_fraction": args.balanced_fraction,
+                               "minority_share": args.minority_share, "seed": args.seed}}
+    summaries = {role: summarize(role, tables[role], train, source) for role in ROLES}
+    paths = write_environments(args.output_dir, tables, summaries, args.overwrite)
     overall = label_attr_agreement(train.y, train.a)
     print(f"{args.data} training split: {len(train)} samples"
           + ("" if overall is None else f", label-attribute agreement {100 * overall:.1f}%"))
@@ -284,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     if None not in agreements and abs(agreements[0] - agreements[1]) < WEAK_CONTRAST:
         print(f"warning: the environments' label-attribute agreement differs by less than {100 * WEAK_CONTRAST:.0f} "
               "points, too little for IRM; try more clusters or an earlier reference checkpoint", file=sys.stderr)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_code("environments.py", lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from invariant_learning.penalty import irm_penalty, penalty_weight_at  # noqa: E
 from models import build_model  # noqa: E402
 from training.loops import check_finite  # noqa: E402
 from utils.checkpoint import plain_args  # noqa: E402
-from utils.cli import OneLineErrorParser, non_negative, positive_int  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.metrics import compute_metrics, group_counts  # noqa: E402
 from utils.results import prepare_out_dir, write_results  # noqa: E402
@@ -258,12 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(build_parser().parse_args(argv))
-    except UserError as exc:
-        print(f"irm.py: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code("irm.py", lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

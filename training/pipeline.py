@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -66,9 +67,9 @@ def prusc(ref: Reference, splits: dict[str, SpuriousDataset], args: argparse.Nam
 
 
 def retrain_only(ref: Reference, splits: dict[str, SpuriousDataset], args: argparse.Namespace,
-                 device: torch.device, out_dir: Path) -> dict:
-    """The ablation without a mask: the same retraining applied to the dense reference model."""
-    return _retrain_and_evaluate(copy.deepcopy(ref.model), ref, splits, args, device, out_dir / "retrain_only.pt")
+                 device: torch.device, out_dir: Path, name: str = "retrain_only") -> dict:
+    """Retraining alone on a copy of the reference model: the ablation without a (new) mask."""
+    return _retrain_and_evaluate(copy.deepcopy(ref.model), ref, splits, args, device, out_dir / f"{name}.pt")
 
 
 def oracle_group_balanced(splits: dict[str, SpuriousDataset], args: argparse.Namespace,
@@ -83,30 +84,28 @@ def oracle_group_balanced(splits: dict[str, SpuriousDataset], args: argparse.Nam
     return {"splits": evaluate_model(model, splits, args, device), "uses_group_labels": True}
 
 
-def run_prune(args: argparse.Namespace) -> dict:
-    """``--mode prune``: reference model and clusters (loaded or made), PruSC, results.json."""
+def _run_method(args: argparse.Namespace, mode: str, label: str, method, allow_masked: bool = False) -> dict:
+    """Set up, prepare the reference, run ``method(ref, splits, args, device, out_dir)``, write results."""
     started, out_dir, device, splits = _setup(args)
-    ref = prepare_reference(args, splits, device, seed_everything(args.seed), out_dir)
-    result = prusc(ref, splits, args, device, out_dir)
-    payload = results_payload("prune", args, started, result.pop("splits"), **result,
+    ref = prepare_reference(args, splits, device, seed_everything(args.seed), out_dir, allow_masked=allow_masked)
+    result = method(ref, splits, args, device, out_dir)
+    payload = results_payload(mode, args, started, result.pop("splits"), **result,
                               reference_checkpoint=ref.checkpoint, clusters=ref.clusters_file,
                               cluster_checkpoint=ref.cluster_checkpoint)
-    _finish(out_dir, payload, "PruSC")
+    _finish(out_dir, payload, label)
     return payload
+
+
+def run_prune(args: argparse.Namespace) -> dict:
+    """``--mode prune``: reference model and clusters (loaded or made), PruSC, results.json."""
+    return _run_method(args, "prune", "PruSC", prusc)
 
 
 def run_retrain(args: argparse.Namespace) -> dict:
     """``--mode retrain``: retrain a given (masked or dense) checkpoint with the fixed mask."""
     if not args.checkpoint:
         raise UserError("--mode retrain needs --checkpoint (a .pt from --mode erm or --mode prune)")
-    started, out_dir, device, splits = _setup(args)
-    ref = prepare_reference(args, splits, device, seed_everything(args.seed), out_dir, allow_masked=True)
-    result = _retrain_and_evaluate(copy.deepcopy(ref.model), ref, splits, args, device, out_dir / "retrained.pt")
-    payload = results_payload("retrain", args, started, result.pop("splits"), **result,
-                              reference_checkpoint=ref.checkpoint, clusters=ref.clusters_file,
-                              cluster_checkpoint=ref.cluster_checkpoint)
-    _finish(out_dir, payload, "retrained")
-    return payload
+    return _run_method(args, "retrain", "retrained", partial(retrain_only, name="retrained"), allow_masked=True)
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, Callable
+
+from utils.errors import UserError
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -12,22 +15,37 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def non_negative(kind: type) -> Callable[[str], Any]:
-    """argparse type: a number of ``kind`` that is >= 0."""
+def at_least(kind: type, minimum: float) -> Callable[[str], Any]:
+    """argparse type: a number of ``kind`` (int or float) that is >= ``minimum``."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{value} is negative; it must be >= 0")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n' if kind is int else ''} {kind.__name__}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; it must be >= {minimum}")
         return value
     return parse
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = non_negative(int)(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("0 is not allowed; it must be >= 1")
-    return value
+def non_negative(kind: type) -> Callable[[str], Any]:
+    """argparse type: a number of ``kind`` that is >= 0 (a negative lambda or rate is a mistake)."""
+    return at_least(kind, 0)
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``."""
+    return at_least(int, minimum)
+
+
+positive_int = int_at_least(1)
+
+
+def exit_code(prog: str, action: Callable[[], Any]) -> int:
+    """Run a CLI's ``action``: 0 when it finishes, 2 and one line on stderr for a :class:`UserError`."""
+    try:
+        action()
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
