@@ -23,6 +23,7 @@ class DatasetSpec:
     add_args: Callable[[argparse._ArgumentGroup], None] | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
     default_arch: str = "resnet18"  # used when neither --arch nor --checkpoint names one
+    image_files: bool = True  # read from image files (False: built in memory, like digits and cmnist)
 
 
 REGISTRY: dict[str, DatasetSpec] = {}
@@ -59,7 +60,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data", default="digits", help=f"data set: {', '.join(dataset_names())}")
     group.add_argument("--train_root_dir", default=None, help="folder holding the data set's files")
     group.add_argument("--val_root_dir", default=None,
-                       help="folder of the validation files where they live apart from --train_root_dir")
+                       help="photo data sets: folder of the validation images when they live apart from "
+                            "--train_root_dir (same relative names)")
     group.add_argument("--spurious_ratio", type=probability, default=None,
                        help="P(attribute agrees with label) in train (None: digits 0.95, cmnist 0.9)")
     group.add_argument("--label_noise", type=probability, default=None,
@@ -90,6 +92,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def build_splits(args: argparse.Namespace) -> dict[str, SpuriousDataset]:
     """Build train/val/test for ``args.data`` and check each follows the contract."""
     spec = REGISTRY[canonical_name(args.data)]
+    if args.val_root_dir and not spec.image_files:
+        raise UserError(f"--val_root_dir applies to data sets read from image files; {spec.name!r} has none")
     splits = spec.build(args)
     for split in SPLITS:
         if split not in splits or len(splits[split]) == 0:
@@ -111,8 +115,8 @@ def probability(text: str) -> float:
 # registration needs the helpers above
 from data import celeba, cmnist, custom_csv, digits, isic, waterbirds  # noqa: E402
 
-register(DatasetSpec("digits", digits.build, digits.add_args, default_arch="mlp"))
-register(DatasetSpec("cmnist", cmnist.build, cmnist.add_args, default_arch="mlp"))
+register(DatasetSpec("digits", digits.build, digits.add_args, default_arch="mlp", image_files=False))
+register(DatasetSpec("cmnist", cmnist.build, cmnist.add_args, default_arch="mlp", image_files=False))
 register(DatasetSpec("celebA", celeba.build, celeba.add_args, aliases=("celeba",)))
 register(DatasetSpec("waterbirds", waterbirds.build, aliases=("cub",)))
 register(DatasetSpec("isic", isic.build))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.images import (ImageFileDataset, SPLIT_CODES, check_images_exist, find_first, image_splits, parse_codes,
+from data.images import (ImageFileDataset, SPLIT_CODES, find_first, image_splits, parse_codes,
                          read_table, require_columns, require_root)
 from utils.errors import UserError
 
@@ -90,5 +90,4 @@ def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
                             root / "Img" / "img_align_celeba"], "CelebA's image folder img_align_celeba",
                            "point --train_root_dir at the CelebA folder")
     filenames = [str(name) for name in attributes.index]
-    check_images_exist(image_dir, filenames, attr_path)
-    return image_splits(image_dir, filenames, y, a, codes, n_classes=2, n_attrs=2, args=args)
+    return image_splits(image_dir, filenames, y, a, codes, n_classes=2, n_attrs=2, args=args, metadata=attr_path)

@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from data.images import (ImageFileDataset, check_images_exist, image_splits, locate_metadata, parse_class_ids,
+from data.images import (ImageFileDataset, image_splits, locate_metadata, parse_class_ids,
                          read_table, split_codes, table_columns)
 from utils.errors import UserError
 
@@ -24,7 +24,6 @@ def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
     table = read_table(metadata, "--metadata")
     columns = table_columns(args, table, metadata, DEFAULT_COLUMNS)
     filenames = [str(name) for name in table[columns["image_col"]]]
-    check_images_exist(image_dir, filenames, metadata)
     y = parse_class_ids(table[columns["label_col"]], metadata, columns["label_col"], "--label_col")
     if len(np.unique(y)) < 2:
         raise UserError(f"{metadata} column {columns['label_col']!r} holds a single class; a classifier needs two "
@@ -35,4 +34,5 @@ def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
         a = parse_class_ids(table[columns["attr_col"]], metadata, columns["attr_col"], "--attr_col")
         n_attrs = int(a.max()) + 1
     codes = split_codes(table, metadata, args.split_col, args.data_seed)
-    return image_splits(image_dir, filenames, y, a, codes, n_classes=int(y.max()) + 1, n_attrs=n_attrs, args=args)
+    return image_splits(image_dir, filenames, y, a, codes, n_classes=int(y.max()) + 1, n_attrs=n_attrs, args=args,
+                        metadata=metadata)

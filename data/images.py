@@ -161,7 +161,8 @@ def seeded_split(n: int, seed: int) -> np.ndarray:
     return codes
 
 
-def check_images_exist(image_dir: Path, filenames: Sequence[str], metadata: Path) -> None:
+def check_images_exist(image_dir: Path, filenames: Sequence[str], metadata: Path,
+                       flag: str = "--train_root_dir") -> None:
     """Every listed file must exist; each folder is listed once, so 200k files take about a second."""
     listings: dict[Path, set[str]] = {}
     missing = []
@@ -173,10 +174,11 @@ def check_images_exist(image_dir: Path, filenames: Sequence[str], metadata: Path
             missing.append(name)
     if missing:
         raise UserError(f"image {missing[0]!r} listed in {metadata} is missing from {image_dir} "
-                        f"({len(missing)} of {len(filenames)} missing); check --train_root_dir")
+                        f"({len(missing)} of {len(filenames)} missing); check {flag}")
 
 
-def resolve_image_ids(image_dir: Path, ids: Sequence[str], metadata: Path, column: str) -> list[str]:
+def resolve_image_ids(image_dir: Path, ids: Sequence[str], metadata: Path, column: str,
+                      flag: str = "--train_root_dir") -> list[str]:
     """The file of each id in ``image_dir``: the id itself or the id plus an image extension."""
     by_id: dict[str, str] = {}
     for name in sorted(os.listdir(image_dir)):
@@ -189,17 +191,32 @@ def resolve_image_ids(image_dir: Path, ids: Sequence[str], metadata: Path, colum
     if missing:
         raise UserError(f"no image for {column} {missing[0]!r} of {metadata} in {image_dir} (looked for the id "
                         f"with and without an image extension; {len(missing)} of {len(ids)} missing); "
-                        "check --train_root_dir")
+                        f"check {flag}")
     return found
 
 
 def image_splits(image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np.ndarray, codes: np.ndarray,
-                 n_classes: int, n_attrs: int, args: argparse.Namespace) -> dict[str, ImageFileDataset]:
-    """Train/val/test datasets from per-row arrays and split codes, transformed per ``--image_size``/``--augment``."""
+                 n_classes: int, n_attrs: int, args: argparse.Namespace, metadata: Path,
+                 id_column: str | None = None) -> dict[str, ImageFileDataset]:
+    """Train/val/test datasets from per-row arrays and split codes, transformed per ``--image_size``/``--augment``.
+
+    Every image must exist: ``filenames`` are paths relative to the image folder, or, with
+    ``id_column``, ids found with or without an image extension. The validation images are read
+    from ``--val_root_dir`` when it is given, the others from ``image_dir``.
+    """
     transforms = split_transforms(args.image_size, args.augment)
     splits = {}
     for code, split in enumerate(SPLITS):
         keep = np.flatnonzero(codes == code)
-        splits[split] = ImageFileDataset(image_dir, [filenames[i] for i in keep], y[keep], a[keep], n_classes,
-                                         n_attrs, split, transforms[split])
+        names = [filenames[i] for i in keep]
+        folder, flag = image_dir, "--train_root_dir"
+        if split == "val" and args.val_root_dir:
+            folder, flag = Path(args.val_root_dir).expanduser(), "--val_root_dir"
+            if not folder.is_dir():
+                raise UserError(f"--val_root_dir {folder} does not exist or is not a folder")
+        if id_column is not None:
+            names = resolve_image_ids(folder, names, metadata, id_column, flag)
+        else:
+            check_images_exist(folder, names, metadata, flag)
+        splits[split] = ImageFileDataset(folder, names, y[keep], a[keep], n_classes, n_attrs, split, transforms[split])
     return splits

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from data.images import (BINARY_CODES, ImageFileDataset, image_splits, locate_metadata, parse_codes, read_table,
-                         resolve_image_ids, split_codes, table_columns)
+                         split_codes, table_columns)
 
 DEFAULT_COLUMNS = {"image_col": "isic_id", "label_col": "benign_malignant", "attr_col": "patches"}
 LABEL_CODES = {"benign": 0, "malignant": 1, "0": 0, "1": 1}
@@ -26,8 +26,8 @@ def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
     table = read_table(metadata, "--metadata")
     columns = table_columns(args, table, metadata, DEFAULT_COLUMNS)
     ids = [str(i) for i in table[columns["image_col"]]]
-    filenames = resolve_image_ids(image_dir, ids, metadata, columns["image_col"])
     y = parse_codes(table[columns["label_col"]], LABEL_CODES, metadata, columns["label_col"], "--label_col")
     a = parse_codes(table[columns["attr_col"]], BINARY_CODES, metadata, columns["attr_col"], "--attr_col")
     codes = split_codes(table, metadata, args.split_col, args.data_seed)
-    return image_splits(image_dir, filenames, y, a, codes, n_classes=2, n_attrs=2, args=args)
+    return image_splits(image_dir, ids, y, a, codes, n_classes=2, n_attrs=2, args=args, metadata=metadata,
+                        id_column=columns["image_col"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from data.images import (BINARY_CODES, SPLIT_CODES, ImageFileDataset, check_images_exist, find_first, image_splits,
+from data.images import (BINARY_CODES, SPLIT_CODES, ImageFileDataset, find_first, image_splits,
                          parse_codes, read_table, require_columns, require_root)
 
 DATASET_FOLDER = "waterbird_complete95_forest2water2"
@@ -22,7 +22,7 @@ def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
     table = read_table(metadata, "--train_root_dir")
     require_columns(table, metadata, {column: FORMAT_FIX for column in ("img_filename", "y", "split", "place")})
     filenames = [str(name) for name in table["img_filename"]]
-    check_images_exist(metadata.parent, filenames, metadata)
     return image_splits(metadata.parent, filenames, parse_codes(table["y"], BINARY_CODES, metadata, "y"),
                         parse_codes(table["place"], BINARY_CODES, metadata, "place"),
-                        parse_codes(table["split"], SPLIT_CODES, metadata, "split"), n_classes=2, n_attrs=2, args=args)
+                        parse_codes(table["split"], SPLIT_CODES, metadata, "split"), n_classes=2, n_attrs=2, args=args,
+                        metadata=metadata)

@@ -171,3 +171,25 @@ def test_whole_pipeline_runs_on_each_photo_data_set(run_cli, tmp_path, data):
     assert rc == 0, err
     image_ids = pd.read_csv(tmp_path / "out" / "clusters.csv")["image_id"].tolist()
     assert image_ids == [s.filename for s in samples if s.split == "train"]
+
+
+def test_val_root_dir_reads_validation_images_elsewhere(run_cli, tmp_path):
+    import shutil
+
+    root = tmp_path / "celeba"
+    samples = write_celeba(root, "kaggle")
+    images = root / "img_align_celeba" / "img_align_celeba"
+    val_dir = tmp_path / "val_images"
+    val_dir.mkdir()
+    for sample in samples:
+        if sample.split == "val":
+            shutil.move(images / sample.filename, val_dir / sample.filename)
+    splits = build_splits(run.parse_args(["--data", "celebA", "--train_root_dir", str(root),
+                                          "--val_root_dir", str(val_dir), "--image_size", "8"]))
+    assert splits["val"][0][0].shape == (3, 8, 8)
+    (val_dir / next(s.filename for s in samples if s.split == "val")).unlink()
+    rc, _, err = run_cli(*TINY_ERM, "--data", "celebA", "--train_root_dir", root, "--val_root_dir", val_dir,
+                         "--out_dir", tmp_path / "out")
+    assert rc == 2 and "--val_root_dir" in err and "missing" in err
+    rc, _, err = run_cli(*TINY_ERM, "--data", "digits", "--val_root_dir", val_dir, "--out_dir", tmp_path / "d")
+    assert rc == 2 and "--val_root_dir applies to data sets read from image files" in err
