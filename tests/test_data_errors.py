@@ -177,3 +177,11 @@ def test_bad_input_exits_2_with_a_message_that_names_it(run_cli, tmp_path, case)
         assert needle in err, (needle, err)
     assert not (tmp_path / "out" / "results.json").exists()
 
+
+
+def test_error_inside_a_dataloader_worker_is_still_one_line(run_cli, tmp_path):
+    (tmp_path / "data").mkdir()
+    argv, needles = corrupt_image(tmp_path / "data")
+    rc, _, err = run_cli(*ERM, *argv, "--num_workers", "1", "--out_dir", tmp_path / "out")
+    assert rc == 2 and err.count("\n") == 1
+    assert all(needle in err for needle in needles), err

@@ -46,6 +46,9 @@ def exit_code(prog: str, action: Callable[[], Any]) -> int:
     try:
         action()
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original line
+            message = message.strip().splitlines()[-1].split("UserError: ", 1)[-1]
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     return 0
