@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from utils.errors import UserError
+from utils.results import atomic_write
 
 REQUIRED_KEYS = ("state_dict", "arch", "arch_args", "data", "n_classes")
 
@@ -40,15 +40,7 @@ def save_checkpoint(path: str | os.PathLike, content: dict[str, Any]) -> Path:
         raise ValueError(f"checkpoint content lacks {missing}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(content, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(content, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, data: str | None = None, arch: str | None = None) -> dict[str, Any]:
