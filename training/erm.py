@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -20,12 +21,14 @@ from utils.runtime import make_loader, resolve_device, seed_everything
 
 def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Namespace, device: torch.device,
               generator: torch.Generator, cells: torch.Tensor | None = None,
-              snapshot_to: Path | None = None, arch_args: dict | None = None) -> list[float]:
+              snapshot_to: Path | None = None, arch_args: dict | None = None,
+              on_epoch_end: Callable[[int], None] | None = None) -> list[float]:
     """Train ``model`` in place with cross-entropy on the whole training split; return epoch losses.
 
     With ``cells`` (e.g. true group ids for the oracle) batches are balanced over them. With
     ``snapshot_to`` and ``--cluster_epoch E``, the model after epoch E is checkpointed there: an
     early ERM model whose representation still clusters by the spurious attribute.
+    ``on_epoch_end(epoch)`` runs after every epoch (e.g. model selection).
     """
     model.to(device)
     if args.channels_last:
@@ -38,13 +41,15 @@ def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Names
                              batch_sampler=BalancedBatchSampler(cells, args.batch_size, generator=generator))
     optimizer = make_optimizer(model.parameters(), args.optimizer, args.lr, args.weight_decay)
 
-    def snapshot(epoch: int) -> None:
+    def after_epoch(epoch: int) -> None:
         if snapshot_to is not None and epoch + 1 == args.cluster_epoch:
             save_checkpoint(snapshot_to, checkpoint_content(model, args, arch_args, train_set.n_classes,
                                                             epoch=epoch + 1))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
 
     return train_classifier(model, loader, optimizer, device, args.epochs, "ERM", amp=args.amp,
-                            channels_last=args.channels_last, on_epoch_end=snapshot)
+                            channels_last=args.channels_last, on_epoch_end=after_epoch)
 
 
 def snapshot_path(out_dir: Path, args: argparse.Namespace) -> Path | None:
