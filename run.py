@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default=DEFAULT_MODE, help="what to run")
     parser.add_argument("--out_dir", default=None,
-                        help="where checkpoints and results.json go (default: runs/<mode>_<data>_<arch>_seed<seed>_<time>)")
+                        help="where checkpoints and results.json go "
+                             "(default: runs/<mode>_<data>_<arch>_seed<seed>_<time>)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing a finished result in --out_dir")
     parser.add_argument("--seed", type=int, default=0, help="seed of model initialisation and batch order")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

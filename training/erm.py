@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -12,11 +13,20 @@ from torch import nn
 from data import SpuriousDataset, build_splits
 from training.experiment import checkpoint_content, evaluate_model, model_from_args, results_payload
 from training.loops import make_optimizer, train_classifier
-from training.samplers import BalancedBatchSampler
+from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 from utils.results import format_group_table, format_split_table, prepare_out_dir, write_results
-from utils.runtime import make_loader, resolve_device, seed_everything
+from utils.runtime import resolve_device, seed_everything
+
+
+@dataclass
+class ErmRun:
+    model: nn.Module
+    arch_args: dict
+    checkpoint: Path
+    snapshot: Path | None
+    losses: list[float]
 
 
 def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Namespace, device: torch.device,
@@ -33,12 +43,7 @@ def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Names
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    if cells is None:
-        loader = make_loader(train_set, args.batch_size, shuffle=True, generator=generator,
-                             num_workers=args.num_workers)
-    else:
-        loader = make_loader(train_set, args.batch_size, num_workers=args.num_workers,
-                             batch_sampler=BalancedBatchSampler(cells, args.batch_size, generator=generator))
+    loader = training_loader(train_set, args.batch_size, generator, args.num_workers, cells)
     optimizer = make_optimizer(model.parameters(), args.optimizer, args.lr, args.weight_decay)
 
     def after_epoch(epoch: int) -> None:
@@ -61,6 +66,18 @@ def snapshot_path(out_dir: Path, args: argparse.Namespace) -> Path | None:
     return Path(out_dir) / f"erm_epoch{args.cluster_epoch}.pt"
 
 
+def train_and_save_erm(args: argparse.Namespace, train_set: SpuriousDataset, device: torch.device,
+                       generator: torch.Generator, out_dir: Path) -> ErmRun:
+    """A fresh ``args.arch`` model trained with ERM, saved as ``<out_dir>/erm.pt`` (plus the
+    ``--cluster_epoch`` snapshot when that is not the last epoch)."""
+    model, arch_args = model_from_args(args, train_set)
+    snapshot = snapshot_path(out_dir, args)
+    losses = train_erm(model, train_set, args, device, generator, snapshot_to=snapshot, arch_args=arch_args)
+    ckpt_path = save_checkpoint(Path(out_dir) / "erm.pt", checkpoint_content(model, args, arch_args,
+                                                                              train_set.n_classes))
+    return ErmRun(model, arch_args, ckpt_path, snapshot, losses)
+
+
 def run(args: argparse.Namespace) -> dict:
     """``--mode erm``: train, save ``<out_dir>/erm.pt``, evaluate val/test, write results.json."""
     started = time.time()
@@ -68,11 +85,8 @@ def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     generator = seed_everything(args.seed)
     splits = build_splits(args)
-    model, arch_args = model_from_args(args, splits["train"])
-    losses = train_erm(model, splits["train"], args, device, generator,
-                       snapshot_to=snapshot_path(out_dir, args), arch_args=arch_args)
-    ckpt_path = save_checkpoint(Path(out_dir) / "erm.pt",
-                                checkpoint_content(model, args, arch_args, splits["train"].n_classes))
+    erm = train_and_save_erm(args, splits["train"], device, generator, out_dir)
+    model, ckpt_path, losses = erm.model, erm.checkpoint, erm.losses
     metrics = evaluate_model(model, splits, args, device)
     payload = results_payload("erm", args, started, metrics, checkpoint=str(ckpt_path), train_loss=losses)
     path = write_results(out_dir, payload)

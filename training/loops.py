@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Callable, Iterable
 
@@ -43,7 +44,8 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False
 def check_finite(loss: torch.Tensor, where: str) -> None:
     """Stop with a clear message when the loss is NaN/inf instead of training on garbage."""
     if not math.isfinite(float(loss.detach())):
-        raise UserError(f"the loss became {float(loss.detach())} {where}; lower the learning rate (--lr/--lr_main/--lr_prune)")
+        raise UserError(f"the loss became {float(loss.detach())} {where}; "
+                        "lower the learning rate (--lr/--lr_main/--lr_prune)")
 
 
 def train_classifier(
@@ -97,3 +99,23 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, a
         out[idx] = logits
     assert out is not None
     return out
+
+
+class BestEpoch:
+    """Model selection: keeps the model state with the best score recorded (the earliest on ties)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.scores: list[float] = []
+        self.epoch = 0
+        self.state: dict | None = None
+
+    def record(self, score: float, epoch: int) -> None:
+        if not self.scores or score > max(self.scores):
+            self.epoch, self.state = epoch, copy.deepcopy(self.model.state_dict())
+        self.scores.append(score)
+
+    def restore(self) -> None:
+        """Load the best state back into the model."""
+        assert self.state is not None, "no score recorded"
+        self.model.load_state_dict(self.state)

@@ -25,6 +25,7 @@ from models.masking import density_report
 from training.erm import train_erm
 from training.experiment import checkpoint_content, evaluate_model, model_from_args, model_from_checkpoint, \
     results_payload
+from training.loops import BestEpoch
 from training.prune import learn_masks
 from training.reference import Reference, prepare_reference
 from training.retrain import retrain, retrain_data
@@ -81,17 +82,15 @@ def oracle_group_balanced(splits: dict[str, SpuriousDataset], args: argparse.Nam
         raise UserError(f"data set {args.data!r} has no attribute labels, so the group-balanced oracle cannot run")
     generator = seed_everything(args.seed)
     model, _ = model_from_args(args, train)
-    best = {"score": -1.0, "epoch": 0, "state": None}
+    best = BestEpoch(model)
 
     def select(epoch: int) -> None:
-        score = evaluate_model(model, splits, args, device, names=("val",))["val"]["worst_group_acc"]
-        if score > best["score"]:
-            best.update(score=score, epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
+        best.record(evaluate_model(model, splits, args, device, names=("val",))["val"]["worst_group_acc"], epoch + 1)
 
     train_erm(model, train, args, device, generator, cells=train.groups, on_epoch_end=select)
-    model.load_state_dict(best["state"])
+    best.restore()
     return {"splits": evaluate_model(model, splits, args, device), "uses_group_labels": True,
-            "best_epoch": best["epoch"]}
+            "best_epoch": best.epoch}
 
 
 def _run_method(args: argparse.Namespace, mode: str, label: str, method, allow_masked: bool = False) -> dict:

@@ -24,9 +24,9 @@ from training.contrastive import cluster_contrastive_loss
 from training.experiment import checkpoint_content
 from training.loops import autocast, check_finite, to_device
 from training.retrain import cells_of
-from training.samplers import BalancedBatchSampler
+from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
-from utils.runtime import make_loader, progress
+from utils.runtime import progress
 
 
 def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Tensor, args: argparse.Namespace,
@@ -45,8 +45,8 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
     for p in logits:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(logits, lr=args.lr_prune)
-    sampler = BalancedBatchSampler(cells_of(train_set.y, clusters), args.batch_size, generator=generator)
-    loader = make_loader(train_set, args.batch_size, batch_sampler=sampler, num_workers=args.num_workers)
+    loader = training_loader(train_set, args.batch_size, generator, args.num_workers,
+                             cells_of(train_set.y, clusters))
     clusters = clusters.to(device)
     history = []
     set_mask_mode(model, "sample")

@@ -21,9 +21,9 @@ from cluster.io import load_clusters, write_clusters
 from cluster.kmeans import assign_nearest, majority_label
 from cluster.report import format_summary
 from data import SpuriousDataset
-from training.erm import snapshot_path, train_erm
-from training.experiment import checkpoint_content, model_from_args, model_from_checkpoint
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from training.erm import train_and_save_erm
+from training.experiment import model_from_checkpoint
+from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 
@@ -61,13 +61,9 @@ def load_or_train_reference(args: argparse.Namespace, train_set: SpuriousDataset
         args.arch = ckpt["arch"]
         arch_args, ckpt_path, snapshot = dict(ckpt["arch_args"]), str(args.checkpoint), None
     else:
-        args.arch = args.arch or "mlp"
-        model, arch_args = model_from_args(args, train_set)
         print(f"no --checkpoint given: training the ERM reference model ({args.epochs} epochs)")
-        snapshot = snapshot_path(out_dir, args)
-        train_erm(model, train_set, args, device, generator, snapshot_to=snapshot, arch_args=arch_args)
-        ckpt_path = str(save_checkpoint(out_dir / "erm.pt", checkpoint_content(model, args, arch_args,
-                                                                                 train_set.n_classes)))
+        erm = train_and_save_erm(args, train_set, device, generator, out_dir)
+        model, arch_args, ckpt_path, snapshot = erm.model, erm.arch_args, str(erm.checkpoint), erm.snapshot
     cluster_ckpt = args.cluster_checkpoint or (str(snapshot) if snapshot else ckpt_path)
     return model.to(device), arch_args, ckpt_path, cluster_ckpt
 

@@ -15,7 +15,6 @@ Recipe (``--retrain_split``, ``--retrain_scope``, ``--retrain_balance``, ``--ret
 from __future__ import annotations
 
 import argparse
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +22,8 @@ from torch import nn
 
 from data import SpuriousDataset
 from models.masking import mask_parameters
-from training.loops import make_optimizer, predict_logits, train_classifier
-from training.samplers import BalancedBatchSampler
+from training.loops import BestEpoch, make_optimizer, predict_logits, train_classifier
+from training.samplers import training_loader
 from utils.metrics import compute_metrics
 from utils.runtime import make_loader
 
@@ -93,31 +92,25 @@ def retrain(model: nn.Module, data: RetrainData, args: argparse.Namespace, devic
     logits = {id(p) for p in mask_parameters(model)}
     scope = model.head.parameters() if args.retrain_scope == "head" else model.parameters()
     trainable = [p for p in scope if id(p) not in logits]
+    trainable_ids = {id(p) for p in trainable}
     for p in model.parameters():
-        p.requires_grad_(id(p) in {id(t) for t in trainable})
-    scores = [selection_score(model, data, args, device)]
-    best = {"epoch": 0, "state": copy.deepcopy(model.state_dict())}
+        p.requires_grad_(id(p) in trainable_ids)
+    best = BestEpoch(model)
+    best.record(selection_score(model, data, args, device), 0)
 
     def select(epoch: int) -> None:
-        scores.append(selection_score(model, data, args, device))
-        if scores[-1] > max(scores[:-1]):
-            best.update(epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
+        best.record(selection_score(model, data, args, device), epoch + 1)
 
     losses: list[float] = []
     if args.retrain_ep > 0:
-        if args.retrain_balance == "none":
-            loader = make_loader(data.fit, args.batch_size, shuffle=True, generator=generator,
-                                 num_workers=args.num_workers)
-        else:
-            cells = data.fit_cells if args.retrain_balance == "cluster" else data.fit.y
-            loader = make_loader(data.fit, args.batch_size, num_workers=args.num_workers,
-                                 batch_sampler=BalancedBatchSampler(cells, args.batch_size, generator=generator))
+        cells = {"cluster": data.fit_cells, "class": data.fit.y, "none": None}[args.retrain_balance]
+        loader = training_loader(data.fit, args.batch_size, generator, args.num_workers, cells)
         optimizer = make_optimizer(trainable, args.optimizer, args.lr_main, args.weight_decay)
         losses = train_classifier(model, loader, optimizer, device, args.retrain_ep, "retrain", amp=args.amp,
                                   on_epoch_end=select, train_mode=args.retrain_scope == "all")
-    model.load_state_dict(best["state"])
+    best.restore()
     for p in model.parameters():
         p.requires_grad_(True)
-    return {"selection": SELECTION_LABELS[args.selection], "best_epoch": best["epoch"],
-            "selection_scores": scores, "train_loss": losses,
+    return {"selection": SELECTION_LABELS[args.selection], "best_epoch": best.epoch,
+            "selection_scores": best.scores, "train_loss": losses,
             "fit_size": len(data.fit), "select_size": len(data.select)}

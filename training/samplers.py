@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from utils.runtime import make_loader
 
 
 class BalancedBatchSampler(Sampler[list[int]]):
@@ -42,3 +44,12 @@ class BalancedBatchSampler(Sampler[list[int]]):
             for j in torch.randperm(len(streams), generator=self.generator)[:extra].tolist():
                 counts[j] += 1
             yield [next(stream) for stream, k in zip(streams, counts) for _ in range(k)]
+
+
+def training_loader(dataset: Dataset, batch_size: int, generator: torch.Generator, num_workers: int = 0,
+                    cells: torch.Tensor | None = None) -> DataLoader:
+    """Shuffled batches, or batches balanced over ``cells`` when given."""
+    if cells is None:
+        return make_loader(dataset, batch_size, shuffle=True, generator=generator, num_workers=num_workers)
+    return make_loader(dataset, batch_size, num_workers=num_workers,
+                       batch_sampler=BalancedBatchSampler(cells, batch_size, generator=generator))
