@@ -5,8 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from training.loops import autocast, to_device
-from utils.runtime import make_loader, progress
+from utils.runtime import autocast, make_loader, progress, to_device
 
 
 @torch.no_grad()

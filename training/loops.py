@@ -1,7 +1,6 @@
 """The supervised training loop shared by ERM and retraining, and batched prediction."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from typing import Callable, Iterable
@@ -11,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from utils.errors import UserError
-from utils.runtime import progress
+from utils.runtime import autocast, progress, to_device
 
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0,
@@ -25,20 +24,6 @@ def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     raise UserError(f"unknown --optimizer {name!r}; choose sgd or adam")
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``--amp`` is set; a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def check_finite(loss: torch.Tensor, where: str) -> None:

@@ -22,11 +22,11 @@ from data import SpuriousDataset
 from models.masking import attach_masks, density_report, mask_parameters, set_mask_mode, sparsity_penalty
 from training.contrastive import cluster_contrastive_loss
 from training.experiment import checkpoint_content
-from training.loops import autocast, check_finite, to_device
+from training.loops import check_finite
 from training.retrain import cells_of
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
-from utils.runtime import progress
+from utils.runtime import autocast, progress, to_device
 
 
 def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Tensor, args: argparse.Namespace,

@@ -44,7 +44,8 @@ def save_checkpoint(path: str | os.PathLike, content: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, data: str | None = None, arch: str | None = None) -> dict[str, Any]:
-    """Load and validate a checkpoint; ``data``/``arch``, when given, must match what it holds."""
+    """Load and validate a checkpoint; ``data`` (a registered name, aliases resolved) and ``arch``, when
+    given, must match what it holds."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--checkpoint {path} does not exist; pass the .pt file written by --mode erm")
@@ -57,7 +58,7 @@ def load_checkpoint(path: str | os.PathLike, data: str | None = None, arch: str 
         raise UserError(
             f"--checkpoint {path} is not a checkpoint of this toolkit: it needs keys {list(REQUIRED_KEYS)}, has {have}"
         )
-    if data is not None and canonical_data_name(ckpt["data"]) != canonical_data_name(data):
+    if data is not None and ckpt["data"] != data:
         raise UserError(
             f"--checkpoint {path} was trained on data {ckpt['data']!r}, but --data is {data!r}; "
             "pass the matching --data or a checkpoint trained on it"
@@ -69,9 +70,3 @@ def load_checkpoint(path: str | os.PathLike, data: str | None = None, arch: str 
         )
     return ckpt
 
-
-def canonical_data_name(name: str) -> str:
-    """Resolve data set aliases (``cub`` is ``waterbirds``) for comparisons."""
-    from data import canonical_name
-
-    return canonical_name(name)

@@ -1,6 +1,7 @@
 """Seeding, device selection, data loaders and progress bars used by every loop."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -45,6 +46,20 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps was requested but MPS is not available; use --device auto or cpu")
     return device
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``--amp`` is set; a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def collate_batch(batch: tuple | list) -> tuple | list:
