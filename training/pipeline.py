@@ -28,7 +28,7 @@ from training.experiment import checkpoint_content, evaluate_model, model_from_a
 from training.loops import BestEpoch
 from training.prune import learn_masks
 from training.reference import Reference, prepare_reference
-from training.retrain import retrain, retrain_data
+from training.retrain import retrain, retrain_data, selection_score
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.results import format_comparison, format_group_table, format_split_table, prepare_out_dir, \
@@ -60,8 +60,10 @@ def prusc(ref: Reference, splits: dict[str, SpuriousDataset], args: argparse.Nam
     """Prune a copy of the reference model, retrain it, evaluate it."""
     model = copy.deepcopy(ref.model)
     generator = seed_everything(args.seed)
+    data = retrain_data(splits, ref.train_clusters, ref.val_clusters, args.retrain_split, args.seed)
     history = learn_masks(model, splits["train"], ref.train_clusters, args, device, generator,
-                          save_to=out_dir / f"{name}_pruned.pt", arch_args=ref.arch_args)
+                          save_to=out_dir / f"{name}_pruned.pt", arch_args=ref.arch_args,
+                          score=partial(selection_score, data=data, args=args, device=device))
     result = _retrain_and_evaluate(model, ref, splits, args, device, out_dir / f"{name}.pt")
     result["pruning"] = history
     return result
