@@ -79,6 +79,13 @@ def _pick(checks: list[dict], tolerance: float) -> int:
     return min(good, key=lambda i: (checks[i]["density"], -i))
 
 
+def _score(score: Callable[[nn.Module], float] | None, model: nn.Module) -> float:
+    if score is None:
+        return 0.0
+    with torch.no_grad():
+        return float(score(model))
+
+
 def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Tensor, args: argparse.Namespace,
                 device: torch.device, generator: torch.Generator,
                 save_to: Path | None = None, arch_args: dict[str, Any] | None = None,
@@ -111,7 +118,7 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
         set_mask_mode(model, "fixed")
         record = {"step": step, "epoch": step / len(loader)} | {k: v / max(n, 1) for k, v in sums.items()}
         record |= {"density": density_report(model, warn=False)["overall"],
-                   "score": float(score(model)) if score is not None else 0.0}
+                   "score": _score(score, model)}
         checks.append(record)
         set_mask_mode(model, "sample")
         chosen = _pick(checks, args.prune_tolerance)
