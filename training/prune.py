@@ -110,27 +110,27 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
     every = max(1, math.ceil(total_steps / max(args.prune_checks, 1)))
     clusters = clusters.to(device)
     checks: list[dict[str, float]] = []
-    kept = [p.detach().clone() for p in logits]
+    candidates: dict[int, list[torch.Tensor]] = {}  # check index -> its binary masks, while in the band
 
     def check(step: int, sums: dict[str, float], n: int) -> bool:
-        """Record the fixed mask's density and score; keep the best logits; True to stop early."""
-        nonlocal kept
+        """Record the fixed mask's density and score, keep its masks while it may be chosen; True to stop early."""
         set_mask_mode(model, "fixed")
         record = {"step": step, "epoch": step / len(loader)} | {k: v / max(n, 1) for k, v in sums.items()}
         record |= {"density": density_report(model, warn=False)["overall"],
                    "score": _score(score, model)}
         checks.append(record)
         set_mask_mode(model, "sample")
-        chosen = _pick(checks, args.prune_tolerance)
-        if chosen == len(checks) - 1:
-            kept = [p.detach().clone() for p in logits]
+        best = max(c["score"] for c in checks)
+        candidates[len(checks) - 1] = [p.detach() >= 0 for p in logits]
+        for index in [i for i in candidates if checks[i]["score"] < best - args.prune_tolerance]:
+            del candidates[index]  # the best score never falls, so it can never be chosen again
+        if _pick(checks, args.prune_tolerance) == len(checks) - 1:
             if save_to is not None and arch_args is not None:
                 set_mask_mode(model, "fixed")
                 save_checkpoint(save_to, checkpoint_content(model, args, arch_args, train_set.n_classes))
                 set_mask_mode(model, "sample")
         print(f"prune step {step}/{total_steps}: ce {record['ce']:.4f}  con {record['con']:.4f}  "
               f"density {record['density']:.4f}  score {record['score']:.4f}")
-        best = max(c["score"] for c in checks)
         recent = checks[-PATIENCE:]
         return len(recent) == PATIENCE and all(c["score"] < best - args.prune_tolerance for c in recent)
 
@@ -168,8 +168,8 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
     chosen = _pick(checks, args.prune_tolerance)
     checks[chosen]["kept"] = True
     with torch.no_grad():
-        for p, value in zip(logits, kept):
-            p.copy_(value)
+        for p, keep in zip(logits, candidates[chosen]):
+            p.copy_(torch.where(keep, p.abs().clamp_min(1e-3), -p.abs().clamp_min(1e-3)))
     print(f"kept the mask of step {checks[chosen]['step']} (density {checks[chosen]['density']:.4f}, "
           f"score {checks[chosen]['score']:.4f})")
     set_mask_mode(model, "fixed")
