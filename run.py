@@ -79,9 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     prusc.add_argument("--cluster_checkpoint", default=None,
                        help="cluster this checkpoint's features instead of --checkpoint's")
     prusc.add_argument("--pruning_ep", type=non_negative(int), default=20, help="mask-learning epochs")
-    prusc.add_argument("--lr_prune", type=non_negative(float), default=0.1, help="Adam learning rate of mask logits")
-    prusc.add_argument("--lambda_sparse", type=non_negative(float), default=1e-5,
-                       help="weight of the sum of keep probabilities")
+    prusc.add_argument("--lr_prune", type=non_negative(float), default=None,
+                       help="Adam learning rate of mask logits (None: 2 * mask_init / total pruning steps, so "
+                            "the density reached does not follow the number of steps)")
+    prusc.add_argument("--lambda_sparse", type=non_negative(float), default=5e-8,
+                       help="sparsity penalty per weight of a ResNet-50-sized network: the term is lambda * "
+                            "23.46M * (share of weights kept), the same trade-off at any network size")
+    prusc.add_argument("--min_layer_density", type=non_negative(float), default=0.1,
+                       help="the sparsity term stops pushing a layer at or below this density")
+    prusc.add_argument("--prune_checks", type=positive_int, default=10,
+                       help="how often the mask is scored during pruning (worst-cluster val accuracy, or "
+                            "--selection oracle); the sparsest mask within --prune_tolerance of the best is kept")
+    prusc.add_argument("--prune_tolerance", type=non_negative(float), default=0.02,
+                       help="accuracy a sparser mask may lose against the best-scoring one and still be kept")
     prusc.add_argument("--lambda_con_prune", type=non_negative(float), default=1.0,
                        help="weight of the cluster-contrastive loss")
     prusc.add_argument("--temperature", type=non_negative(float), default=0.2, help="contrastive temperature")

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import copy
 
+from torch import nn
+
 from methods import register
 from methods.base import Context, Fitted, Method
-from methods.retrain_only import retrain_fitted
+from methods.retrain_only import recipe_data, retrain_fitted
 from training.prune import learn_masks
-from training.retrain import SELECTION_LABELS
+from training.retrain import SELECTION_LABELS, selection_score
 
 
 class PruSC(Method):
@@ -26,11 +28,17 @@ class PruSC(Method):
         return args
 
     def fit(self, ctx: Context) -> Fitted:
+        args = self.pruning_args(ctx.args)
         model = copy.deepcopy(ctx.reference.model)
-        history = learn_masks(model, ctx.train, ctx.clusters.train, self.pruning_args(ctx.args), ctx.device,
-                              ctx.generator(), save_to=ctx.out_dir / f"{self.name}_pruned.pt",
-                              arch_args=ctx.reference.arch_args)
-        fitted = retrain_fitted(model, ctx)
+        data = recipe_data(ctx)
+
+        def score(masked: nn.Module) -> float:  # the retraining's selection rule, on its selection samples
+            return selection_score(masked, data.select, data.select_cells, args, ctx.device)
+
+        history = learn_masks(model, ctx.train, ctx.clusters.train, args, ctx.device, ctx.generator(),
+                              save_to=ctx.out_dir / f"{self.name}_pruned.pt", arch_args=ctx.reference.arch_args,
+                              score=score)
+        fitted = retrain_fitted(model, ctx, data)
         fitted.info["pruning"] = history
         return fitted
 

@@ -11,15 +11,19 @@ from torch import nn
 
 from methods import register
 from methods.base import Context, Fitted, Method
-from training.retrain import SELECTION_LABELS, retrain, retrain_data
+from training.retrain import SELECTION_LABELS, RetrainData, retrain, retrain_data
 
 HELD_OUT_NOTE = "held-out half of val (the other half was used for retraining)"
 
 
-def retrain_fitted(model: nn.Module, ctx: Context) -> Fitted:
-    """Retrain ``model`` in place with the ``--retrain_*`` recipe, select the epoch, and describe it."""
+def recipe_data(ctx: Context) -> RetrainData:
+    """The fitting and selection samples of the ``--retrain_*`` recipe (seeded: the same for every method)."""
+    return retrain_data(ctx.splits, ctx.clusters.train, ctx.clusters.val, ctx.args.retrain_split, ctx.args.seed)
+
+
+def retrain_fitted(model: nn.Module, ctx: Context, data: RetrainData) -> Fitted:
+    """Retrain ``model`` in place with the ``--retrain_*`` recipe on ``data``, select the epoch, describe it."""
     args = ctx.args
-    data = retrain_data(ctx.splits, ctx.clusters.train, ctx.clusters.val, args.retrain_split, args.seed)
     info = retrain(model, data, args, ctx.device, ctx.generator())
     oracle = args.selection == "oracle"
     info.update(selection=SELECTION_LABELS[args.selection], uses_group_labels=oracle,
@@ -36,4 +40,4 @@ class RetrainOnly(Method):
     selection = SELECTION_LABELS["worst_cluster"]
 
     def fit(self, ctx: Context) -> Fitted:
-        return retrain_fitted(copy.deepcopy(ctx.reference.model), ctx)
+        return retrain_fitted(copy.deepcopy(ctx.reference.model), ctx, recipe_data(ctx))
