@@ -12,6 +12,14 @@ Mask modes:
   straight-through hard threshold): the forward pass uses an exactly binary mask, the backward
   pass treats the threshold as the identity so the gradient reaches the logits through ``s``;
 - ``fixed``: deterministic mask ``[logit >= 0]``, used for retraining and evaluation.
+
+Speed: the masks of one model form a :class:`MaskGroup` (made by :func:`attach_masks`,
+:func:`load_mask_logits` and :func:`set_mask_mode`). In ``sample`` mode the group draws the
+logistic noise for all its layers at once and samples every mask in one pass over one flat
+logits vector, when the first layer of a forward pass asks for its mask; each layer then takes
+its slice. The random numbers are the ones the layers would draw one after another in forward
+order, so results equal a per-layer implementation. The sparsity penalty likewise runs over
+one flat vector.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ from utils.errors import UserError
 MODES = ("off", "sample", "fixed")
 _PARAM_TAG = ".parametrizations.weight.original"
 _LOGIT_TAG = ".parametrizations.weight.0.logits"
+NOISE_EPS = 1e-6
 
 
 class _GumbelHardMask(torch.autograd.Function):
@@ -38,7 +47,9 @@ class _GumbelHardMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:  # type: ignore[override]
-        z = (logits + noise) / temperature
+        z = noise.add_(logits)  # the noise is a fresh buffer: reuse it for z = (logits + noise) / tau
+        if temperature != 1.0:
+            z.div_(temperature)
         ctx.save_for_backward(z)
         ctx.temperature = temperature
         return (z >= 0).to(logits.dtype)
@@ -47,7 +58,23 @@ class _GumbelHardMask(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
         (z,) = ctx.saved_tensors
         soft = torch.sigmoid(z)
-        return grad * soft * (1 - soft) / ctx.temperature, None, None
+        out = grad * soft
+        out.mul_(soft.neg_().add_(1))  # grad * s * (1 - s), the same rounding as written out
+        if ctx.temperature != 1.0:
+            out.div_(ctx.temperature)
+        return out, None, None
+
+
+def sample_masks(logits: list[torch.Tensor], temperature: float) -> list[torch.Tensor]:
+    """Straight-through Gumbel-sigmoid masks for several logit tensors with one noise draw.
+
+    Drawing ``n1 + n2`` uniforms at once gives the same numbers as drawing ``n1`` then ``n2``, so
+    the result equals sampling each tensor in turn.
+    """
+    flat = torch.cat([t.reshape(-1) for t in logits]) if len(logits) > 1 else logits[0].reshape(-1)
+    noise = torch.rand_like(flat).logit_(eps=NOISE_EPS)  # logistic noise
+    hard = _GumbelHardMask.apply(flat, noise, temperature)
+    return [part.view_as(t) for part, t in zip(hard.split([t.numel() for t in logits]), logits)]
 
 
 class WeightMask(nn.Module):
@@ -58,6 +85,8 @@ class WeightMask(nn.Module):
         self.logits = nn.Parameter(torch.full(shape, float(init_logit)))
         self.temperature = temperature
         self.mode = "fixed"
+        self.group: MaskGroup | None = None
+        self.slot = 0
 
     def keep_probability(self) -> torch.Tensor:
         return torch.sigmoid(self.logits)
@@ -65,13 +94,53 @@ class WeightMask(nn.Module):
     def mask(self) -> torch.Tensor:
         if self.mode == "fixed":
             return (self.logits >= 0).to(self.logits.dtype)
-        noise = torch.logit(torch.rand_like(self.logits), eps=1e-6)  # logistic noise
-        return _GumbelHardMask.apply(self.logits, noise, self.temperature)
+        if self.group is not None:
+            return self.group.sampled(self)
+        return sample_masks([self.logits], self.temperature)[0]
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.mode == "off":
             return weight
         return weight * self.mask().to(weight.dtype)
+
+
+class MaskGroup:
+    """The masks of one model in forward order, sampled together (one noise draw per forward pass).
+
+    A new draw happens when a layer asks again for a mask it already took from the current draw,
+    i.e. at the first masked layer of every forward pass.
+    """
+
+    def __init__(self, masks: list[WeightMask]) -> None:
+        self.masks = masks
+        for slot, mask in enumerate(masks):
+            mask.group, mask.slot = self, slot
+        self.clear()
+
+    def clear(self) -> None:
+        self._drawn: list[torch.Tensor] = []
+        self._taken: set[int] = set()
+
+    def __getstate__(self) -> dict:
+        return {"masks": self.masks, "_drawn": [], "_taken": set()}  # a drawn mask is not copyable
+
+    def sampled(self, mask: WeightMask) -> torch.Tensor:
+        if not self._drawn or mask.slot in self._taken:
+            self._drawn = sample_masks([m.logits for m in self.masks], self.masks[0].temperature)
+            self._taken = set()
+        self._taken.add(mask.slot)
+        return self._drawn[mask.slot]
+
+
+def group_masks(model: nn.Module) -> None:
+    """Make the masks of ``model`` one :class:`MaskGroup` when they can share a draw (same
+    temperature, device and dtype); otherwise each samples alone."""
+    masks = [mask for _, mask in iter_masks(model)]
+    for mask in masks:
+        mask.group = None
+    kinds = {(m.temperature, m.logits.device, m.logits.dtype) for m in masks}
+    if len(kinds) == 1:
+        MaskGroup(masks)
 
 
 def maskable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -101,6 +170,7 @@ def attach_masks(model: nn.Module, which: str = "all", init_logit: float = 3.0,
         mask = WeightMask(layer.weight.shape, init_logit, temperature).to(layer.weight.device)
         parametrize.register_parametrization(layer, "weight", mask)
         masks[name] = mask
+    group_masks(model)
     return masks
 
 
@@ -114,10 +184,12 @@ def iter_masks(model: nn.Module) -> Iterator[tuple[str, WeightMask]]:
 
 
 def set_mask_mode(model: nn.Module, mode: str) -> None:
+    """Switch every mask of ``model`` to ``mode`` (and regroup them: the model may have moved device)."""
     if mode not in MODES:
         raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
     for _, mask in iter_masks(model):
         mask.mode = mode
+    group_masks(model)
 
 
 def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -131,8 +203,12 @@ def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def sparsity_penalty(model: nn.Module) -> torch.Tensor:
-    """Sum of keep probabilities over all masked weights (the reference's L0 surrogate)."""
-    return sum(mask.keep_probability().sum() for _, mask in iter_masks(model))
+    """Sum of keep probabilities over all masked weights (the reference's L0 surrogate), in one
+    pass over the flattened logits."""
+    logits = mask_parameters(model)
+    if not logits:
+        return torch.zeros(())
+    return torch.sigmoid(torch.cat([t.reshape(-1) for t in logits])).sum()
 
 
 def density_report(model: nn.Module, warn: bool = True) -> dict:
@@ -173,3 +249,4 @@ def load_mask_logits(model: nn.Module, logits: dict[str, torch.Tensor], temperat
         mask = WeightMask(value.shape, 1.0, temperature)
         mask.logits.data.copy_(value)
         parametrize.register_parametrization(layers[name], "weight", mask)
+    group_masks(model)
