@@ -64,16 +64,27 @@ def prune_step(model: nn.Module, device: torch.device, amp: bool, clusters: torc
 
 
 def seconds_per_step(step: Callable[[torch.Tensor, torch.Tensor], None], x: torch.Tensor, y: torch.Tensor,
-                     device: torch.device, steps: int, warmup: int = 2, repeats: int = 1) -> float:
-    """Best over ``repeats`` of the mean time of ``steps`` steps, after ``warmup`` steps."""
-    for _ in range(warmup):
+                     device: torch.device, steps: int) -> float:
+    """Mean seconds of ``steps`` steps (the device drained before and after)."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
         step(x, y)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step(x, y)
-        sync(device)
-        best = min(best, (time.perf_counter() - start) / steps)
-    return best
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def compare_steps(base: Callable, other: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                  steps: int, repeats: int, warmup: int = 2) -> tuple[float, float, float]:
+    """(best seconds per step of ``base``, of ``other``, median ratio other / base).
+
+    The two are timed in alternating blocks and the ratio is taken within each pair of blocks, so
+    load from other jobs on a shared machine affects both sides alike.
+    """
+    for _ in range(warmup):
+        base(x, y)
+        other(x, y)
+    pairs = [(seconds_per_step(base, x, y, device, steps), seconds_per_step(other, x, y, device, steps))
+             for _ in range(repeats)]
+    ratios = sorted(b / a for a, b in pairs)
+    return min(a for a, _ in pairs), min(b for _, b in pairs), ratios[len(ratios) // 2]

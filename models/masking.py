@@ -15,11 +15,11 @@ Mask modes:
 
 Speed: the masks of one model form a :class:`MaskGroup` (made by :func:`attach_masks`,
 :func:`load_mask_logits` and :func:`set_mask_mode`). In ``sample`` mode the group draws the
-logistic noise for all its layers at once and samples every mask in one pass over one flat
-logits vector, when the first layer of a forward pass asks for its mask; each layer then takes
-its slice. The random numbers are the ones the layers would draw one after another in forward
-order, so results equal a per-layer implementation. The sparsity penalty likewise runs over
-one flat vector.
+logistic noise for all its layers at once, when the first layer of a forward pass asks for its
+mask; on CUDA it also samples every mask in one pass over one flat logits vector (fewer, larger
+kernels; the sparsity penalty too), on the CPU each layer samples from its slice of the noise
+(no copies). The random numbers are the ones the layers would draw one after another in forward
+order, so the results equal the per-layer estimator's.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ MODES = ("off", "sample", "fixed")
 _PARAM_TAG = ".parametrizations.weight.original"
 _LOGIT_TAG = ".parametrizations.weight.0.logits"
 NOISE_EPS = 1e-6
+FLAT_DEVICES = {"cuda"}  # device types where one pass over all masks (fewer, larger kernels) pays off
 
 
 class _GumbelHardMask(torch.autograd.Function):
@@ -47,7 +48,7 @@ class _GumbelHardMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:  # type: ignore[override]
-        z = noise.add_(logits)  # the noise is a fresh buffer: reuse it for z = (logits + noise) / tau
+        z = logits + noise
         if temperature != 1.0:
             z.div_(temperature)
         ctx.save_for_backward(z)
@@ -65,16 +66,16 @@ class _GumbelHardMask(torch.autograd.Function):
         return out, None, None
 
 
-def sample_masks(logits: list[torch.Tensor], temperature: float) -> list[torch.Tensor]:
-    """Straight-through Gumbel-sigmoid masks for several logit tensors with one noise draw.
+def logistic_noise(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Logistic noise for all of ``logits``, flat, in one draw. Drawing ``n1 + n2`` uniforms at once
+    gives the numbers that drawing ``n1`` then ``n2`` gives, so this equals a draw per tensor in turn."""
+    total = sum(t.numel() for t in logits)
+    return torch.rand(total, dtype=logits[0].dtype, device=logits[0].device).logit_(eps=NOISE_EPS)
 
-    Drawing ``n1 + n2`` uniforms at once gives the same numbers as drawing ``n1`` then ``n2``, so
-    the result equals sampling each tensor in turn.
-    """
-    flat = torch.cat([t.reshape(-1) for t in logits]) if len(logits) > 1 else logits[0].reshape(-1)
-    noise = torch.rand_like(flat).logit_(eps=NOISE_EPS)  # logistic noise
-    hard = _GumbelHardMask.apply(flat, noise, temperature)
-    return [part.view_as(t) for part, t in zip(hard.split([t.numel() for t in logits]), logits)]
+
+def split_like(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of ``flat`` shaped like each of ``tensors`` in turn."""
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 class WeightMask(nn.Module):
@@ -96,7 +97,8 @@ class WeightMask(nn.Module):
             return (self.logits >= 0).to(self.logits.dtype)
         if self.group is not None:
             return self.group.sampled(self)
-        return sample_masks([self.logits], self.temperature)[0]
+        return _GumbelHardMask.apply(self.logits, logistic_noise([self.logits]).view_as(self.logits),
+                                     self.temperature)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.mode == "off":
@@ -105,31 +107,42 @@ class WeightMask(nn.Module):
 
 
 class MaskGroup:
-    """The masks of one model in forward order, sampled together (one noise draw per forward pass).
+    """The masks of one model in forward order, sampled together: one noise draw per forward pass.
 
     A new draw happens when a layer asks again for a mask it already took from the current draw,
-    i.e. at the first masked layer of every forward pass.
+    i.e. at the first masked layer of every forward pass. On the devices in ``FLAT_DEVICES`` (where
+    kernel launches cost more than memory passes) all masks are then made in one flat pass over the
+    concatenated logits; elsewhere each layer makes its own from its slice of the noise (no copies).
     """
 
     def __init__(self, masks: list[WeightMask]) -> None:
         self.masks = masks
         for slot, mask in enumerate(masks):
             mask.group, mask.slot = self, slot
-        self.clear()
-
-    def clear(self) -> None:
-        self._drawn: list[torch.Tensor] = []
+        self._drawn: list[torch.Tensor] = []  # per layer: its mask (flat pass) or its noise
         self._taken: set[int] = set()
 
     def __getstate__(self) -> dict:
         return {"masks": self.masks, "_drawn": [], "_taken": set()}  # a drawn mask is not copyable
 
+    @property
+    def flat(self) -> bool:
+        return self.masks[0].logits.device.type in FLAT_DEVICES
+
     def sampled(self, mask: WeightMask) -> torch.Tensor:
+        temperature = self.masks[0].temperature
         if not self._drawn or mask.slot in self._taken:
-            self._drawn = sample_masks([m.logits for m in self.masks], self.masks[0].temperature)
+            logits = [m.logits for m in self.masks]
+            noise = logistic_noise(logits)
+            if self.flat:
+                flat = torch.cat([t.reshape(-1) for t in logits])
+                self._drawn = split_like(_GumbelHardMask.apply(flat, noise, temperature), logits)
+            else:
+                self._drawn = split_like(noise, logits)
             self._taken = set()
         self._taken.add(mask.slot)
-        return self._drawn[mask.slot]
+        drawn = self._drawn[mask.slot]
+        return drawn if self.flat else _GumbelHardMask.apply(mask.logits, drawn, temperature)
 
 
 def group_masks(model: nn.Module) -> None:
@@ -203,12 +216,12 @@ def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def sparsity_penalty(model: nn.Module) -> torch.Tensor:
-    """Sum of keep probabilities over all masked weights (the reference's L0 surrogate), in one
-    pass over the flattened logits."""
+    """Sum of keep probabilities over all masked weights (the reference's L0 surrogate); on the
+    devices in ``FLAT_DEVICES`` in one pass over the concatenated logits."""
     logits = mask_parameters(model)
-    if not logits:
-        return torch.zeros(())
-    return torch.sigmoid(torch.cat([t.reshape(-1) for t in logits])).sum()
+    if logits and logits[0].device.type in FLAT_DEVICES:
+        return torch.sigmoid(torch.cat([t.reshape(-1) for t in logits])).sum()
+    return sum(torch.sigmoid(t).sum() for t in logits)
 
 
 def density_report(model: nn.Module, warn: bool = True) -> dict:

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from models import build_model
+from models import build_model, masking
 from models.masking import (attach_masks, iter_masks, load_mask_logits, mask_parameters, set_mask_mode,
                             sparsity_penalty, split_state)
 
@@ -45,8 +45,14 @@ def reference_forward(model: torch.nn.Module, x: torch.Tensor, masks: dict[str, 
     return torch.func.functional_call(dense, {**rest, **weights}, (x,))
 
 
+@pytest.fixture(params=["per_layer", "flat"])
+def kernels(request, monkeypatch):
+    """Run a test with each layout of the mask kernels (the flat one is CUDA's, forced on the CPU)."""
+    monkeypatch.setattr(masking, "FLAT_DEVICES", {"cpu"} if request.param == "flat" else set())
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_sampled_masks_outputs_and_gradients_match_the_per_layer_estimator(temperature):
+def test_sampled_masks_outputs_and_gradients_match_the_per_layer_estimator(kernels, temperature):
     torch.manual_seed(0)
     model = build_model("cnn", (3, 8, 8), 2, width=4).eval()
     attach_masks(model, "all", init_logit=0.3, temperature=temperature)
@@ -68,7 +74,7 @@ def test_sampled_masks_outputs_and_gradients_match_the_per_layer_estimator(tempe
         assert torch.equal(got.grad, want.grad)
 
 
-def test_each_forward_pass_draws_fresh_masks_and_fixed_mode_is_deterministic():
+def test_each_forward_pass_draws_fresh_masks_and_fixed_mode_is_deterministic(kernels):
     torch.manual_seed(0)
     model = build_model("cnn", (3, 8, 8), 2, width=4).eval()
     attach_masks(model, "all", init_logit=0.01)
@@ -84,7 +90,7 @@ def test_each_forward_pass_draws_fresh_masks_and_fixed_mode_is_deterministic():
     assert torch.equal(model(x), reference_forward(dense, x, expected))
 
 
-def test_sparsity_penalty_value_and_gradient_match_the_per_layer_sum():
+def test_sparsity_penalty_value_and_gradient_match_the_per_layer_sum(kernels):
     torch.manual_seed(0)
     model = build_model("cnn", (3, 8, 8), 2, width=4)
     attach_masks(model)
@@ -99,7 +105,7 @@ def test_sparsity_penalty_value_and_gradient_match_the_per_layer_sum():
         assert torch.equal(got.grad, want.grad)
 
 
-def test_copies_and_loaded_masks_sample_on_their_own_logits():
+def test_copies_and_loaded_masks_sample_on_their_own_logits(kernels):
     torch.manual_seed(0)
     model = build_model("mlp", (2, 8, 8), 2, hidden_dim=8).eval()
     attach_masks(model)

@@ -67,12 +67,11 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False
     the device, with the same arithmetic as torchvision's ``ToTensor`` + ``Normalize``.
     """
     x = x.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
+    x = x.contiguous(memory_format=torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format)
+    if x.dtype == torch.uint8:  # reordered above while still 1 byte per value; float() keeps the layout
         mean, std = _image_statistics(x.device)
         x = x.float().div_(255).sub_(mean).div_(std)
-    if channels_last and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x.contiguous()
+    return x
 
 
 @functools.lru_cache(maxsize=None)
