@@ -212,7 +212,6 @@ def _build(path: Path, manifest_path: Path, expected: dict,
             for _ in progress(done, desc=f"caching {path.stem}", total=-(-n // BUILD_CHUNK)):
                 pass
         array.flush()
-        del array
         os.replace(tmp, path)
     finally:
         if tmp.exists():
