@@ -6,11 +6,14 @@
 used read-only. Writes a synthetic Waterbirds-layout folder (``photo_folder.py``; ``--fixture``
 writes the tests' tiny 8x8 one instead), then runs the same ``--mode all`` command in both
 checkouts, alternating, ``--repeats`` times. This checkout's first run builds its image cache
-("cold"), the later ones reuse it ("warm"). Prints each wall time and the ratios.
+("cold"), the later ones reuse it ("warm"). Prints each run's CPU seconds (user + system, of run.py
+and its worker processes: other jobs on a shared machine disturb them far less than the wall
+clock), its wall seconds, and the ratios of CPU seconds.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import tempfile
@@ -27,11 +30,17 @@ DEFAULT_FLAGS = ["--arch", "resnet18", "--image_size", "64", "--epochs", "2", "-
                  "1", "--batch_size", "32", "--device", "cpu"]
 
 
-def wall_seconds(checkout: Path, argv: list[str], out_dir: Path) -> float:
-    start = time.perf_counter()
+def cpu_seconds_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_run(checkout: Path, argv: list[str], out_dir: Path) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one ``run.py`` in ``checkout``."""
+    cpu, wall = cpu_seconds_of_children(), time.perf_counter()
     subprocess.run([sys.executable, "run.py", *argv, "--out_dir", str(out_dir)], cwd=checkout, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return cpu_seconds_of_children() - cpu, time.perf_counter() - wall
 
 
 def main() -> None:
@@ -59,12 +68,15 @@ def main() -> None:
         print(f"{what}; run.py {' '.join(command[4:])}")
         before, after = [], []
         for r in range(args.repeats):
-            before.append(wall_seconds(args.before, command, tmp / f"before{r}"))
-            after.append(wall_seconds(ROOT, [*command, "--cache_dir", str(tmp / "cache")], tmp / f"after{r}"))
-            print(f"repeat {r + 1}: before {before[-1]:.1f} s   this checkout {after[-1]:.1f} s "
-                  f"({'cold: builds the cache' if r == 0 else 'warm: cache reused'})", flush=True)
-        print(f"this checkout / before: cold {after[0] / before[0]:.2f}"
-              + (f", warm {min(after[1:]) / min(before):.2f} (best runs)" if args.repeats > 1 else ""))
+            before.append(timed_run(args.before, command, tmp / f"before{r}"))
+            after.append(timed_run(ROOT, [*command, "--cache_dir", str(tmp / "cache")], tmp / f"after{r}"))
+            print(f"repeat {r + 1}: before {before[-1][0]:.1f} CPU s ({before[-1][1]:.0f} s wall)   this checkout "
+                  f"{after[-1][0]:.1f} CPU s ({after[-1][1]:.0f} s wall)   "
+                  f"{'cold: builds the cache' if r == 0 else 'warm: cache reused'}", flush=True)
+        best_before = min(cpu for cpu, _ in before)
+        print(f"CPU seconds, this checkout / before: cold {after[0][0] / best_before:.2f}"
+              + (f", warm {min(cpu for cpu, _ in after[1:]) / best_before:.2f} (best runs)" if args.repeats > 1
+                 else ""))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """One training step of ERM and of PruSC's mask learning on a batch already on the device.
 
 The timing harness of ``bench_mask_step.py`` and ``gpu_throughput.py``: model-only steps, no data
-loading, no loss read back (``sync`` waits for the device before the clock stops). The pruning
+loading, no loss read back (``sync`` waits for the device before the clock stops). On the CPU the
+clock is the process's CPU time. The pruning
 step computes what ``training/prune.py`` computes per batch, with the library's own functions.
 """
 from __future__ import annotations
@@ -63,15 +64,22 @@ def prune_step(model: nn.Module, device: torch.device, amp: bool, clusters: torc
     return step
 
 
+def clock(device: torch.device) -> Callable[[], float]:
+    """Wall time on an accelerator; on the CPU the CPU time of this process (all its threads), which
+    other jobs on a shared machine disturb far less than the wall clock."""
+    return time.perf_counter if device.type != "cpu" else time.process_time
+
+
 def seconds_per_step(step: Callable[[torch.Tensor, torch.Tensor], None], x: torch.Tensor, y: torch.Tensor,
                      device: torch.device, steps: int) -> float:
-    """Mean seconds of ``steps`` steps (the device drained before and after)."""
+    """Mean seconds of ``steps`` steps (the device drained before and after; CPU seconds on the CPU)."""
+    now = clock(device)
     sync(device)
-    start = time.perf_counter()
+    start = now()
     for _ in range(steps):
         step(x, y)
     sync(device)
-    return (time.perf_counter() - start) / steps
+    return (now() - start) / steps
 
 
 def compare_steps(base: Callable, other: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device,

@@ -18,8 +18,8 @@ Speed: the masks of one model form a :class:`MaskGroup` (made by :func:`attach_m
 logistic noise for all its layers at once, when the first layer of a forward pass asks for its
 mask; on CUDA it also samples every mask in one pass over one flat logits vector (fewer, larger
 kernels; the sparsity penalty too), on the CPU each layer samples from its slice of the noise
-(no copies). The random numbers are the ones the layers would draw one after another in forward
-order, so the results equal the per-layer estimator's.
+(no copies). On the CPU the random numbers are the ones the layers would draw one after another
+in forward order, so the results equal the per-layer estimator's bit for bit.
 """
 from __future__ import annotations
 
@@ -67,8 +67,9 @@ class _GumbelHardMask(torch.autograd.Function):
 
 
 def logistic_noise(logits: list[torch.Tensor]) -> torch.Tensor:
-    """Logistic noise for all of ``logits``, flat, in one draw. Drawing ``n1 + n2`` uniforms at once
-    gives the numbers that drawing ``n1`` then ``n2`` gives, so this equals a draw per tensor in turn."""
+    """Logistic noise for all of ``logits``, flat, in one draw. On the CPU, drawing ``n1 + n2`` uniforms
+    at once gives the numbers that drawing ``n1`` then ``n2`` gives, so this equals a draw per tensor
+    in turn (CUDA's generator makes other, equally distributed, numbers)."""
     total = sum(t.numel() for t in logits)
     return torch.rand(total, dtype=logits[0].dtype, device=logits[0].device).logit_(eps=NOISE_EPS)
 
