@@ -28,14 +28,14 @@ fi
   echo "photo folder: $(( $(date +%s) - start )) s"
   # shellcheck disable=SC2086
   python3 benchmarks/gpu_throughput.py --folder "$WORK/photos" --work "$WORK" --device "$DEVICE" $FLAGS \
-    --json "$OUT/throughput.json" 2>&1 | grep -v -i "warn"
+    --json "$OUT/throughput.json" 2>&1 | grep --line-buffered -v -i "warn"
   echo "throughput check: $(( $(date +%s) - start )) s"
   for variant in "fp32:" "amp:--amp --channels_last"; do
     name=${variant%%:*}; flags=${variant#*:}
     [[ "$DEVICE" == cpu && "$name" == amp ]] && continue
     t0=$(date +%s)
     # shellcheck disable=SC2086
-    python3 run.py --device "$DEVICE" $flags --out_dir "$WORK/digits_$name" 2>&1 | grep -v -i "warn\|prune epoch"
+    python3 run.py --device "$DEVICE" $flags --out_dir "$WORK/digits_$name" 2>&1 | grep --line-buffered -v -i "warn\|prune epoch"
     echo "digits --mode all on $DEVICE ($name): $(( $(date +%s) - t0 )) s"
     cp "$WORK/digits_$name/results.json" "$OUT/digits_${name}.json"
   done
