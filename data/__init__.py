@@ -72,6 +72,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                        help="photo data sets: side of the square crop fed to the model")
     group.add_argument("--augment", action="store_true",
                        help="photo data sets: random resized crop + horizontal flip in training")
+    group.add_argument("--cache_dir", default=None,
+                       help="photo data sets: folder of the decode-once image cache "
+                            "(None: $XDG_CACHE_HOME/spurious-robustness/images, i.e. ~/.cache/...)")
+    group.add_argument("--no_cache", action="store_true",
+                       help="photo data sets: decode every image at every batch instead of using the cache")
+    group.add_argument("--cache_max_gb", type=non_negative(float), default=32.0,
+                       help="photo data sets: most GB the image caches of one run may take on disk (and in "
+                            "the page cache); splits beyond it are decoded at every batch")
     group.add_argument("--metadata", default=None,
                        help="csv: the metadata CSV; isic: the labels CSV "
                             "(None: isic reads <train_root_dir>/metadata.csv)")
@@ -98,6 +106,8 @@ def build_splits(args: argparse.Namespace) -> dict[str, SpuriousDataset]:
     for split in SPLITS:
         if split not in splits or len(splits[split]) == 0:
             raise UserError(f"data set {spec.name!r} has no samples in split {split!r}; check its split column/files")
+    if spec.image_files and not args.no_cache:
+        images.cache_splits(splits, args)
     return splits
 
 
@@ -113,7 +123,7 @@ def probability(text: str) -> float:
 
 
 # registration needs the helpers above
-from data import celeba, cmnist, custom_csv, digits, isic, waterbirds  # noqa: E402
+from data import celeba, cmnist, custom_csv, digits, images, isic, waterbirds  # noqa: E402
 
 register(DatasetSpec("digits", digits.build, digits.add_args, default_arch="mlp", image_files=False))
 register(DatasetSpec("cmnist", cmnist.build, cmnist.add_args, default_arch="mlp", image_files=False))

@@ -3,24 +3,27 @@
 A loader reads its metadata with :func:`read_table`, checks it with the helpers below and hands
 file names, labels, attributes and split codes to :func:`image_splits`. Each helper turns a
 user mistake into a one-line :class:`UserError` that names the file, the column and the flag that
-fixes it. Images are decoded lazily in ``__getitem__``, so DataLoader workers (``--num_workers``)
-do the decoding.
+fixes it. Images become ``(3, H, W)`` uint8 tensors (normalised on the device by
+``utils.runtime.to_device``): read from the split's decode-once cache (``data/cache.py``) or, with
+``--no_cache`` or beyond ``--cache_max_gb``, decoded at every batch in the DataLoader workers
+(``--num_workers``).
 """
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
-from data import SPLITS
+from data import SPLITS, canonical_name
 from data.base import SpuriousDataset
-from data.transforms import split_transforms
+from data.cache import Budget, ImageCache, default_cache_dir, open_cache
+from data.transforms import Pixels, augment_batch, eval_pixels, resize_side, split_pixels, square_pixels
 from utils.errors import UserError
 
 SPLIT_CODES = {"train": 0, "0": 0, "val": 1, "valid": 1, "validation": 1, "1": 1, "test": 2, "2": 2}
@@ -31,22 +34,57 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ImageFileDataset(SpuriousDataset):
-    """One split of image files under ``image_dir``; ``filenames`` are relative to it."""
+    """One split of image files under ``image_dir``; ``filenames`` are relative to it.
+
+    Items are ``(3, H, W)`` uint8 tensors made by ``pixels`` (a :class:`Pixels` transform), or read
+    from ``cache`` after :meth:`use_cache`.
+    """
 
     def __init__(self, image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np.ndarray, n_classes: int,
-                 n_attrs: int, split: str, transform: Callable) -> None:
+                 n_attrs: int, split: str, pixels: Pixels) -> None:
         super().__init__(torch.as_tensor(y), torch.as_tensor(a), n_classes, n_attrs, split, filenames)
         self.image_dir = Path(image_dir)
-        self.transform = transform
+        self.pixels = pixels
+        self.stored: Pixels | None = None
+        self.cache: ImageCache | None = None
+        self.augment_size: int | None = None
 
-    def load_image(self, index: int) -> torch.Tensor:
+    def open_image(self, index: int) -> Image.Image:
         path = self.image_dir / self.filenames[index]
         try:
             with Image.open(path) as image:
-                return self.transform(image.convert("RGB"))
+                return image.convert("RGB")
         except OSError as exc:  # PIL's UnidentifiedImageError included
             raise UserError(f"cannot decode image {path} ({exc}); replace it or drop its row from the metadata"
                             ) from exc
+
+    def decode_stored(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """The cached row of image ``index`` and the image's original (height, width)."""
+        image = self.open_image(index)
+        return self.stored(image), (image.height, image.width)
+
+    def use_cache(self, cache_dir: Path, label: str, size: int, augment: bool, budget: Budget,
+                  threads: int) -> None:
+        """Read images from a decode-once cache: the evaluation crop itself, or, for augmented
+        training, the whole image squeezed to a square that :func:`augment_batch` crops from."""
+        side = resize_side(size) if augment else size
+        self.stored = square_pixels(size) if augment else eval_pixels(size)
+        self.cache = open_cache(cache_dir, label, self.image_dir, self.filenames,
+                                f"{'square' if augment else 'crop'}{side}", (side, side, 3), self.decode_stored,
+                                budget, threads)
+        self.augment_size = size if augment and self.cache is not None else None
+
+    def load_images(self, indices: torch.Tensor) -> torch.Tensor:
+        if self.cache is None:
+            batch = np.stack([self.pixels(self.open_image(int(i))) for i in indices])
+        else:
+            batch = self.cache.rows(indices)
+            if self.augment_size is not None:
+                batch = augment_batch(batch, self.cache.extra[np.asarray(indices)], self.augment_size)
+        return torch.from_numpy(batch).permute(0, 3, 1, 2)
+
+    def load_image(self, index: int) -> torch.Tensor:
+        return self.load_images(torch.tensor([index]))[0]
 
 
 def require_root(args: argparse.Namespace, data_name: str, holds: str) -> Path:
@@ -204,7 +242,7 @@ def image_splits(image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np
     ``id_column``, ids found with or without an image extension. The validation images are read
     from ``--val_root_dir`` when it is given, the others from ``image_dir``.
     """
-    transforms = split_transforms(args.image_size, args.augment)
+    transforms = split_pixels(args.image_size, args.augment)
     splits = {}
     for code, split in enumerate(SPLITS):
         keep = np.flatnonzero(codes == code)
@@ -220,3 +258,15 @@ def image_splits(image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np
             check_images_exist(folder, names, metadata, flag)
         splits[split] = ImageFileDataset(folder, names, y[keep], a[keep], n_classes, n_attrs, split, transforms[split])
     return splits
+
+
+def cache_splits(splits: dict[str, ImageFileDataset], args: argparse.Namespace) -> None:
+    """Read every split from its image cache in ``--cache_dir`` (built on first use), train first,
+    within ``--cache_max_gb``."""
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    budget = Budget(args.cache_max_gb)
+    threads = min(32, os.cpu_count() or 1)
+    for split, dataset in splits.items():
+        augment = split == "train" and args.augment
+        dataset.use_cache(cache_dir, f"{canonical_name(args.data)}_{split}", args.image_size, augment, budget,
+                          threads)

@@ -12,6 +12,14 @@ Mask modes:
   straight-through hard threshold): the forward pass uses an exactly binary mask, the backward
   pass treats the threshold as the identity so the gradient reaches the logits through ``s``;
 - ``fixed``: deterministic mask ``[logit >= 0]``, used for retraining and evaluation.
+
+Speed: the masks of one model form a :class:`MaskGroup` (made by :func:`attach_masks`,
+:func:`load_mask_logits` and :func:`set_mask_mode`). In ``sample`` mode the group draws the
+logistic noise for all its layers at once, when the first layer of a forward pass asks for its
+mask; on CUDA it also samples every mask in one pass over one flat logits vector (fewer, larger
+kernels; the sparsity penalty too), on the CPU each layer samples from its slice of the noise
+(no copies). On the CPU the random numbers are the ones the layers would draw one after another
+in forward order, so the results equal the per-layer estimator's bit for bit.
 """
 from __future__ import annotations
 
@@ -27,6 +35,8 @@ from utils.errors import UserError
 MODES = ("off", "sample", "fixed")
 _PARAM_TAG = ".parametrizations.weight.original"
 _LOGIT_TAG = ".parametrizations.weight.0.logits"
+NOISE_EPS = 1e-6
+FLAT_DEVICES = {"cuda"}  # device types where one pass over all masks (fewer, larger kernels) pays off
 
 
 class _GumbelHardMask(torch.autograd.Function):
@@ -38,7 +48,9 @@ class _GumbelHardMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:  # type: ignore[override]
-        z = (logits + noise) / temperature
+        z = logits + noise
+        if temperature != 1.0:
+            z.div_(temperature)
         ctx.save_for_backward(z)
         ctx.temperature = temperature
         return (z >= 0).to(logits.dtype)
@@ -47,7 +59,24 @@ class _GumbelHardMask(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
         (z,) = ctx.saved_tensors
         soft = torch.sigmoid(z)
-        return grad * soft * (1 - soft) / ctx.temperature, None, None
+        out = grad * soft
+        out.mul_(soft.neg_().add_(1))  # grad * s * (1 - s), the same rounding as written out
+        if ctx.temperature != 1.0:
+            out.div_(ctx.temperature)
+        return out, None, None
+
+
+def logistic_noise(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Logistic noise for all of ``logits``, flat, in one draw. On the CPU, drawing ``n1 + n2`` uniforms
+    at once gives the numbers that drawing ``n1`` then ``n2`` gives, so this equals a draw per tensor
+    in turn (CUDA's generator makes other, equally distributed, numbers)."""
+    total = sum(t.numel() for t in logits)
+    return torch.rand(total, dtype=logits[0].dtype, device=logits[0].device).logit_(eps=NOISE_EPS)
+
+
+def split_like(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of ``flat`` shaped like each of ``tensors`` in turn."""
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 class WeightMask(nn.Module):
@@ -58,6 +87,8 @@ class WeightMask(nn.Module):
         self.logits = nn.Parameter(torch.full(shape, float(init_logit)))
         self.temperature = temperature
         self.mode = "fixed"
+        self.group: MaskGroup | None = None
+        self.slot = 0
 
     def keep_probability(self) -> torch.Tensor:
         return torch.sigmoid(self.logits)
@@ -65,13 +96,65 @@ class WeightMask(nn.Module):
     def mask(self) -> torch.Tensor:
         if self.mode == "fixed":
             return (self.logits >= 0).to(self.logits.dtype)
-        noise = torch.logit(torch.rand_like(self.logits), eps=1e-6)  # logistic noise
-        return _GumbelHardMask.apply(self.logits, noise, self.temperature)
+        if self.group is not None:
+            return self.group.sampled(self)
+        return _GumbelHardMask.apply(self.logits, logistic_noise([self.logits]).view_as(self.logits),
+                                     self.temperature)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.mode == "off":
             return weight
         return weight * self.mask().to(weight.dtype)
+
+
+class MaskGroup:
+    """The masks of one model in forward order, sampled together: one noise draw per forward pass.
+
+    A new draw happens when a layer asks again for a mask it already took from the current draw,
+    i.e. at the first masked layer of every forward pass. On the devices in ``FLAT_DEVICES`` (where
+    kernel launches cost more than memory passes) all masks are then made in one flat pass over the
+    concatenated logits; elsewhere each layer makes its own from its slice of the noise (no copies).
+    """
+
+    def __init__(self, masks: list[WeightMask]) -> None:
+        self.masks = masks
+        for slot, mask in enumerate(masks):
+            mask.group, mask.slot = self, slot
+        self._drawn: list[torch.Tensor] = []  # per layer: its mask (flat pass) or its noise
+        self._taken: set[int] = set()
+
+    def __getstate__(self) -> dict:
+        return {"masks": self.masks, "_drawn": [], "_taken": set()}  # a drawn mask is not copyable
+
+    @property
+    def flat(self) -> bool:
+        return self.masks[0].logits.device.type in FLAT_DEVICES
+
+    def sampled(self, mask: WeightMask) -> torch.Tensor:
+        temperature = self.masks[0].temperature
+        if not self._drawn or mask.slot in self._taken:
+            logits = [m.logits for m in self.masks]
+            noise = logistic_noise(logits)
+            if self.flat:
+                flat = torch.cat([t.reshape(-1) for t in logits])
+                self._drawn = split_like(_GumbelHardMask.apply(flat, noise, temperature), logits)
+            else:
+                self._drawn = split_like(noise, logits)
+            self._taken = set()
+        self._taken.add(mask.slot)
+        drawn = self._drawn[mask.slot]
+        return drawn if self.flat else _GumbelHardMask.apply(mask.logits, drawn, temperature)
+
+
+def group_masks(model: nn.Module) -> None:
+    """Make the masks of ``model`` one :class:`MaskGroup` when they can share a draw (same
+    temperature, device and dtype); otherwise each samples alone."""
+    masks = [mask for _, mask in iter_masks(model)]
+    for mask in masks:
+        mask.group = None
+    kinds = {(m.temperature, m.logits.device, m.logits.dtype) for m in masks}
+    if len(kinds) == 1:
+        MaskGroup(masks)
 
 
 def maskable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -101,6 +184,7 @@ def attach_masks(model: nn.Module, which: str = "all", init_logit: float = 3.0,
         mask = WeightMask(layer.weight.shape, init_logit, temperature).to(layer.weight.device)
         parametrize.register_parametrization(layer, "weight", mask)
         masks[name] = mask
+    group_masks(model)
     return masks
 
 
@@ -114,10 +198,12 @@ def iter_masks(model: nn.Module) -> Iterator[tuple[str, WeightMask]]:
 
 
 def set_mask_mode(model: nn.Module, mode: str) -> None:
+    """Switch every mask of ``model`` to ``mode`` (and regroup them: the model may have moved device)."""
     if mode not in MODES:
         raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
     for _, mask in iter_masks(model):
         mask.mode = mode
+    group_masks(model)
 
 
 def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -131,8 +217,12 @@ def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def sparsity_penalty(model: nn.Module) -> torch.Tensor:
-    """Sum of keep probabilities over all masked weights (the reference's L0 surrogate)."""
-    return sum(mask.keep_probability().sum() for _, mask in iter_masks(model))
+    """Sum of keep probabilities over all masked weights (the reference's L0 surrogate); on the
+    devices in ``FLAT_DEVICES`` in one pass over the concatenated logits."""
+    logits = mask_parameters(model)
+    if logits and logits[0].device.type in FLAT_DEVICES:
+        return torch.sigmoid(torch.cat([t.reshape(-1) for t in logits])).sum()
+    return sum(torch.sigmoid(t).sum() for t in logits)
 
 
 def density_report(model: nn.Module, warn: bool = True) -> dict:
@@ -173,3 +263,4 @@ def load_mask_logits(model: nn.Module, logits: dict[str, torch.Tensor], temperat
         mask = WeightMask(value.shape, 1.0, temperature)
         mask.logits.data.copy_(value)
         parametrize.register_parametrization(layers[name], "weight", mask)
+    group_masks(model)

@@ -9,6 +9,15 @@ import pytest
 import run
 
 
+@pytest.fixture(autouse=True, scope="session")
+def image_cache_in_tmp(tmp_path_factory):
+    """The photo data sets' image cache goes to a temporary folder, not the user's ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Call ``run.main(argv)``; return (exit code, stdout, stderr)."""

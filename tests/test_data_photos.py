@@ -1,4 +1,5 @@
 """Photo data sets in their exact public layouts: ERM end to end, per-group counts, file names, transforms."""
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -6,7 +7,8 @@ import torch
 import run
 from conftest import read_results
 from data import build_splits
-from data.transforms import IMAGENET_MEAN, split_transforms
+from data.transforms import IMAGENET_MEAN, split_pixels
+from utils.runtime import to_device
 from fixtures import (CELEBA_ATTRIBUTES, expected_groups, write_celeba, write_custom_csv, write_isic,
                       write_waterbirds)
 
@@ -136,19 +138,20 @@ def test_transforms_size_normalisation_and_augmentation():
     from PIL import Image
 
     image = Image.new("RGB", (40, 30), color=(255, 0, 0))
-    plain = split_transforms(24, augment=False)
-    augmented = split_transforms(24, augment=True)
-    x = plain["train"](image)
-    assert x.shape == (3, 24, 24)
-    assert torch.allclose(x[:, 0, 0], torch.tensor([(1 - IMAGENET_MEAN[0]) / 0.229, -IMAGENET_MEAN[1] / 0.224,
-                                                    -IMAGENET_MEAN[2] / 0.225]), atol=1e-4)
+    plain = split_pixels(24, augment=False)
+    augmented = split_pixels(24, augment=True)
+    pixels = plain["train"](image)
+    assert pixels.shape == (24, 24, 3) and pixels.dtype == np.uint8
+    x = to_device(torch.from_numpy(pixels).permute(2, 0, 1)[None], torch.device("cpu"))
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([(1 - IMAGENET_MEAN[0]) / 0.229, -IMAGENET_MEAN[1] / 0.224,
+                                                       -IMAGENET_MEAN[2] / 0.225]), atol=1e-4)
     assert plain["train"] is plain["val"] is plain["test"]
-    assert augmented["train"](image).shape == (3, 24, 24) and augmented["val"] is not augmented["train"]
+    assert augmented["train"](image).shape == (24, 24, 3) and augmented["val"] is not augmented["train"]
     torch.manual_seed(0)
     striped = Image.fromarray(torch.arange(40 * 30 * 3, dtype=torch.uint8).reshape(30, 40, 3).numpy())
     crops = {tuple(augmented["train"](striped).flatten()[:20].tolist()) for _ in range(5)}
     assert len(crops) > 1
-    assert torch.equal(augmented["val"](striped), augmented["val"](striped))
+    assert np.array_equal(augmented["val"](striped), augmented["val"](striped))
 
 
 def photo_layout(data: str, root) -> tuple[list, tuple]:
@@ -169,6 +172,9 @@ def test_whole_pipeline_runs_on_each_photo_data_set(run_cli, tmp_path, data):
     rc, _, err = run_cli(*TINY_ERM, "--mode", "all", "--data", data, *argv, "--pruning_ep", "1", "--retrain_ep", "1",
                          "--out_dir", tmp_path / "out")
     assert rc == 0, err
+    ran = set(read_results(tmp_path / "out")["methods"])
+    assert {"erm", "retrain_only", "prusc_no_con", "prusc", "jtt"} <= ran
+    assert {"groupdro", "dfr"} <= ran  # every layout here has an attribute column
     image_ids = pd.read_csv(tmp_path / "out" / "clusters.csv")["image_id"].tolist()
     assert image_ids == [s.filename for s in samples if s.split == "train"]
 

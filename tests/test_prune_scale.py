@@ -51,7 +51,7 @@ def test_default_pruning_keeps_a_working_network(run_cli, erm, tmp_path, lambda_
     assert rc == 0, err
     res = read_results(tmp_path)
     dense = read_results(erm_dir)["splits"]["test"]
-    assert min(res["sparsity"]["per_layer"].values()) > 0.0, res["sparsity"]
-    assert res["sparsity"]["overall"] >= 0.2, res["sparsity"]
+    assert min(res["density"]["per_layer"].values()) > 0.0, res["density"]
+    assert res["density"]["overall"] >= 0.2, res["density"]
     assert res["splits"]["test"]["avg_acc"] >= dense["avg_acc"] - 0.1
     assert res["splits"]["test"]["worst_group_acc"] >= dense["worst_group_acc"] - 0.15

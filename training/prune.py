@@ -42,8 +42,8 @@ from torch import nn
 
 from data import SpuriousDataset
 from models.masking import attach_masks, density_report, iter_masks, mask_parameters, set_mask_mode
+from models.factory import checkpoint_content
 from training.contrastive import cluster_contrastive_loss
-from training.experiment import checkpoint_content
 from training.loops import check_finite
 from training.retrain import cells_of
 from training.samplers import training_loader

@@ -1,0 +1,190 @@
+"""Images per second of each part of the photo training path, and the ratios that say where time goes.
+
+    python3 benchmarks/gpu_throughput.py --folder PHOTOS --work DIR [--device cuda] [--amp] [--channels_last]
+        [--arch resnet50] [--image_size 224] [--batch_size 128] [--workers 15] [--steps 20] [--json FILE]
+
+``PHOTOS`` is a Waterbirds-layout folder (``photo_folder.py`` writes one). Prints, for the current
+code: the ERM step with the batch already on the device (model only); the same through the
+training loop (``train_classifier``, its bookkeeping included); the photo data path alone (loader
++ ``to_device``), from the image cache and decoding JPEGs; ``run.py --mode erm`` end to end
+(per-epoch rate from a 1- and a 3-epoch run); the PruSC pruning step against the ERM step; and
+feature extraction (model only, and through the data path).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import run  # noqa: E402
+from benchmarks.steps import compare_steps, erm_step, prune_step, seconds_per_step, sync  # noqa: E402
+from cluster.features import extract_features  # noqa: E402
+from data import TensorSpuriousDataset, build_splits  # noqa: E402
+from models import build_model  # noqa: E402
+from training.loops import make_optimizer, train_classifier  # noqa: E402
+from utils.runtime import collate_batch, make_loader, to_device  # noqa: E402
+
+GOALS = {"end-to-end ERM epoch / model-only ERM step": (">=", 0.85), "pruning step / ERM step (time)": ("<=", 1.25)}
+
+
+def timed_rate(n_images: int, fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return n_images / (time.perf_counter() - start)
+
+
+def data_path_rate(dataset, args, device: torch.device, max_batches: int | None) -> float:
+    """Images per second of loader + ``to_device`` over (a prefix of) one shuffled epoch."""
+    loader = make_loader(dataset, args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0),
+                         num_workers=args.workers)
+    next(iter(loader))  # start the workers
+    count = 0
+
+    def epoch() -> None:
+        nonlocal count
+        for x, *_ in itertools.islice(loader, max_batches):
+            to_device(x, device, args.channels_last)
+            count += len(x)
+        sync(device)
+    start = time.perf_counter()
+    epoch()
+    return count / (time.perf_counter() - start)
+
+
+def loop_rate(model: torch.nn.Module, args, device: torch.device) -> float:
+    """Images per second of ``train_classifier`` (one epoch, second of two) on uint8 images kept on the device."""
+    b, s, n = args.batch_size, args.image_size, args.batch_size * args.steps
+    images = torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, device=device)
+    on_device = TensorSpuriousDataset(images, torch.arange(n) % 2, torch.zeros(n, dtype=torch.long), 2, 2, "train")
+    loader = DataLoader(on_device, batch_size=b, shuffle=True, collate_fn=collate_batch)
+    model = copy.deepcopy(model)
+    optimizer = make_optimizer(model.parameters(), "adam", 1e-4)
+
+    def epoch() -> None:
+        train_classifier(model, loader, optimizer, device, 1, "ERM", amp=args.amp, channels_last=args.channels_last)
+        sync(device)
+    epoch()
+    return timed_rate(n, epoch)
+
+
+def run_py_seconds(args, epochs: int) -> float:
+    """Wall seconds of ``run.py --mode erm`` for ``epochs`` epochs on the photo folder."""
+    cmd = [sys.executable, str(ROOT / "run.py"), "--mode", "erm", "--data", "waterbirds", "--train_root_dir",
+           str(args.folder), "--cache_dir", str(args.work / "cache"), "--arch", args.arch, "--image_size",
+           str(args.image_size), "--batch_size", str(args.batch_size), "--num_workers", str(args.workers),
+           "--device", args.device, "--epochs", str(epochs), "--cluster_epoch", "final", "--overwrite",
+           "--out_dir", str(args.work / f"erm_{epochs}"), *(["--amp"] if args.amp else []),
+           *(["--channels_last"] if args.channels_last else [])]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder (image cache, run.py outputs)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--decode_batches", type=int, default=30, help="batches timed on the JPEG-decoding path")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    b, s = args.batch_size, args.image_size
+    rows: dict[str, float] = {}
+
+    flags = ["--data", "waterbirds", "--train_root_dir", str(args.folder), "--image_size", str(s),
+             "--cache_dir", str(args.work / "cache")]
+    start = time.perf_counter()
+    splits = build_splits(run.parse_args(flags))
+    print(f"image cache ready in {time.perf_counter() - start:.1f} s (built now or reused)", flush=True)
+    train = splits["train"]
+
+    model = build_model(args.arch, (3, s, s), 2).to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    x = to_device(torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8), device, args.channels_last)
+    y = torch.arange(b, device=device) % 2
+    step = erm_step(copy.deepcopy(model), device, args.amp)
+    seconds_per_step(step, x, y, device, 3)  # warm-up (cuDNN picks its kernels)
+    erm_s = seconds_per_step(step, x, y, device, args.steps)
+    rows["ERM step, model only (batch on the device)"] = b / erm_s
+
+    rows["ERM through the training loop (bookkeeping included)"] = loop_rate(model, args, device)
+
+    rows["data path: image cache + to_device"] = data_path_rate(train, args, device, None)
+    decoded = build_splits(run.parse_args([*flags, "--no_cache"]))["train"]
+    rows["data path: decoding JPEGs + to_device"] = data_path_rate(decoded, args, device, args.decode_batches)
+
+    one, three = run_py_seconds(args, 1), run_py_seconds(args, 3)
+    rows["run.py --mode erm, one epoch ((3 epochs - 1 epoch) / 2)"] = 2 * len(train) / (three - one)
+
+    clusters = (torch.arange(b, device=device) // 2) % 2
+    erm_t, prune_t, ratio = compare_steps(erm_step(copy.deepcopy(model), device, args.amp),
+                                          prune_step(copy.deepcopy(model), device, args.amp, clusters), x, y,
+                                          device, max(2, args.steps // 4), repeats=5)
+    rows["PruSC pruning step, model only"] = b / prune_t
+
+    feature_model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        def features() -> None:
+            for _ in range(args.steps):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
+                    feature_model.features(x)
+            sync(device)
+        features()
+        rows["feature extraction, model only"] = timed_rate(b * args.steps, features)
+    rows["feature extraction through the data path"] = timed_rate(len(train), lambda: extract_features(
+        feature_model, train, device, batch_size=512, num_workers=args.workers, amp=args.amp,
+        channels_last=args.channels_last))
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"\n{name}, torch {torch.__version__}, {args.arch} {s}x{s}, batch {b}, amp {args.amp}, "
+          f"channels-last {args.channels_last}, {args.workers} workers, {len(train)} training images")
+    print("| what | images/s |\n|---|---|")
+    for what, rate in rows.items():
+        print(f"| {what} | {rate:,.0f} |")
+    model_only = rows["ERM step, model only (batch on the device)"]
+    ratios = {
+        "ERM through the loop / model-only ERM step": rows["ERM through the training loop (bookkeeping included)"]
+        / model_only,
+        "data path (cache) / model-only ERM step": rows["data path: image cache + to_device"] / model_only,
+        "image cache / decoding JPEGs": rows["data path: image cache + to_device"]
+        / rows["data path: decoding JPEGs + to_device"],
+        "end-to-end ERM epoch / model-only ERM step": rows["run.py --mode erm, one epoch ((3 epochs - 1 epoch) / 2)"]
+        / model_only,
+        "pruning step / ERM step (time)": ratio,
+    }
+    print("\n| ratio | value | goal |\n|---|---|---|")
+    for what, value in ratios.items():
+        goal = GOALS.get(what)
+        verdict = "" if goal is None else f"{goal[0]} {goal[1]} " + (
+            "met" if (value >= goal[1] if goal[0] == ">=" else value <= goal[1]) else "MISSED")
+        print(f"| {what} | {value:.2f} | {verdict} |")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"device": name, "args": {k: str(v) for k, v in vars(args).items()},
+                                         "images_per_s": rows, "ratios": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
