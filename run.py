@@ -13,11 +13,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import clustering  # noqa: E402
-from data import add_data_args, canonical_name, default_arch  # noqa: E402
+from data import add_data_args, canonical_name, data_settings, default_arch  # noqa: E402
 from models import ARCHS  # noqa: E402
 from training import erm, pipeline  # noqa: E402
-from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_int  # noqa: E402
+from utils.checkpoint import check_data_settings, load_checkpoint, plain_args  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_float, positive_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.run_dir import RESULTS_RUN, open_run  # noqa: E402
 
 MODES = {
     "erm": erm.run,
@@ -83,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of the sum of keep probabilities")
     prusc.add_argument("--lambda_con_prune", type=non_negative(float), default=1.0,
                        help="weight of the cluster-contrastive loss")
-    prusc.add_argument("--temperature", type=non_negative(float), default=0.2, help="contrastive temperature")
+    prusc.add_argument("--temperature", type=positive_float, default=0.2, help="contrastive temperature")
     prusc.add_argument("--prune_layers", default="all", help="all, head, or N (the last N Conv2d/Linear layers)")
     prusc.add_argument("--mask_init", type=float, default=3.0, help="initial mask logit (> 0: all weights kept)")
-    prusc.add_argument("--mask_temperature", type=non_negative(float), default=1.0, help="Gumbel-sigmoid temperature")
+    prusc.add_argument("--mask_temperature", type=positive_float, default=1.0, help="Gumbel-sigmoid temperature")
     prusc.add_argument("--retrain_ep", type=non_negative(int), default=20, help="retraining epochs (0: none)")
     prusc.add_argument("--lr_main", type=non_negative(float), default=1e-3, help="retraining learning rate")
     prusc.add_argument("--retrain_split", choices=["val", "train"], default="val",
@@ -121,9 +123,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_checkpoints(args: argparse.Namespace) -> None:
+    """Before any work: each given checkpoint is readable and was trained on the data the flags build."""
+    for flag in ("--checkpoint", "--cluster_checkpoint"):
+        path = getattr(args, flag[2:])
+        if path:
+            check_data_settings(load_checkpoint(path, data=args.data, arch=args.arch), data_settings(args), path, flag)
+
+
 def run(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    MODES[args.mode](args)
+    check_checkpoints(args)
+    kind = clustering.RUN_KIND if args.mode == "cluster" else RESULTS_RUN
+    inputs = (args.checkpoint, args.cluster_checkpoint, args.clusters, args.pretrained_path)
+    with open_run(args.out_dir, plain_args(args), args.overwrite, kind, inputs, tool="run.py"):
+        MODES[args.mode](args)
 
 
 def main(argv: list[str] | None = None) -> int:
