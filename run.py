@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import clustering  # noqa: E402
+from cluster.io import warn_single_cluster_classes  # noqa: E402
 from data import add_data_args, canonical_name, data_settings, default_arch  # noqa: E402
 from models import ARCHS  # noqa: E402
 from training import erm, pipeline  # noqa: E402
@@ -123,17 +124,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_checkpoints(args: argparse.Namespace) -> None:
-    """Before any work: each given checkpoint is readable and was trained on the data the flags build."""
+def check_inputs(args: argparse.Namespace) -> None:
+    """Before any work: each given checkpoint is readable and was trained on the data the flags build;
+    a given clusters file leaves PruSC's contrastive loss positives."""
     for flag in ("--checkpoint", "--cluster_checkpoint"):
         path = getattr(args, flag[2:])
         if path:
-            check_data_settings(load_checkpoint(path, data=args.data, arch=args.arch), data_settings(args), path, flag)
+            check_data_settings(load_checkpoint(path, data=args.data, arch=args.arch, flag=flag),
+                                data_settings(args), path, flag)
+    if args.clusters and args.mode in ("prune", "all") and args.lambda_con_prune > 0:
+        warn_single_cluster_classes(args.clusters)
 
 
 def run(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    check_checkpoints(args)
+    check_inputs(args)
     kind = clustering.RUN_KIND if args.mode == "cluster" else RESULTS_RUN
     inputs = (args.checkpoint, args.cluster_checkpoint, args.clusters, args.pretrained_path)
     with open_run(args.out_dir, plain_args(args), args.overwrite, kind, inputs, tool="run.py"):

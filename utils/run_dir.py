@@ -43,6 +43,7 @@ STATE_DIR = "resume"
 MIN_FREE_BYTES = 64 * 2**20
 NOT_COMPARED = ("out_dir", "overwrite", "num_workers", "skip_image_check")
 INTERRUPTED_EXIT = 130
+SHOWN_DIFFERENCES = 6
 
 
 class RunInterrupted(UserError):
@@ -251,7 +252,9 @@ class RunDir:
         differ = differing_args(recorded, self.args) if recorded is not None else []
         if differ:
             raise UserError(f"--out_dir {self.path} holds an unfinished run started with other arguments: "
-                            f"{'; '.join(differ)}; rerun with its arguments, choose another --out_dir, "
+                            f"{'; '.join(differ[:SHOWN_DIFFERENCES])}"
+                            f"{f' and {len(differ) - SHOWN_DIFFERENCES} more' if len(differ) > SHOWN_DIFFERENCES else ''}"
+                            "; rerun with its arguments, choose another --out_dir, "
                             "or pass --overwrite")
 
     def _move_old_aside(self, inputs: Iterable[str | os.PathLike]) -> None:
