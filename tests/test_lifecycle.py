@@ -103,9 +103,15 @@ def unfinished_run(folder: Path, *argv: str) -> None:
 
 def test_rerun_with_other_arguments_is_refused_naming_them(run_cli, tmp_path):
     unfinished_run(tmp_path / "out", *ERM)
+    (tmp_path / "out" / "erm_epoch1.pt").write_bytes(b"")
     rc, _, err = run_cli(*ERM[:-1], "2", "--lr", "0.01", "--out_dir", tmp_path / "out")
     assert rc == 2 and one_line(err)
     assert "--epochs 2 (recorded 1)" in err and "--lr 0.01 (recorded 0.001)" in err and "--seed" not in err
+
+
+def test_a_start_that_wrote_nothing_does_not_block_other_arguments(run_cli, tmp_path):
+    unfinished_run(tmp_path / "out", *ERM, "--epochs", "5")
+    assert run_cli(*ERM, "--out_dir", tmp_path / "out")[0] == 0
 
 
 def test_rerun_with_the_same_arguments_runs_in_place(run_cli, tmp_path):

@@ -222,6 +222,9 @@ class RunDir:
     def _has_content(self) -> bool:
         return self.path.is_dir() and any(self.path.iterdir())
 
+    def _holds_outputs(self) -> bool:
+        return any(p.name != self.kind.args_name for p in self.path.iterdir())
+
     def _recorded_args(self) -> dict[str, Any] | None:
         return read_args(self.path / self.kind.args_name)
 
@@ -250,7 +253,7 @@ class RunDir:
             raise UserError(finished_message(self.path, self.kind.finished))
         recorded = self._recorded_args()
         differ = differing_args(recorded, self.args) if recorded is not None else []
-        if differ:
+        if differ and self._holds_outputs():  # a start that failed before writing anything leaves nothing to mix
             raise UserError(f"--out_dir {self.path} holds an unfinished run started with other arguments: "
                             f"{'; '.join(differ[:SHOWN_DIFFERENCES])}"
                             f"{f' and {len(differ) - SHOWN_DIFFERENCES} more' if len(differ) > SHOWN_DIFFERENCES else ''}"
