@@ -14,11 +14,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import fit as cluster_fit  # noqa: E402
-from data import add_data_args, canonical_name, default_arch  # noqa: E402
+from cluster.io import warn_single_cluster_classes  # noqa: E402
+from data import add_data_args, canonical_name, data_settings, default_arch  # noqa: E402
 from methods import add_method_args, method_names, modes, parse_methods  # noqa: E402
 from models import ARCHS  # noqa: E402
-from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_int  # noqa: E402
+from utils.checkpoint import check_data_settings, load_checkpoint, plain_args  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_float, positive_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.run_dir import RESULTS_RUN, open_run  # noqa: E402
 
 MODES = {
     "erm": modes.run_erm,
@@ -94,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accuracy a sparser mask may lose against the best-scoring one and still be kept")
     prusc.add_argument("--lambda_con_prune", type=non_negative(float), default=1.0,
                        help="weight of the cluster-contrastive loss")
-    prusc.add_argument("--temperature", type=non_negative(float), default=0.2, help="contrastive temperature")
+    prusc.add_argument("--temperature", type=positive_float, default=0.2, help="contrastive temperature")
     prusc.add_argument("--prune_layers", default="all", help="all, head, or N (the last N Conv2d/Linear layers)")
     prusc.add_argument("--mask_init", type=float, default=3.0, help="initial mask logit (> 0: all weights kept)")
-    prusc.add_argument("--mask_temperature", type=non_negative(float), default=1.0, help="Gumbel-sigmoid temperature")
+    prusc.add_argument("--mask_temperature", type=positive_float, default=1.0, help="Gumbel-sigmoid temperature")
     prusc.add_argument("--retrain_ep", type=non_negative(int), default=20, help="retraining epochs (0: none)")
     prusc.add_argument("--lr_main", type=non_negative(float), default=1e-3, help="retraining learning rate")
     prusc.add_argument("--retrain_split", choices=["val", "train"], default="val",
@@ -135,9 +138,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Before any work: each given checkpoint is readable and was trained on the data the flags build;
+    a given clusters file leaves PruSC's contrastive loss positives."""
+    for flag in ("--checkpoint", "--cluster_checkpoint"):
+        path = getattr(args, flag[2:])
+        if path:
+            check_data_settings(load_checkpoint(path, data=args.data, arch=args.arch, flag=flag),
+                                data_settings(args), path, flag)
+    if args.clusters and args.mode in ("prune", "all") and args.lambda_con_prune > 0:
+        warn_single_cluster_classes(args.clusters)
+
+
 def run(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    MODES[args.mode](args)
+    check_inputs(args)
+    kind = cluster_fit.RUN_KIND if args.mode == "cluster" else RESULTS_RUN
+    inputs = (args.checkpoint, args.cluster_checkpoint, args.clusters, args.pretrained_path)
+    with open_run(args.out_dir, plain_args(args), args.overwrite, kind, inputs, tool="run.py"):
+        MODES[args.mode](args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,13 +26,15 @@ from models.factory import model_from_checkpoint
 from utils.checkpoint import load_checkpoint, plain_args
 from utils.cli import int_at_least
 from utils.errors import UserError
-from utils.results import atomic_write_text, prepare_out_dir
+from utils.results import atomic_write_text
+from utils.run_dir import RunKind, prepare_out_dir
 from utils.runtime import resolve_device, seed_everything
 
 CLUSTERS_NAME = "clusters.csv"
 SUMMARY_NAME = "cluster_summary"
 DEFAULT_NUM_CLUSTERS = 2
 DEFAULT_MAX_CLUSTERS = 6
+RUN_KIND = RunKind(finished=CLUSTERS_NAME, args_name="cluster_args.json", replace_folder=False)  # shares ERM folders
 
 
 at_least_two = int_at_least(2)  # k-means with one cluster says nothing
@@ -97,11 +99,7 @@ def prepare_output(out_dir: str, overwrite: bool) -> Path:
 
     Only ``clusters.csv`` counts as finished: clustering may share a folder with its ERM run.
     """
-    clusters = Path(out_dir) / CLUSTERS_NAME
-    if clusters.exists() and not overwrite:
-        raise UserError(f"--out_dir {out_dir} already holds {CLUSTERS_NAME}; "
-                        "choose another --out_dir or pass --overwrite")
-    return prepare_out_dir(out_dir, overwrite=True)
+    return prepare_out_dir(out_dir, overwrite, finished=CLUSTERS_NAME)
 
 
 def run(args: argparse.Namespace) -> dict:

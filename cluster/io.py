@@ -7,6 +7,7 @@ One row per training sample: ``index,label,cluster_assign`` (the public referenc
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +41,8 @@ def load_clusters(path: str | os.PathLike, dataset: SpuriousDataset) -> torch.Te
 
     Checks: the file exists and parses; the required columns are there; one row per sample;
     ``index`` covers 0..N-1 exactly once; ``label`` agrees with the data set; cluster ids are
-    non-negative integers. Each failure names the file, the column and what differs.
+    non-negative integers. Each failure names the file, the column and what differs. Ids are
+    renumbered 0..K-1 in their order (3,000,000 becomes a small id).
     """
     path = Path(path)
     if not path.is_file():
@@ -75,4 +77,21 @@ def load_clusters(path: str | os.PathLike, dataset: SpuriousDataset) -> torch.Te
     assign = torch.tensor(frame["cluster_assign"].to_numpy()).long()
     if int(assign.min()) < 0:
         raise UserError(f"{path}: column 'cluster_assign' has negative ids; cluster ids must be 0, 1, 2, ...")
-    return assign
+    return torch.unique(assign, return_inverse=True)[1]  # ids 0..K-1: arrays are sized by the largest id
+
+
+def warn_single_cluster_classes(path: str | os.PathLike) -> None:
+    """PruSC's positives are same-class samples of another cluster: warn about a class that lies in one
+    cluster (it has none). Reads only the file; an unreadable one is left to :func:`load_clusters`."""
+    try:
+        frame = pd.read_csv(path, usecols=["label", "cluster_assign"])
+    except Exception:  # reported with its fix when the run loads it
+        return
+    per_class = frame.groupby("label")["cluster_assign"].nunique()
+    lonely = per_class.index[per_class < 2].tolist()
+    if not lonely:
+        return
+    effect = ("in every class, so the contrastive loss of PruSC stays 0" if len(lonely) == len(per_class)
+              else "so the contrastive loss of PruSC has no positives in them")
+    print(f"warning: {path}: class(es) {lonely} lie in a single cluster, {effect}; "
+          "cluster per class (--per_class) or with more clusters", file=sys.stderr)

@@ -80,6 +80,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache_max_gb", type=non_negative(float), default=32.0,
                        help="photo data sets: most GB the image caches of one run may take on disk (and in "
                             "the page cache); splits beyond it are decoded at every batch")
+    group.add_argument("--skip_image_check", action="store_true",
+                       help="photo data sets: skip opening every image at start (for very large sets)")
     group.add_argument("--metadata", default=None,
                        help="csv: the metadata CSV; isic: the labels CSV "
                             "(None: isic reads <train_root_dir>/metadata.csv)")
@@ -95,6 +97,19 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     for spec in REGISTRY.values():
         if spec.add_args is not None:
             spec.add_args(group)
+
+
+NOT_DATA_SETTINGS = ("data", "train_root_dir", "val_root_dir", "metadata", "num_workers", "augment", "skip_image_check")
+
+
+def data_settings(args: argparse.Namespace) -> dict:
+    """The data flags that decide which samples land in which split and how they look: a checkpoint must
+    be used with the same. Excluded: the data set's name (checked on its own), paths (data may move)
+    and options that do not change the samples."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_data_args(parser)
+    names = [a.dest for a in parser._actions if a.dest not in NOT_DATA_SETTINGS]
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
 def build_splits(args: argparse.Namespace) -> dict[str, SpuriousDataset]:
@@ -132,5 +147,5 @@ register(DatasetSpec("waterbirds", waterbirds.build, aliases=("cub",)))
 register(DatasetSpec("isic", isic.build))
 register(DatasetSpec("csv", custom_csv.build))
 
-__all__ = ["SpuriousDataset", "TensorSpuriousDataset", "build_splits", "add_data_args", "dataset_names",
+__all__ = ["SpuriousDataset", "TensorSpuriousDataset", "build_splits", "add_data_args", "data_settings", "dataset_names",
            "canonical_name", "register", "DatasetSpec", "probability", "SPLITS"]

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,12 +28,17 @@ from data.base import SpuriousDataset
 from data.cache import Budget, ImageCache, default_cache_dir, open_cache
 from data.transforms import Pixels, augment_batch, eval_pixels, resize_side, split_pixels, square_pixels
 from utils.errors import UserError
+from utils.runtime import progress
 
 SPLIT_CODES = {"train": 0, "0": 0, "val": 1, "valid": 1, "validation": 1, "1": 1, "test": 2, "2": 2}
 BINARY_CODES = {"0": 0, "1": 1, "false": 0, "true": 1}
 DEFAULT_SPLIT_COLUMN = "split"
 SEEDED_SPLIT_FRACTIONS = (0.8, 0.1)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+LOSSY_MODES = {**{mode: "16/32-bit grey scaled to 8 bits" for mode in WIDE_GREY_MODES},
+               "F": "float grey clipped to 0..255", "RGBA": "with alpha dropped", "LA": "with alpha dropped",
+               "PA": "with alpha dropped", "CMYK": "CMYK converted approximately"}
 
 
 class ImageFileDataset(SpuriousDataset):
@@ -53,7 +61,7 @@ class ImageFileDataset(SpuriousDataset):
         path = self.image_dir / self.filenames[index]
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                return to_rgb(image)
         except OSError as exc:  # PIL's UnidentifiedImageError included
             raise UserError(f"cannot decode image {path} ({exc}); replace it or drop its row from the metadata"
                             ) from exc
@@ -85,6 +93,46 @@ class ImageFileDataset(SpuriousDataset):
 
     def load_image(self, index: int) -> torch.Tensor:
         return self.load_images(torch.tensor([index]))[0]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image in RGB; 16/32-bit grey is scaled to 8 bits (PIL's own conversion clips it, to white)."""
+    if image.mode in WIDE_GREY_MODES:
+        grey = np.clip(np.round(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        image = Image.fromarray(grey, "L")
+    return image.convert("RGB")
+
+
+def _image_mode(path: Path) -> tuple[str | None, str | None]:
+    """(mode, None) when the image's header reads, else (None, why)."""
+    try:
+        with Image.open(path) as image:
+            return image.mode, None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError or its own types on bad files
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def check_images_open(splits: Mapping[str, ImageFileDataset], metadata: Path) -> None:
+    """Read the header of every image of every split, in parallel, before any training.
+
+    A file that does not open is an error naming it; modes that lose information on the way to
+    8-bit RGB (16-bit grey, alpha, CMYK, float) are warned about once.
+    """
+    items = [(split, ds.image_dir / name) for split, ds in splits.items() for name in ds.filenames]
+    with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
+        found = list(progress(pool.map(_image_mode, [path for _, path in items]), desc="check images",
+                              total=len(items)))
+    broken = [(split, path, why) for (split, path), (_, why) in zip(items, found) if why is not None]
+    if broken:
+        split, path, why = broken[0]
+        raise UserError(f"image {path} ({split} split) cannot be opened ({why}); replace it or drop its row from "
+                        f"{metadata} ({len(broken)} of {len(items)} images unreadable; --skip_image_check skips "
+                        "this check)")
+    lossy = Counter(mode for mode, _ in found if mode in LOSSY_MODES)
+    if lossy:
+        what = ", ".join(f"{n} {LOSSY_MODES[mode]} (mode {mode})" for mode, n in lossy.items())
+        print(f"warning: {sum(lossy.values())} of {len(items)} images lose information when converted to 8-bit "
+              f"RGB: {what}", file=sys.stderr)
 
 
 def require_root(args: argparse.Namespace, data_name: str, holds: str) -> Path:
@@ -239,7 +287,8 @@ def image_splits(image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np
     """Train/val/test datasets from per-row arrays and split codes, transformed per ``--image_size``/``--augment``.
 
     Every image must exist: ``filenames`` are paths relative to the image folder, or, with
-    ``id_column``, ids found with or without an image extension. The validation images are read
+    ``id_column``, ids found with or without an image extension; unless ``--skip_image_check``,
+    every image must open too (:func:`check_images_open`). The validation images are read
     from ``--val_root_dir`` when it is given, the others from ``image_dir``.
     """
     transforms = split_pixels(args.image_size, args.augment)
@@ -257,6 +306,8 @@ def image_splits(image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np
         else:
             check_images_exist(folder, names, metadata, flag)
         splits[split] = ImageFileDataset(folder, names, y[keep], a[keep], n_classes, n_attrs, split, transforms[split])
+    if not args.skip_image_check:
+        check_images_open(splits, metadata)
     return splits
 
 

@@ -189,6 +189,14 @@ def load_environment(path: str | Path, flag: str) -> Environment:
     if len(table) == 0:
         raise UserError(f"{flag}: {indices_path} is an empty environment; rebuild the environments with more "
                         "clusters (--num_clusters) or from an earlier reference checkpoint")
+    for column in ("index", "label"):
+        if not pd.api.types.is_integer_dtype(table[column]):
+            raise UserError(f"{flag}: column {column!r} of {indices_path} must hold integers (found "
+                            f"{table[column].dtype}); rewrite it with invariant_learning/environments.py")
+    repeated = table["index"][table["index"].duplicated()]
+    if len(repeated):
+        raise UserError(f"{flag}: {indices_path} lists index {int(repeated.iloc[0])} more than once "
+                        f"({len(repeated)} repeated row(s)); each sample belongs to an environment once")
     return Environment(folder, summary, torch.tensor(table["index"].to_numpy()).long(),
                        torch.tensor(table["label"].to_numpy()).long())
 

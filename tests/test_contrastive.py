@@ -3,6 +3,7 @@ import torch
 
 from training.contrastive import cluster_contrastive_loss
 from training.samplers import BalancedBatchSampler
+from utils.errors import UserError
 
 
 def per_anchor_reference(z, y, c, tau):
@@ -69,5 +70,5 @@ def test_sampler_balances_cells():
 
 
 def test_sampler_rejects_too_small_batches():
-    with pytest.raises(ValueError, match="smaller than the number of cells"):
+    with pytest.raises(UserError, match="--batch_size 4 is smaller than the number of cells"):
         BalancedBatchSampler(torch.arange(10), batch_size=4)

@@ -155,7 +155,7 @@ def empty_split(tmp: Path) -> tuple[list, list]:
 def corrupt_image(tmp: Path) -> tuple[list, list]:
     samples = write_isic(tmp, with_split=True, text_labels=True)
     (tmp / samples[0].filename).write_bytes(b"not a png")
-    return ["--data", "isic", "--train_root_dir", tmp], ["cannot decode image", samples[0].filename]
+    return ["--data", "isic", "--train_root_dir", tmp], ["cannot be opened", samples[0].filename, f"{samples[0].split} split"]
 
 
 CASES = [missing_root, no_root_flag, missing_isic_metadata, missing_csv_metadata, csv_without_metadata_flag,
@@ -181,7 +181,7 @@ def test_bad_input_exits_2_with_a_message_that_names_it(run_cli, tmp_path, case)
 
 def test_error_inside_a_dataloader_worker_is_still_one_line(run_cli, tmp_path):
     (tmp_path / "data").mkdir()
-    argv, needles = corrupt_image(tmp_path / "data")
-    rc, _, err = run_cli(*ERM, *argv, "--num_workers", "1", "--out_dir", tmp_path / "out")
+    argv, _ = corrupt_image(tmp_path / "data")
+    rc, _, err = run_cli(*ERM, *argv, "--num_workers", "1", "--skip_image_check", "--out_dir", tmp_path / "out")
     assert rc == 2 and err.count("\n") == 1
-    assert all(needle in err for needle in needles), err
+    assert "cannot decode image" in err, err

@@ -76,7 +76,7 @@ def test_finished_out_dir_is_not_overwritten(run_cli, tmp_path):
     assert run_cli(*ERM_FAST, "--out_dir", tmp_path)[0] == 0
     before = (tmp_path / "results.json").read_text()
     rc, _, err = run_cli(*ERM_FAST, "--out_dir", tmp_path, "--seed", "3")
-    assert rc == 2 and "already holds a finished result" in err and "--overwrite" in err
+    assert rc == 2 and "already holds results.json, a finished result" in err and "--overwrite" in err
     assert (tmp_path / "results.json").read_text() == before
     assert run_cli(*ERM_FAST, "--out_dir", tmp_path, "--seed", "3", "--overwrite")[0] == 0
     assert read_results(tmp_path)["seed"] == 3

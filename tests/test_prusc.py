@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import run
+from cluster.io import write_clusters
 from conftest import read_results
 from data.digits import make_colored_digits
 from models import build_model
@@ -81,11 +82,10 @@ def test_prune_then_evaluate_round_trip(tmp_path, erm_dir, run_cli):
 
 
 def test_clusters_of_other_data_are_refused(tmp_path, erm_dir, run_cli):
-    other = tmp_path / "other"
-    assert run_cli("--mode", "cluster", "--data", "digits", "--data_seed", "5", "--checkpoint", erm_dir / "erm.pt",
-                   "--out_dir", other)[0] == 0
+    other_train = make_colored_digits(0.95, 0.0, 5)["train"]
+    write_clusters(tmp_path / "clusters.csv", other_train, other_train.a)
     rc, _, err = run_cli("--mode", "prune", *FAST, "--checkpoint", erm_dir / "erm.pt",
-                         "--clusters", other / "clusters.csv", "--out_dir", tmp_path / "p")
+                         "--clusters", tmp_path / "clusters.csv", "--out_dir", tmp_path / "p")
     assert rc == 2 and "clusters.csv" in err and "label" in err
 
 

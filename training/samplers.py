@@ -7,6 +7,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from utils.errors import UserError
 from utils.runtime import make_loader
 
 
@@ -23,8 +24,9 @@ class BalancedBatchSampler(Sampler[list[int]]):
         cells = torch.as_tensor(cells).long()
         self.members = [torch.nonzero(cells == v).flatten() for v in torch.unique(cells)]
         if batch_size < len(self.members):
-            raise ValueError(f"batch size {batch_size} is smaller than the number of cells ({len(self.members)}); "
-                             "raise --batch_size or use fewer clusters")
+            raise UserError(f"--batch_size {batch_size} is smaller than the number of cells each batch must "
+                            f"balance ({len(self.members)}: label, cluster or group combinations); raise "
+                            f"--batch_size to at least {len(self.members)} or use fewer clusters (--num_clusters)")
         self.batch_size = batch_size
         self.num_batches = num_batches if num_batches is not None else max(1, -(-len(cells) // batch_size))
         self.generator = generator

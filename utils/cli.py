@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import sys
 from typing import Any, Callable
 
 from utils.errors import UserError
+from utils.run_dir import INTERRUPTED_EXIT, RunInterrupted
+from utils.runtime import current_task
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -15,15 +19,17 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def at_least(kind: type, minimum: float) -> Callable[[str], Any]:
-    """argparse type: a number of ``kind`` (int or float) that is >= ``minimum``."""
+def at_least(kind: type, minimum: float, strict: bool = False) -> Callable[[str], Any]:
+    """argparse type: a finite number of ``kind`` (int or float) that is >= ``minimum`` (> with ``strict``)."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n' if kind is int else ''} {kind.__name__}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is too small; it must be >= {minimum}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{value} is not a finite number")
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"{value} is too small; it must be {'>' if strict else '>='} {minimum}")
         return value
     return parse
 
@@ -39,16 +45,31 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 
 positive_int = int_at_least(1)
+positive_float = at_least(float, 0, strict=True)  # e.g. a temperature, which divides
 
 
 def exit_code(prog: str, action: Callable[[], Any]) -> int:
-    """Run a CLI's ``action``: 0 when it finishes, 2 and one line on stderr for a :class:`UserError`."""
+    """Run a CLI's ``action``: 0 when it finishes; one line on stderr and no traceback for a
+    :class:`UserError` (2), a full disk (2) and Ctrl-C (130)."""
     try:
         action()
+    except RunInterrupted as exc:
+        return _fail(prog, str(exc), INTERRUPTED_EXIT)
     except UserError as exc:
         message = str(exc)
         if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original line
             message = message.strip().splitlines()[-1].split("UserError: ", 1)[-1]
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
+        return _fail(prog, f"error: {message}", 2)
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted" + (f" during {current_task()}" if current_task() else ""), INTERRUPTED_EXIT)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return _fail(prog, f"error: no space left on the device while writing {exc.filename or 'a file'}; "
+                           "free some space or choose another --out_dir", 2)
     return 0
+
+
+def _fail(prog: str, message: str, code: int) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return code

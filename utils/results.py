@@ -1,29 +1,24 @@
 """results.json: refuse to clobber a finished run, write files atomically."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from utils.errors import UserError
 
 RESULTS_NAME = "results.json"
+FULL_DISK_BYTES = 2**20
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Create ``out_dir``; refuse one that holds a finished result unless ``overwrite``."""
-    path = Path(out_dir)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out_dir {path} is a file, not a directory; pass a directory path")
-    if (path / RESULTS_NAME).exists() and not overwrite:
-        raise UserError(
-            f"--out_dir {path} already holds a finished result ({RESULTS_NAME}); "
-            "choose another --out_dir or pass --overwrite"
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The output folder; see :func:`utils.run_dir.prepare_out_dir`."""
+    from utils.run_dir import prepare_out_dir as prepare  # here: utils.run_dir writes through this module
+
+    return prepare(out_dir, overwrite)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -39,8 +34,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, OSError) and shutil.disk_usage(path.parent).free < FULL_DISK_BYTES:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc  # torch.save's own error is cryptic
         raise
     return path
 

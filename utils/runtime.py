@@ -121,7 +121,19 @@ def make_loader(
     )
 
 
+_TASK = [""]
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-    """A tqdm bar on stderr that disappears when done, so logs keep only the summaries."""
-    return iter(tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True,
-                     disable=None))
+    """A tqdm bar on stderr that disappears when done, so logs keep only the summaries.
+
+    Until the loop is exhausted, ``desc`` is the :func:`current_task` an interruption reports.
+    """
+    _TASK[0] = desc
+    yield from tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True, disable=None)
+    _TASK[0] = ""
+
+
+def current_task() -> str:
+    """The loop running now (a progress bar's description), or "" between loops."""
+    return _TASK[0]
