@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from utils.distributed import RankFailed, is_main
 from utils.errors import UserError
 
 
@@ -42,10 +43,15 @@ positive_int = int_at_least(1)
 
 
 def exit_code(prog: str, action: Callable[[], Any]) -> int:
-    """Run a CLI's ``action``: 0 when it finishes, 2 and one line on stderr for a :class:`UserError`."""
+    """Run a CLI's ``action``: 0 when it finishes, 2 and one line on stderr for a :class:`UserError`.
+
+    A failure every rank of a ``torchrun`` job shares (:class:`RankFailed`) is printed by rank 0 only.
+    """
     try:
         action()
     except UserError as exc:
+        if isinstance(exc, RankFailed) and not is_main():
+            return 2
         message = str(exc)
         if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original line
             message = message.strip().splitlines()[-1].split("UserError: ", 1)[-1]

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm import tqdm
 
+from utils.distributed import is_main
 from utils.errors import UserError
 
 T = TypeVar("T")
@@ -83,7 +84,7 @@ def make_loader(
     in-memory data) and passed through :func:`collate_batch`.
     """
     if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, generator=generator,
                           persistent_workers=num_workers > 0, collate_fn=collate_batch)
     return DataLoader(
         dataset,
@@ -99,6 +100,6 @@ def make_loader(
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-    """A tqdm bar on stderr that disappears when done, so logs keep only the summaries."""
+    """A tqdm bar on stderr that disappears when done, so logs keep only the summaries; rank 0 only."""
     return iter(tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True,
-                     disable=None))
+                     disable=None if is_main() else True))
