@@ -1,7 +1,8 @@
-"""Command-line entry point: ERM, clustering, PruSC pruning, retraining and evaluation.
+"""Command-line entry point: ERM, clustering, PruSC pruning, retraining, evaluation and method comparisons.
 
-    python3 run.py                      # the whole pipeline on the embedded Colored Digits
+    python3 run.py                      # every method on the embedded Colored Digits
     python3 run.py --mode erm --data digits --epochs 30
+    python3 run.py --mode all --methods erm,retrain_only,prusc,jtt
 """
 from __future__ import annotations
 
@@ -12,20 +13,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cluster import clustering  # noqa: E402
+from cluster import fit as cluster_fit  # noqa: E402
 from data import add_data_args, canonical_name, default_arch  # noqa: E402
+from methods import add_method_args, method_names, modes, parse_methods  # noqa: E402
 from models import ARCHS  # noqa: E402
-from training import erm, pipeline  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 MODES = {
-    "erm": erm.run,
-    "cluster": clustering.run,
-    "prune": pipeline.run_prune,
-    "retrain": pipeline.run_retrain,
-    "evaluate": pipeline.run_evaluate,
-    "all": pipeline.run_all,
+    "erm": modes.run_erm,
+    "cluster": cluster_fit.run,
+    "prune": modes.run_prune,
+    "retrain": modes.run_retrain,
+    "evaluate": modes.run_evaluate,
+    "all": modes.run_all,
 }
 DEFAULT_MODE = "all"
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", action="store_true", help="bf16 mixed precision on CUDA")
     parser.add_argument("--channels_last", action="store_true", help="channels-last memory format on CUDA")
     add_data_args(parser)
-    clustering.add_cluster_args(parser)
+    cluster_fit.add_cluster_args(parser)
 
     model = parser.add_argument_group("model")
     model.add_argument("--arch", choices=sorted(ARCHS), default=None,
@@ -78,9 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     prusc.add_argument("--cluster_checkpoint", default=None,
                        help="cluster this checkpoint's features instead of --checkpoint's")
     prusc.add_argument("--pruning_ep", type=non_negative(int), default=20, help="mask-learning epochs")
-    prusc.add_argument("--lr_prune", type=non_negative(float), default=0.1, help="Adam learning rate of mask logits")
-    prusc.add_argument("--lambda_sparse", type=non_negative(float), default=1e-5,
-                       help="weight of the sum of keep probabilities")
+    prusc.add_argument("--lr_prune", type=non_negative(float), default=None,
+                       help="Adam learning rate of mask logits (None: 2 * mask_init / total pruning steps, so "
+                            "the density reached does not follow the number of steps)")
+    prusc.add_argument("--lambda_sparse", type=non_negative(float), default=5e-8,
+                       help="sparsity penalty per weight of a ResNet-50-sized network: the term is lambda * "
+                            "23.46M * (share of weights kept), the same trade-off at any network size")
+    prusc.add_argument("--min_layer_density", type=non_negative(float), default=0.1,
+                       help="the sparsity term stops pushing a layer at or below this density")
+    prusc.add_argument("--prune_checks", type=positive_int, default=10,
+                       help="how often the mask is scored during pruning (worst-cluster val accuracy, or "
+                            "--selection oracle); the sparsest mask within --prune_tolerance of the best is kept")
+    prusc.add_argument("--prune_tolerance", type=non_negative(float), default=0.02,
+                       help="accuracy a sparser mask may lose against the best-scoring one and still be kept")
     prusc.add_argument("--lambda_con_prune", type=non_negative(float), default=1.0,
                        help="weight of the cluster-contrastive loss")
     prusc.add_argument("--temperature", type=non_negative(float), default=0.2, help="contrastive temperature")
@@ -95,17 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     prusc.add_argument("--retrain_balance", choices=["cluster", "class", "none"], default="cluster",
                        help="balance retraining batches over (label, cluster) cells, labels, or not")
     prusc.add_argument("--selection", choices=["worst_cluster", "oracle"], default="worst_cluster",
-                       help="model selection on val; oracle uses group labels and is labelled so")
+                       help="model selection on val of the annotation-free methods (retraining, JTT); "
+                            "oracle uses group labels and is labelled so")
     prusc.add_argument("--min_cell_size", type=positive_int, default=5,
                        help="smallest (label, cluster) cell counted by worst-cluster selection")
-    prusc.add_argument("--no_oracle", dest="oracle", action="store_false",
-                       help="--mode all: skip the group-balanced ERM oracle")
+    parser.add_argument("--methods", default=",".join(method_names()),
+                        help="--mode all: comma-separated methods to compare, in this order (or all)")
+    add_method_args(parser)
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.data = canonical_name(args.data)
+    args.methods = parse_methods(args.methods)
     if args.arch is None and not args.checkpoint:
         args.arch = default_arch(args.data)
     if (args.imagenet or args.pretrained_path) and args.arch in ("mlp", "cnn"):

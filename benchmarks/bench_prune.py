@@ -26,7 +26,7 @@ import run  # noqa: E402
 from data import build_splits  # noqa: E402
 from models.masking import attach_masks, set_mask_mode  # noqa: E402
 from training.contrastive import cluster_contrastive_loss  # noqa: E402
-from training.experiment import model_from_args  # noqa: E402
+from models.factory import model_from_args  # noqa: E402
 from training.loops import make_optimizer, train_classifier  # noqa: E402
 from training.prune import learn_masks  # noqa: E402
 from utils.runtime import make_loader, seed_everything  # noqa: E402

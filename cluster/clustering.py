@@ -1,169 +1,21 @@
-"""Cluster the representation space of a trained model: ``--mode cluster`` of run.py, also runnable alone.
+"""Cluster the representation space of a trained model (the script form of ``run.py --mode cluster``).
 
     python3 cluster/clustering.py --data digits --checkpoint runs/erm/erm.pt --num_clusters 2 --output_dir runs/clusters
 
-writes ``clusters.csv`` (DESIGN.md section 4) and ``cluster_summary.{json,txt}`` (cluster x label x
-attribute counts; purity and NMI against the attribute, overall and within each class), and with
-``--plot [pca|tsne]`` ``clusters.png``. With ``--clusters FILE`` it checks an existing clusters
-file against the data set and reports its quality instead of fitting.
-
-This script is ``run.py --mode cluster`` under another name: one parser, the same flags.
+One parser, the same flags as run.py; the work is done by :mod:`cluster.fit`.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from cluster.features import extract_features  # noqa: E402
-from cluster.io import load_clusters, write_clusters  # noqa: E402
-from cluster.kmeans import ClusterFit, fit_kmeans, majority_label, select_k  # noqa: E402
-from cluster.report import format_summary, plot_clusters, summarize  # noqa: E402
-from data import SpuriousDataset, build_splits  # noqa: E402
-from training.experiment import model_from_checkpoint  # noqa: E402
-from utils.checkpoint import load_checkpoint, plain_args  # noqa: E402
-from utils.cli import int_at_least  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-from utils.results import atomic_write_text, prepare_out_dir  # noqa: E402
-from utils.runtime import resolve_device, seed_everything  # noqa: E402
-
-CLUSTERS_NAME = "clusters.csv"
-SUMMARY_NAME = "cluster_summary"
-DEFAULT_NUM_CLUSTERS = 2
-DEFAULT_MAX_CLUSTERS = 6
-
-
-at_least_two = int_at_least(2)  # k-means with one cluster says nothing
-
-
-def num_clusters_type(text: str) -> int | str:
-    """argparse type: ``auto`` or an integer >= 2 (the upper bound, the sample count, is checked at fit time)."""
-    return text if text == "auto" else at_least_two(text)
-
-
-def add_cluster_args(parser: argparse.ArgumentParser) -> None:
-    """Clustering flags, shared by run.py (``--mode cluster``, ``prune``, ``all``) and cluster/clustering.py.
-
-    The defaults suit a binary spurious attribute such as the colour of Colored Digits and
-    ColoredMNIST: 2 clusters over all samples, one per colour, so that each cluster's majority
-    label defines the conflicting samples of the IRM environments and same-label samples of the
-    other cluster are PruSC's positives. ``--per_class`` (k clusters inside each class) keeps
-    positives in every class even when the reference model's clusters follow the labels; it is
-    what PruSC uses when it computes clusters itself and the flag is not given (on Colored Digits
-    the ERM features cluster by label globally, leaving PruSC almost no positives).
-    """
-    group = parser.add_argument_group("clustering")
-    group.add_argument("--num_clusters", type=num_clusters_type, default=DEFAULT_NUM_CLUSTERS,
-                       help="k of k-means (per class with --per_class), or auto: best silhouette in 2..--max_clusters")
-    group.add_argument("--max_clusters", type=at_least_two, default=DEFAULT_MAX_CLUSTERS,
-                       help="largest k tried by --num_clusters auto")
-    group.add_argument("--per_class", action=argparse.BooleanOptionalAction, default=None,
-                       help="cluster each class separately (ids stay unique); default: per class when PruSC "
-                            "computes its clusters (--mode prune/all), over all samples otherwise")
-    group.add_argument("--plot", nargs="?", const="pca", choices=["pca", "tsne"], default=None,
-                       help="--mode cluster: save clusters.png, a 2-D PCA (default) or t-SNE picture")
-    group.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="alias of --out_dir")
-
-
-def cluster_features(features: torch.Tensor, train_set: SpuriousDataset,
-                     args: argparse.Namespace) -> tuple[ClusterFit, dict]:
-    """k-means on ``features`` (k chosen by silhouette for ``auto``) and its quality summary."""
-    per_class = bool(args.per_class)  # None (flag not given) means over all samples here
-    labels = train_set.y if per_class else None
-    k, silhouette = args.num_clusters, None
-    if k == "auto":
-        k, silhouette = select_k(features, range(2, args.max_clusters + 1), args.seed, labels)
-    fit = fit_kmeans(features, k, args.seed, labels)
-    if fit.cluster_label is None:
-        fit = replace(fit, cluster_label=majority_label(fit.assign, train_set.y))
-    return fit, summarize(fit.assign, train_set.y, train_set.a, per_class, silhouette)
-
-
-def cluster_training_set(model: nn.Module, train_set: SpuriousDataset, args: argparse.Namespace,
-                         device: torch.device) -> ClusterFit:
-    """Features of ``train_set`` under ``model``, k-means on them, and the printed quality report.
-
-    ``args`` needs the flags of :func:`add_cluster_args` plus ``seed``, ``eval_batch_size``,
-    ``num_workers``, ``amp`` and ``channels_last`` (all defined by run.py).
-    """
-    features = extract_features(model, train_set, device, args.eval_batch_size, num_workers=args.num_workers,
-                                amp=args.amp, channels_last=args.channels_last)
-    fit, summary = cluster_features(features, train_set, args)
-    print(format_summary(summary))
-    return fit
-
-
-def load_reference(args: argparse.Namespace, train_set: SpuriousDataset) -> nn.Module:
-    """The model of ``--checkpoint``, checked against ``--data``/``--arch`` and the training images."""
-    ckpt = load_checkpoint(args.checkpoint, data=args.data, arch=args.arch)
-    shape = tuple(ckpt["arch_args"].get("input_shape", ()))
-    if shape != tuple(train_set.input_shape) or int(ckpt["n_classes"]) != train_set.n_classes:
-        raise UserError(f"--checkpoint {args.checkpoint} expects inputs {shape} and {ckpt['n_classes']} classes, "
-                        f"but --data {args.data} gives {tuple(train_set.input_shape)} and {train_set.n_classes}; "
-                        "pass the data flags it was trained with (see its args) or a matching checkpoint")
-    return model_from_checkpoint(ckpt)
-
-
-def prepare_output(out_dir: str, overwrite: bool) -> Path:
-    """The output folder; a finished clustering there is kept unless ``--overwrite``.
-
-    Only ``clusters.csv`` counts as finished: clustering may share a folder with its ERM run.
-    """
-    clusters = Path(out_dir) / CLUSTERS_NAME
-    if clusters.exists() and not overwrite:
-        raise UserError(f"--out_dir {out_dir} already holds {CLUSTERS_NAME}; "
-                        "choose another --out_dir or pass --overwrite")
-    return prepare_out_dir(out_dir, overwrite=True)
-
-
-def run(args: argparse.Namespace) -> dict:
-    """``--mode cluster``: fit (or, with ``--clusters``, check) the clusters, save and print the summary."""
-    started = time.time()
-    if not args.checkpoint and not args.clusters:
-        raise UserError("--mode cluster needs --checkpoint (the erm.pt of --mode erm), "
-                        "or --clusters FILE to report on an existing clusters file")
-    if not args.checkpoint and args.plot:
-        raise UserError("--plot needs --checkpoint: the picture projects the model's features")
-    out_dir = prepare_output(args.out_dir, args.overwrite or bool(args.clusters))
-    seed_everything(args.seed)
-    train = build_splits(args)["train"]
-    features = None
-    if args.checkpoint:
-        features = extract_features(load_reference(args, train), train, resolve_device(args.device),
-                                    args.eval_batch_size, num_workers=args.num_workers, amp=args.amp,
-                                    channels_last=args.channels_last)
-    if args.clusters:
-        assign = load_clusters(args.clusters, train)
-        summary = summarize(assign, train.y, train.a, per_class=None)
-    else:
-        fit, summary = cluster_features(features, train, args)
-        assign = fit.assign
-        summary["clusters_file"] = str(write_clusters(out_dir / CLUSTERS_NAME, train, assign))
-    if args.plot:
-        summary["plot"] = str(plot_clusters(features, assign, train.y, train.a, out_dir / "clusters.png",
-                                            args.plot, args.seed))
-    text = format_summary(summary)
-    payload = {"mode": "cluster", "data": args.data, "checkpoint": args.checkpoint, "clusters": args.clusters,
-               "args": plain_args(args), "time_s": round(time.time() - started, 3), **summary}
-    atomic_write_text(out_dir / f"{SUMMARY_NAME}.json", json.dumps(payload, indent=2) + "\n")
-    atomic_write_text(out_dir / f"{SUMMARY_NAME}.txt", text + "\n")
-    print(text)
-    print(f"summary:  {out_dir / SUMMARY_NAME}.json")
-    return payload
+import run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python3 cluster/clustering.py FLAGS`` runs ``python3 run.py FLAGS --mode cluster``."""
-    import run  # here, not at the top: run.py imports this module to register --mode cluster
-
     return run.main([*(sys.argv[1:] if argv is None else argv), "--mode", "cluster"])
 
 

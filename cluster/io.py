@@ -1,4 +1,4 @@
-"""The clusters.csv contract (DESIGN.md section 4): write it, and load it with strict checks.
+"""The clusters.csv contract (ARCHITECTURE.md, "Contracts"): write it, and load it with strict checks.
 
 One row per training sample: ``index,label,cluster_assign`` (the public reference's names), plus
 ``image_id`` when samples have file names and ``attr`` when the spurious attribute is known

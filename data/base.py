@@ -1,4 +1,4 @@
-"""The dataset contract every data set follows (DESIGN.md section 4).
+"""The dataset contract every data set follows (ARCHITECTURE.md, "Contracts").
 
 Each split yields ``(x, y, a, index)``: image tensor, class label, spurious attribute (-1 where
 unknown) and the position of the sample in its split. ``y`` and ``a`` are also exposed as whole

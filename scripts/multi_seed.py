@@ -1,51 +1,34 @@
-"""Run ``run.py --mode all`` over several seeds and report mean ± std of every method.
+"""Run one command over several seeds and report mean ± std of every method (any mode, IRM included).
 
     python3 scripts/multi_seed.py --seeds 0 1 2 3 4 --out_dir runs/digits_5seeds -- --data digits
+    python3 scripts/multi_seed.py --tool irm --seeds 0 1 2 --out_dir runs/irm -- --minority_env E/minority --balance_env E/balanced
 
-Everything after ``--`` is passed to run.py unchanged. Each seed ``s`` runs with
-``--seed s --data_seed s`` (model initialisation, batch order *and* the data split/colouring vary)
-into ``<out_dir>/seed<s>``; a finished seed folder is reused, not rerun. The summary table is
-printed as Markdown and saved as ``<out_dir>/summary.json``.
+Everything after ``--`` is passed on unchanged. ``--tool run`` (default) runs ``run.py --mode all``
+(or the ``--mode`` given after ``--``) with ``--seed s --data_seed s`` (model initialisation, batch
+order *and* the data split/colouring vary); ``--tool irm`` runs ``invariant_learning/irm.py`` with
+``--seed s``. Each seed goes to ``<out_dir>/seed<s>``; a finished seed folder is reused, not rerun.
+The summary (mean ± sample std over seeds) is printed as Markdown and saved as
+``<out_dir>/summary.json``, with the per-group picture ``<out_dir>/report.png``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import run  # noqa: E402
+from invariant_learning import irm  # noqa: E402
+from utils.report import collect, markdown_table, write_report  # noqa: E402
 from utils.results import RESULTS_NAME, atomic_write_text  # noqa: E402
 
-METRICS = ("avg_acc", "worst_group_acc", "mean_group_acc")
-
-
-def summarise(results: list[dict]) -> dict[str, dict[str, list[float]]]:
-    """Per method, the list over seeds of each test metric (in %) and of the density."""
-    table: dict[str, dict[str, list[float]]] = {}
-    for res in results:
-        for method, out in res["methods"].items():
-            row = table.setdefault(method, {m: [] for m in (*METRICS, "density")})
-            for m in METRICS:
-                row[m].append(100 * out["splits"]["test"][m])
-            row["density"].append(100 * out.get("sparsity", {}).get("overall", 1.0))
-    return table
-
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
-
-
-def markdown(table: dict[str, dict[str, list[float]]], n_seeds: int) -> str:
-    lines = [f"| method ({n_seeds} seeds) | test avg | test worst-group | test mean-group | density % |",
-             "|---|---|---|---|---|"]
-    for method, row in table.items():
-        lines.append(f"| {method} | " + " | ".join(mean_std(row[m]) for m in (*METRICS, "density")) + " |")
-    return "\n".join(lines)
+TOOLS: dict[str, tuple[Callable[[list[str]], int], Callable[[int], list[str]]]] = {
+    "run": (run.main, lambda s: ["--seed", str(s), "--data_seed", str(s)]),
+    "irm": (irm.main, lambda s: ["--seed", str(s)]),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,20 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--tool", choices=sorted(TOOLS), default="run", help="run.py or invariant_learning/irm.py")
     opts = parser.parse_args(own)
+    entry, seed_flags = TOOLS[opts.tool]
+    if opts.tool == "run" and "--mode" not in passthrough:
+        passthrough = ["--mode", "all", *passthrough]
     results = []
     for seed in opts.seeds:
         seed_dir = Path(opts.out_dir) / f"seed{seed}"
         if not (seed_dir / RESULTS_NAME).exists():
-            rc = run.main(["--mode", "all", "--seed", str(seed), "--data_seed", str(seed),
-                           "--out_dir", str(seed_dir), *passthrough])
+            rc = entry([*passthrough, *seed_flags(seed), "--out_dir", str(seed_dir)])
             if rc != 0:
                 return rc
         results.append(json.loads((seed_dir / RESULTS_NAME).read_text()))
-    table = summarise(results)
-    atomic_write_text(Path(opts.out_dir) / "summary.json",
-                      json.dumps({"seeds": opts.seeds, "run_args": passthrough, "test_percent": table}, indent=2))
-    print(markdown(table, len(opts.seeds)))
+    table = collect(results)
+    summary = {"tool": opts.tool, "seeds": opts.seeds, "run_args": passthrough, "std": "sample (n - 1)",
+               "test_percent": table}
+    atomic_write_text(Path(opts.out_dir) / "summary.json", json.dumps(summary, indent=2))
+    print(markdown_table(results))
+    print(f"picture: {write_report(Path(opts.out_dir) / 'report.png', results)}")
     return 0
 
 

@@ -28,17 +28,23 @@ def test_matches_the_per_anchor_definition():
 
 
 def test_pulls_same_class_across_clusters_and_pushes_within_cluster():
-    y = torch.tensor([0, 0])
-    c = torch.tensor([0, 1])
-    close = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1]]), dim=1)
-    far = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
-    # add a same-cluster negative for anchor 0
-    y3, c3 = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])
-    near_neg = torch.cat([close, torch.tensor([[1.0, 0.0]])])
-    far_neg = torch.cat([close, torch.tensor([[-1.0, 0.0]])])
-    assert cluster_contrastive_loss(far_neg, y3, c3) < cluster_contrastive_loss(near_neg, y3, c3)
-    assert cluster_contrastive_loss(close, y, c).item() == pytest.approx(0.0)  # only positives in the softmax
-    assert cluster_contrastive_loss(far, y, c).item() == pytest.approx(0.0)
+    # anchor 0 (class 0, cluster 0); positive 1 (class 0, cluster 1); negative 2 (class 1, cluster 0)
+    y, c = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])
+
+    def loss(positive_angle: float, negative_angle: float) -> float:
+        angles = torch.tensor([0.0, positive_angle, negative_angle])
+        z = torch.stack([angles.cos(), angles.sin()], dim=1)
+        return cluster_contrastive_loss(z, y, c, 0.5).item()
+
+    # pull: with the negative fixed, a positive nearer the anchor lowers the loss
+    assert loss(0.3, 1.0) < loss(1.5, 1.0) < loss(3.0, 1.0)
+    # push: with the positive fixed, a same-cluster negative farther from the anchor lowers the loss
+    assert loss(1.0, 3.0) < loss(1.0, 1.5) < loss(1.0, 0.3)
+    # the gradient on the anchor points toward the positive and away from the negative
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], requires_grad=True)
+    cluster_contrastive_loss(z, y, c, 0.5).backward()
+    step = -z.grad[0]
+    assert float(step @ torch.tensor([0.0, 1.0])) > 0
 
 
 def test_batch_without_positives_gives_zero_with_graph():

@@ -169,6 +169,9 @@ def test_whole_pipeline_runs_on_each_photo_data_set(run_cli, tmp_path, data):
     rc, _, err = run_cli(*TINY_ERM, "--mode", "all", "--data", data, *argv, "--pruning_ep", "1", "--retrain_ep", "1",
                          "--out_dir", tmp_path / "out")
     assert rc == 0, err
+    ran = set(read_results(tmp_path / "out")["methods"])
+    assert {"erm", "retrain_only", "prusc_no_con", "prusc", "jtt"} <= ran
+    assert {"groupdro", "dfr"} <= ran  # every layout here has an attribute column
     image_ids = pd.read_csv(tmp_path / "out" / "clusters.csv")["image_id"].tolist()
     assert image_ids == [s.filename for s in samples if s.split == "train"]
 

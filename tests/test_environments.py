@@ -9,8 +9,8 @@ from cluster.features import extract_features
 from cluster.io import write_clusters
 from data.digits import make_colored_digits
 from invariant_learning import environments
-from invariant_learning.environments import conflicting_mask, label_attr_agreement, split_environments
-from training.experiment import model_from_checkpoint
+from invariant_learning.construction import ROLES, build_environments, conflicting_mask, label_attr_agreement, split_environments
+from models.factory import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
@@ -78,9 +78,9 @@ def test_environments_from_erm_clusters_differ_in_label_colour_agreement(erm_clu
     rc = environments.main([*DIGITS_FLAGS, "--clusters", str(erm_clusters), "--output_dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0
-    summaries = {role: json.loads((tmp_path / role / "environment.json").read_text()) for role in environments.ROLES}
-    tables = {role: pd.read_csv(tmp_path / role / "indices.csv") for role in environments.ROLES}
-    for role in environments.ROLES:
+    summaries = {role: json.loads((tmp_path / role / "environment.json").read_text()) for role in ROLES}
+    tables = {role: pd.read_csv(tmp_path / role / "indices.csv") for role in ROLES}
+    for role in ROLES:
         idx = torch.tensor(tables[role]["index"].to_numpy())
         assert summaries[role]["size"] == len(idx) > 0
         assert summaries[role]["label_attr_agreement"] == pytest.approx(float((train.y[idx] == train.a[idx]).double().mean()))
@@ -95,7 +95,7 @@ def test_environments_from_erm_clusters_differ_in_label_colour_agreement(erm_clu
 def test_no_conflicting_sample_is_explained(train, tmp_path, capsys):
     path = write_clusters(tmp_path / "clusters.csv", train, train.y.clone())  # clusters = labels: nothing conflicts
     with pytest.raises(UserError, match="no conflicting samples.*more clusters.*earlier reference checkpoint"):
-        environments.build_environments(train, path, 0.5, 0.5, 0)
+        build_environments(train, path, 0.5, 0.5, 0)
     assert environments.main([*DIGITS_FLAGS, "--clusters", str(path), "--output_dir", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no conflicting samples" in err

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+import run
 from conftest import read_results
 
 ERM_FAST = ("--mode", "erm", "--data", "digits", "--epochs", "3", "--device", "cpu")
@@ -48,12 +49,15 @@ def test_spurious_correlation_hurts_worst_group(run_cli, tmp_path):
     (("--arch", "vgg"), "--arch"),
     (("--epochs", "0"), "--epochs"),
 ])
-def test_bad_flags_fail_on_one_line(run_cli, tmp_path, argv, needle):
+def test_bad_flags_fail_on_one_line(capsys, tmp_path, argv, needle):
     try:
-        rc, out, err = run_cli(*ERM_FAST, "--out_dir", tmp_path, *argv)
-    except SystemExit as exc:  # argparse exits by itself
-        rc, err = exc.code, ""
-    assert rc != 0
+        rc = run.main([*ERM_FAST, "--out_dir", str(tmp_path), *argv])
+    except SystemExit as exc:  # argparse exits by itself (through OneLineErrorParser)
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert needle in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
     assert not (tmp_path / "results.json").exists()
 
 

@@ -14,6 +14,7 @@ from cluster.io import write_clusters
 from conftest import read_results
 from data.digits import make_colored_digits
 from invariant_learning import environments, irm
+from invariant_learning.construction import rebuild_data_args
 from invariant_learning.penalty import irm_penalty, penalty_weight_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +23,7 @@ FAST = ("--steps", "40", "--penalty_anneal_iters", "10", "--hidden_dim", "32", "
 
 def make_envs(folder: Path, data: str = "digits") -> Path:
     """Environments whose clusters are the colour itself (what an ideal ERM clustering finds)."""
-    train = data_registry.build_splits(environments.rebuild_data_args({"data": data}))["train"]
+    train = data_registry.build_splits(rebuild_data_args({"data": data}))["train"]
     clusters = write_clusters(folder / "clusters.csv", train, train.a.clone())
     assert environments.main(["--data", data, "--clusters", str(clusters), "--output_dir", str(folder / "envs")]) == 0
     return folder / "envs"
@@ -64,21 +65,22 @@ def test_fast_digits_run_reports_every_variant(envs, tmp_path, capsys):
     rc, out, _ = call(capsys, *env_args(envs), *FAST, "--n_restarts", "2", "--random_irm", "--out_dir", tmp_path)
     assert rc == 0
     res = read_results(tmp_path)
-    assert {"mode", "data", "arch", "seed", "args", "time_s", "splits", "environments", "variants"} <= set(res)
+    assert {"mode", "data", "arch", "seed", "args", "time_s", "splits", "environments", "methods"} <= set(res)
     assert res["mode"] == "irm" and res["data"] == "digits"
-    assert set(res["variants"]) == {"erm", "irm_clusters", "irm_random"}  # digits has no true environments
+    assert set(res["methods"]) == {"erm", "irm_clusters", "irm_random"}  # digits has no true environments
     sizes = {role: res["environments"][role]["size"] for role in ("minority", "balanced")}
-    for name, v in res["variants"].items():
+    for name, v in res["methods"].items():
         assert v["label"] in out
         for key in ("train_acc", "test_acc", "test_worst_group_acc"):
             assert len(v[key]["values"]) == 2
             assert v[key]["mean"] == pytest.approx(np.mean(v[key]["values"]))
-            assert v[key]["std"] == pytest.approx(np.std(v[key]["values"]))
+            assert v[key]["std"] == pytest.approx(np.std(v[key]["values"], ddof=1))
         assert [r["seed"] for r in v["restarts"]] == [0, 1]
         assert set(v["restarts"][0]["splits"]["test"]["groups"]) == {"y=0,a=0", "y=0,a=1", "y=1,a=0", "y=1,a=1"}
-    assert res["variants"]["irm_random"]["env_sizes"] == [sizes["minority"], sizes["balanced"]]
-    assert res["variants"]["erm"]["env_sizes"] == [898]
-    tests = [r["splits"]["test"]["avg_acc"] for r in res["variants"]["irm_clusters"]["restarts"]]
+    assert res["methods"]["irm_random"]["env_sizes"] == [sizes["minority"], sizes["balanced"]]
+    assert res["methods"]["erm"]["env_sizes"] == [898]
+    assert res["primary_method"] == "irm_clusters"
+    tests = [r["splits"]["test"]["avg_acc"] for r in res["methods"]["irm_clusters"]["restarts"]]
     assert res["splits"]["test"]["avg_acc"] == pytest.approx(np.mean(tests))
 
 
@@ -86,7 +88,7 @@ def test_cluster_environments_beat_erm_and_random_ones_on_the_minority_groups(en
     rc, _, _ = call(capsys, *env_args(envs), "--steps", "150", "--penalty_anneal_iters", "50", "--n_restarts", "1",
                     "--random_irm", "--device", "cpu", "--out_dir", tmp_path)
     assert rc == 0
-    worst = {k: v["test_worst_group_acc"]["mean"] for k, v in read_results(tmp_path)["variants"].items()}
+    worst = {k: v["test_worst_group_acc"]["mean"] for k, v in read_results(tmp_path)["methods"].items()}
     assert worst["irm_clusters"] > max(worst["erm"], worst["irm_random"]) + 0.1
 
 
@@ -94,7 +96,7 @@ def test_same_seed_same_numbers_and_mini_batches(envs, tmp_path, capsys):
     for name in ("a", "b"):
         assert call(capsys, *env_args(envs), *FAST, "--n_restarts", "1", "--batch_size", "16",
                     "--out_dir", tmp_path / name)[0] == 0
-    first, second = (read_results(tmp_path / n)["variants"] for n in ("a", "b"))
+    first, second = (read_results(tmp_path / n)["methods"] for n in ("a", "b"))
     assert json.dumps(first["irm_clusters"]["test_acc"]) == json.dumps(second["irm_clusters"]["test_acc"])
 
 
@@ -108,7 +110,7 @@ def test_true_environments_are_used_when_the_data_has_them(tmp_path, capsys, mon
     envs = make_envs(tmp_path, "digits_envs")
     rc, out, _ = call(capsys, *env_args(envs), *FAST, "--n_restarts", "1", "--out_dir", tmp_path / "run")
     assert rc == 0 and "IRM true envs" in out
-    assert read_results(tmp_path / "run")["variants"]["irm_true"]["env_sizes"] == [449, 449]
+    assert read_results(tmp_path / "run")["methods"]["irm_true"]["env_sizes"] == [449, 449]
 
 
 def test_runs_from_inside_invariant_learning(envs, tmp_path):

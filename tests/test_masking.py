@@ -7,7 +7,7 @@ from models import build_model
 from models.masking import (attach_masks, density_report, iter_masks, mask_parameters, set_mask_mode,
                             sparsity_penalty)
 from training.contrastive import cluster_contrastive_loss
-from training.experiment import checkpoint_content, model_from_checkpoint
+from models.factory import checkpoint_content, model_from_checkpoint
 from utils.checkpoint import load_checkpoint, save_checkpoint
 
 

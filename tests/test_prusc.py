@@ -41,15 +41,17 @@ def test_pruning_step_never_changes_weights_or_batchnorm_statistics():
 
 
 def test_all_mode_reports_method_and_ablations(tmp_path, erm_dir, run_cli):
-    rc, out, _ = run_cli("--mode", "all", *FAST, "--checkpoint", erm_dir / "erm.pt", "--out_dir", tmp_path)
+    rc, out, _ = run_cli("--mode", "all", *FAST, "--checkpoint", erm_dir / "erm.pt", "--out_dir", tmp_path,
+                         "--methods", "erm,retrain_only,prusc_no_con,prusc,oracle_group_balanced")
     assert rc == 0
     res = read_results(tmp_path)
-    assert set(res["methods"]) == {"erm", "retrain_only", "prusc_no_con", "prusc", "oracle_group_balanced"}
+    assert list(res["methods"]) == ["erm", "retrain_only", "prusc_no_con", "prusc", "oracle_group_balanced"]
     assert res["methods"]["oracle_group_balanced"]["uses_group_labels"] is True
     assert res["splits"] == res["methods"]["prusc"]["splits"]
-    assert 0.0 < res["sparsity"]["overall"] <= 1.0
-    assert set(res["sparsity"]["per_layer"]) == {"body.1", "body.3", "head"}
-    assert "no group labels" in res["methods"]["prusc"]["retrain"]["selection"]
+    assert 0.0 < res["density"]["overall"] <= 1.0
+    assert set(res["density"]["per_layer"]) == {"body.1", "body.3", "head"}
+    assert "no group labels" in res["methods"]["prusc"]["selection"]
+    assert res["methods"]["prusc"]["uses_group_labels"] is False
     assert all(name in out for name in res["methods"])
     assert (tmp_path / "clusters.csv").exists() and (tmp_path / "prusc.pt").exists()
 
@@ -62,18 +64,19 @@ def test_prune_then_evaluate_round_trip(tmp_path, erm_dir, run_cli):
     assert rc == 0
     pruned = read_results(tmp_path / "prune")
     ckpt = load_checkpoint(tmp_path / "prune" / "prusc.pt")
-    assert ckpt["mask_logits"] and "sparsity" in pruned
+    assert ckpt["mask_logits"] and "density" in pruned
     rc, _, _ = run_cli("--mode", "evaluate", "--data", "digits", "--checkpoint", tmp_path / "prune" / "prusc.pt",
                        "--out_dir", tmp_path / "eval")
     assert rc == 0
     evaluated = read_results(tmp_path / "eval")
     assert evaluated["splits"] == pruned["splits"]
-    assert evaluated["sparsity"]["overall"] == pytest.approx(pruned["sparsity"]["overall"])
+    assert evaluated["density"]["overall"] == pytest.approx(pruned["density"]["overall"])
     rc, _, _ = run_cli("--mode", "retrain", *FAST, "--checkpoint", tmp_path / "prune" / "prusc.pt",
                        "--clusters", tmp_path / "clusters" / "clusters.csv", "--out_dir", tmp_path / "retrain",
                        "--selection", "oracle")
     assert rc == 0
-    assert "ORACLE" in read_results(tmp_path / "retrain")["retrain"]["selection"]
+    retrained = read_results(tmp_path / "retrain")["methods"]["retrain_only"]
+    assert "ORACLE" in retrained["selection"] and retrained["uses_group_labels"] is True
 
 
 def test_clusters_of_other_data_are_refused(tmp_path, erm_dir, run_cli):
@@ -96,7 +99,7 @@ def test_emptied_layer_warns_and_evaluation_still_runs(tmp_path, erm_dir, run_cl
         rc, _, _ = run_cli("--mode", "prune", *FAST, "--checkpoint", erm_dir / "erm.pt", "--out_dir", tmp_path,
                            "--lambda_sparse", "100", "--lambda_con_prune", "0", "--lr_prune", "5", "--retrain_ep", "0")
     assert rc == 0
-    assert read_results(tmp_path)["sparsity"]["overall"] < 0.05
+    assert read_results(tmp_path)["density"]["overall"] < 0.05
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, erm_dir, run_cli, monkeypatch):
@@ -138,7 +141,7 @@ def test_original_celeba_command_shape(run_cli, tmp_path, weights):
     assert res["arch"] == "resnet18" and res["args"]["lambda_sparse"] == 5e-8
     assert {k: g["n"] for k, g in res["splits"]["test"]["groups"].items()} == {
         f"y={y},a={a}": 2 for y in (0, 1) for a in (0, 1)}
-    assert 0 < res["sparsity"]["overall"] <= 1
+    assert 0 < res["density"]["overall"] <= 1
 
 
 def test_imagenet_flag_needs_a_resnet(run_cli, tmp_path):

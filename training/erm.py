@@ -1,8 +1,7 @@
-"""ERM: plain cross-entropy training of the reference model, its checkpoint and its evaluation."""
+"""ERM: cross-entropy training of the reference model (or, with a loss hook, of a baseline) and its checkpoint."""
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -10,14 +9,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from data import SpuriousDataset, build_splits
-from training.experiment import checkpoint_content, evaluate_model, model_from_args, results_payload
-from training.loops import make_optimizer, train_classifier
+from data import SpuriousDataset
+from models.factory import checkpoint_content, model_from_args
+from training.loops import LossFn, make_optimizer, mean_cross_entropy, train_classifier
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
-from utils.results import format_group_table, format_split_table, prepare_out_dir, write_results
-from utils.runtime import resolve_device, seed_everything
 
 
 @dataclass
@@ -32,13 +29,15 @@ class ErmRun:
 def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Namespace, device: torch.device,
               generator: torch.Generator, cells: torch.Tensor | None = None,
               snapshot_to: Path | None = None, arch_args: dict | None = None,
-              on_epoch_end: Callable[[int], None] | None = None) -> list[float]:
+              on_epoch_end: Callable[[int], None] | None = None, loss_fn: LossFn = mean_cross_entropy,
+              epochs: int | None = None, desc: str = "ERM") -> list[float]:
     """Train ``model`` in place with cross-entropy on the whole training split; return epoch losses.
 
     With ``cells`` (e.g. true group ids for the oracle) batches are balanced over them. With
     ``snapshot_to`` and ``--cluster_epoch E``, the model after epoch E is checkpointed there: an
     early ERM model whose representation still clusters by the spurious attribute.
-    ``on_epoch_end(epoch)`` runs after every epoch (e.g. model selection).
+    ``on_epoch_end(epoch)`` runs after every epoch (e.g. model selection); ``loss_fn`` replaces the
+    mean cross-entropy (per-sample weights, group losses); ``epochs`` overrides ``--epochs``.
     """
     model.to(device)
     if args.channels_last:
@@ -53,8 +52,9 @@ def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Names
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
-    return train_classifier(model, loader, optimizer, device, args.epochs, "ERM", amp=args.amp,
-                            channels_last=args.channels_last, on_epoch_end=after_epoch)
+    return train_classifier(model, loader, optimizer, device, args.epochs if epochs is None else epochs, desc,
+                            amp=args.amp, channels_last=args.channels_last, on_epoch_end=after_epoch,
+                            loss_fn=loss_fn)
 
 
 def snapshot_path(out_dir: Path, args: argparse.Namespace) -> Path | None:
@@ -77,20 +77,3 @@ def train_and_save_erm(args: argparse.Namespace, train_set: SpuriousDataset, dev
                                                                               train_set.n_classes))
     return ErmRun(model, arch_args, ckpt_path, snapshot, losses)
 
-
-def run(args: argparse.Namespace) -> dict:
-    """``--mode erm``: train, save ``<out_dir>/erm.pt``, evaluate val/test, write results.json."""
-    started = time.time()
-    out_dir = prepare_out_dir(args.out_dir, args.overwrite)
-    device = resolve_device(args.device)
-    generator = seed_everything(args.seed)
-    splits = build_splits(args)
-    erm = train_and_save_erm(args, splits["train"], device, generator, out_dir)
-    model, ckpt_path, losses = erm.model, erm.checkpoint, erm.losses
-    metrics = evaluate_model(model, splits, args, device)
-    payload = results_payload("erm", args, started, metrics, checkpoint=str(ckpt_path), train_loss=losses)
-    path = write_results(out_dir, payload)
-    print(format_split_table({"ERM": metrics}, title=f"ERM on {args.data} (seed {args.seed})"))
-    print(format_group_table(metrics["test"], "test"))
-    print(f"checkpoint: {ckpt_path}\nresults:    {path}")
-    return payload

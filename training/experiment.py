@@ -1,4 +1,4 @@
-"""What every mode shares: build a model from flags or a checkpoint, evaluate splits, package results."""
+"""What every mode shares: evaluate a model on the splits, package the results."""
 from __future__ import annotations
 
 import argparse
@@ -9,67 +9,10 @@ import torch
 from torch import nn
 
 from data import SpuriousDataset
-from models import build_model
-from models.masking import load_mask_logits, set_mask_mode, split_state
 from training.loops import predict_logits
 from utils.checkpoint import plain_args
-from utils.errors import UserError
 from utils.metrics import compute_metrics, group_counts
 from utils.runtime import make_loader
-
-
-def arch_args_from_cli(args: argparse.Namespace) -> dict[str, Any]:
-    """Constructor keyword arguments of ``args.arch`` taken from the flags."""
-    if args.arch == "mlp":
-        return {"hidden_dim": args.hidden_dim}
-    if args.arch == "cnn":
-        return {"width": args.cnn_width}
-    return {"imagenet": bool(args.imagenet), "pretrained_path": args.pretrained_path}
-
-
-def model_from_args(args: argparse.Namespace, train_set: SpuriousDataset) -> tuple[nn.Module, dict[str, Any]]:
-    """A fresh model for ``args.arch``, plus the arguments that rebuild it from a checkpoint.
-
-    Pretrained-weight options are not stored: the checkpoint's ``state_dict`` carries the weights.
-    """
-    arch_args = arch_args_from_cli(args)
-    model = build_model(args.arch, train_set.input_shape, train_set.n_classes, **arch_args)
-    rebuild = {k: v for k, v in arch_args.items() if k not in ("imagenet", "pretrained_path")}
-    rebuild["input_shape"] = list(train_set.input_shape)
-    return model, rebuild
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the model stored in a checkpoint, with its fixed masks when it has ``mask_logits``."""
-    arch_args = dict(ckpt["arch_args"])
-    input_shape = tuple(arch_args.pop("input_shape"))
-    model = build_model(ckpt["arch"], input_shape, int(ckpt["n_classes"]), **arch_args)
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint weights do not fit architecture {ckpt['arch']!r} with {ckpt['arch_args']} "
-                        f"({str(exc).splitlines()[0]}); the file is damaged or was edited") from exc
-    if ckpt.get("mask_logits"):
-        load_mask_logits(model, ckpt["mask_logits"])
-        set_mask_mode(model, "fixed")
-    return model
-
-
-def checkpoint_content(model: nn.Module, args: argparse.Namespace, arch_args: dict[str, Any],
-                       n_classes: int, **extra: Any) -> dict[str, Any]:
-    """The DESIGN.md checkpoint dict for ``model``; a masked model also stores ``mask_logits``."""
-    state, logits = split_state(model)
-    if logits:
-        extra["mask_logits"] = logits
-    return {
-        "state_dict": state,
-        "arch": args.arch,
-        "arch_args": arch_args,
-        "data": args.data,
-        "n_classes": int(n_classes),
-        "args": plain_args(args),
-        **extra,
-    }
 
 
 def evaluate_model(model: nn.Module, splits: dict[str, SpuriousDataset], args: argparse.Namespace,
@@ -89,7 +32,7 @@ def evaluate_model(model: nn.Module, splits: dict[str, SpuriousDataset], args: a
 
 def results_payload(mode: str, args: argparse.Namespace, started: float, splits_metrics: dict[str, dict],
                     **extra: Any) -> dict[str, Any]:
-    """The DESIGN.md results.json dict."""
+    """The results.json dict: the top-level keys every mode shares (ARCHITECTURE.md, "Results"), then ``extra``."""
     return {
         "mode": mode,
         "data": args.data,

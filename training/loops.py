@@ -1,4 +1,9 @@
-"""The supervised training loop shared by ERM and retraining, and batched prediction."""
+"""The supervised training loop shared by ERM, retraining and the baselines, and batched prediction.
+
+The loop never reads a number back from the device inside an epoch: the running loss sum stays
+on the device and is checked for NaN/inf every ``CHECK_EVERY`` steps and at the end of each
+epoch, so a GPU is not stalled once per step.
+"""
 from __future__ import annotations
 
 import copy
@@ -11,6 +16,17 @@ from torch.utils.data import DataLoader
 
 from utils.errors import UserError
 from utils.runtime import autocast, progress, to_device
+
+CHECK_EVERY = 50  # steps between NaN/inf checks of the running loss (each check syncs with the device)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss_fn(logits, y, index)`` -> scalar loss of a batch; ``index`` (on the device) is each sample's
+position in the training split, so a method can look up per-sample weights or group ids."""
+
+
+def mean_cross_entropy(logits: torch.Tensor, y: torch.Tensor, _index: torch.Tensor) -> torch.Tensor:
+    """The default :data:`LossFn`: plain mean cross-entropy (ERM)."""
+    return nn.functional.cross_entropy(logits, y)
 
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0,
@@ -28,9 +44,9 @@ def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
     """Stop with a clear message when the loss is NaN/inf instead of training on garbage."""
-    if not math.isfinite(float(loss.detach())):
-        raise UserError(f"the loss became {float(loss.detach())} {where}; "
-                        "lower the learning rate (--lr/--lr_main/--lr_prune)")
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise UserError(f"the loss became {value} {where}; lower the learning rate (--lr/--lr_main/--lr_prune)")
 
 
 def train_classifier(
@@ -44,26 +60,32 @@ def train_classifier(
     channels_last: bool = False,
     on_epoch_end: Callable[[int], None] | None = None,
     train_mode: bool = True,
+    loss_fn: LossFn = mean_cross_entropy,
 ) -> list[float]:
-    """Cross-entropy training for ``epochs``; returns the mean loss of each epoch.
+    """Train for ``epochs`` with ``loss_fn``; returns the mean loss of each epoch.
 
     ``train_mode=False`` keeps BatchNorm statistics and dropout as in evaluation (head-only tuning).
     """
     history = []
     for epoch in range(epochs):
         model.train(train_mode)
-        total, count = 0.0, 0
-        for x, y, _a, _idx in progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}"):
-            x, y = to_device(x, device, channels_last), y.to(device)
+        total = torch.zeros((), device=device)
+        count = 0
+        where = f"in {desc} epoch {epoch + 1}"
+        for step, (x, y, _a, idx) in enumerate(progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}")):
+            x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
             with autocast(device, amp):
-                loss = nn.functional.cross_entropy(model(x), y)
-            check_finite(loss, f"in {desc} epoch {epoch + 1}")
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, idx.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(y)
+            total += loss.detach() * len(y)
             count += len(y)
-        history.append(total / max(count, 1))
+            if (step + 1) % CHECK_EVERY == 0:
+                check_finite(total, f"{where} (by step {step + 1})")
+        check_finite(total, where)
+        history.append(float(total) / max(count, 1))
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     return history

@@ -3,39 +3,98 @@
 Only mask logits are optimised; weights and BatchNorm statistics stay as trained (the network
 runs in eval mode). Per batch, in one forward pass of the masked network:
 
-    loss = CE + lambda_sparse * (sum of keep probabilities) + lambda_con_prune * L_con
+    loss = CE + lambda_sparse * REFERENCE_WEIGHTS * (kept share) + lambda_con_prune * L_con
 
 where ``L_con`` (training/contrastive.py) uses the L2-normalised penultimate features, the
 labels and the representation clusters. Batches are balanced over (label, cluster) cells.
-After every epoch the masked model is checkpointed atomically, so a NaN stop keeps the last good one.
+
+Three choices keep the result independent of the network's size and of the number of steps,
+so a default run does not collapse a network (a short run with a fixed Adam rate used to cut
+ResNets to a few percent of their weights, deleting whole layers):
+
+- size: the sparsity term is the *share* of weights kept (soft, sum of keep probabilities over
+  the number of masked weights), scaled by :data:`REFERENCE_WEIGHTS` (a ResNet-50's conv and head
+  weights). ``--lambda_sparse`` is therefore a penalty per weight of a ResNet-50, as in the
+  reference code's ResNet-50 runs, and asks for the same trade-off at any size: the CE gradient
+  of one weight's logit shrinks as the network grows, and so does this term's;
+- steps: Adam moves a logit by about its learning rate per step whenever the gradient keeps its
+  sign, so with a fixed rate the density reached follows the number of steps. By default
+  (``--lr_prune auto``) the rate is ``2 * mask_init / total steps``: a logit pushed the same way
+  for half of the run crosses zero, in a run of any length;
+- safety: the sparsity term stops acting on a layer whose density is at or below
+  ``--min_layer_density``, and the mask is checked ``--prune_checks`` times during the run
+  (plus the dense start) with the retraining's selection rule (worst-cluster accuracy on the
+  selection half of val, no group labels). The kept mask is the sparsest one scoring within
+  ``--prune_tolerance`` of the best check; pruning stops early once ``PATIENCE`` checks in a
+  row fall below that band. A mask that hurts is thus never kept: the dense start is a candidate.
+
+Each check writes the current masked model atomically (``save_to``), so a NaN stop keeps the last good one.
 """
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from data import SpuriousDataset
-from models.masking import attach_masks, density_report, mask_parameters, set_mask_mode, sparsity_penalty
+from models.masking import attach_masks, density_report, iter_masks, mask_parameters, set_mask_mode
+from models.factory import checkpoint_content
 from training.contrastive import cluster_contrastive_loss
-from training.experiment import checkpoint_content
 from training.loops import check_finite
 from training.retrain import cells_of
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
 from utils.runtime import autocast, progress, to_device
 
+REFERENCE_WEIGHTS = 23_459_008  # Conv2d + Linear weights of a two-class torchvision ResNet-50
+PATIENCE = 3
+
+
+def prune_learning_rate(args: argparse.Namespace, total_steps: int) -> float:
+    """``--lr_prune``, or with ``auto`` the rate that lets a steadily pushed logit cross zero halfway."""
+    if args.lr_prune is not None:
+        return args.lr_prune
+    return 2 * args.mask_init / max(total_steps, 1)
+
+
+def kept_share(model: nn.Module, floor: float) -> torch.Tensor:
+    """Soft share of weights kept over all masked weights, counting only layers denser than ``floor``."""
+    kept: torch.Tensor | float = 0.0
+    total = 0
+    for _, mask in iter_masks(model):
+        total += mask.logits.numel()
+        if float((mask.logits >= 0).float().mean()) > floor:
+            kept = kept + mask.keep_probability().sum()
+    return torch.as_tensor(kept) / max(total, 1)
+
+
+def _pick(checks: list[dict], tolerance: float) -> int:
+    """Index of the sparsest check whose score is within ``tolerance`` of the best score."""
+    best = max(c["score"] for c in checks)
+    good = [i for i, c in enumerate(checks) if c["score"] >= best - tolerance]
+    return min(good, key=lambda i: (checks[i]["density"], -i))
+
+
+def _score(score: Callable[[nn.Module], float] | None, model: nn.Module) -> float:
+    if score is None:
+        return 0.0
+    with torch.no_grad():
+        return float(score(model))
+
 
 def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Tensor, args: argparse.Namespace,
                 device: torch.device, generator: torch.Generator,
-                save_to: Path | None = None, arch_args: dict[str, Any] | None = None) -> list[dict[str, float]]:
-    """Attach masks to ``model`` and learn them for ``--pruning_ep`` epochs; return per-epoch losses.
+                save_to: Path | None = None, arch_args: dict[str, Any] | None = None,
+                score: Callable[[nn.Module], float] | None = None) -> list[dict[str, float]]:
+    """Attach masks to ``model`` and learn them for up to ``--pruning_ep`` epochs; return one record per check.
 
-    The model ends with fixed (deterministic) masks. With ``save_to``, the masked model is written
-    there after each epoch.
+    ``score(model)`` rates the masked model (higher is better, e.g. worst-cluster val accuracy);
+    without it every check scores 0, so the sparsest (usually the last) mask is kept. The model
+    ends with the kept mask, fixed (deterministic).
     """
     attach_masks(model, args.prune_layers, args.mask_init, args.mask_temperature)
     model.to(device).eval()
@@ -44,14 +103,42 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
         p.requires_grad_(False)
     for p in logits:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(logits, lr=args.lr_prune)
     loader = training_loader(train_set, args.batch_size, generator, args.num_workers,
                              cells_of(train_set.y, clusters))
+    total_steps = args.pruning_ep * len(loader)
+    optimizer = torch.optim.Adam(logits, lr=prune_learning_rate(args, total_steps))
+    every = max(1, math.ceil(total_steps / max(args.prune_checks, 1)))
     clusters = clusters.to(device)
-    history = []
+    checks: list[dict[str, float]] = []
+    kept = [p.detach().clone() for p in logits]
+
+    def check(step: int, sums: dict[str, float], n: int) -> bool:
+        """Record the fixed mask's density and score; keep the best logits; True to stop early."""
+        nonlocal kept
+        set_mask_mode(model, "fixed")
+        record = {"step": step, "epoch": step / len(loader)} | {k: v / max(n, 1) for k, v in sums.items()}
+        record |= {"density": density_report(model, warn=False)["overall"],
+                   "score": _score(score, model)}
+        checks.append(record)
+        set_mask_mode(model, "sample")
+        chosen = _pick(checks, args.prune_tolerance)
+        if chosen == len(checks) - 1:
+            kept = [p.detach().clone() for p in logits]
+            if save_to is not None and arch_args is not None:
+                set_mask_mode(model, "fixed")
+                save_checkpoint(save_to, checkpoint_content(model, args, arch_args, train_set.n_classes))
+                set_mask_mode(model, "sample")
+        print(f"prune step {step}/{total_steps}: ce {record['ce']:.4f}  con {record['con']:.4f}  "
+              f"density {record['density']:.4f}  score {record['score']:.4f}")
+        best = max(c["score"] for c in checks)
+        recent = checks[-PATIENCE:]
+        return len(recent) == PATIENCE and all(c["score"] < best - args.prune_tolerance for c in recent)
+
     set_mask_mode(model, "sample")
+    check(0, {"ce": 0.0, "con": 0.0, "sparse": 0.0}, 0)
+    step, stop = 0, False
+    sums, n = {"ce": 0.0, "con": 0.0, "sparse": 0.0}, 0
     for epoch in range(args.pruning_ep):
-        sums = {"ce": 0.0, "con": 0.0, "sparse": 0.0}
         for x, y, _a, idx in progress(loader, desc=f"prune epoch {epoch + 1}/{args.pruning_ep}"):
             x, y = to_device(x, device, args.channels_last), y.to(device)
             with autocast(device, args.amp):
@@ -59,24 +146,33 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
                 ce = nn.functional.cross_entropy(model.head(feats), y)
             con = cluster_contrastive_loss(nn.functional.normalize(feats.float(), dim=1), y,
                                            clusters[idx.to(device)], args.temperature)
-            sparse = sparsity_penalty(model)
+            sparse = REFERENCE_WEIGHTS * kept_share(model, args.min_layer_density)
             loss = ce + args.lambda_sparse * sparse + args.lambda_con_prune * con
             check_finite(loss, f"in pruning epoch {epoch + 1}" + (f" (last good checkpoint: {save_to})" if save_to
                                                                    and save_to.exists() else ""))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step += 1
+            n += 1
             for key, value in (("ce", ce), ("con", con), ("sparse", sparse)):
                 sums[key] += float(value.detach())
-        set_mask_mode(model, "fixed")
-        density = density_report(model, warn=False)["overall"]
-        history.append({k: v / len(loader) for k, v in sums.items()} | {"density": density})
-        print(f"prune epoch {epoch + 1}: ce {history[-1]['ce']:.4f}  con {history[-1]['con']:.4f}  "
-              f"density {density:.4f}")
-        if save_to is not None and arch_args is not None:
-            save_checkpoint(save_to, checkpoint_content(model, args, arch_args, train_set.n_classes))
-        set_mask_mode(model, "sample")
+            if step % every == 0 or step == total_steps:
+                stop = check(step, sums, n)
+                sums, n = {"ce": 0.0, "con": 0.0, "sparse": 0.0}, 0
+                if stop:
+                    print(f"pruning stopped early at step {step}: the score fell below the best for {PATIENCE} checks")
+                    break
+        if stop:
+            break
+    chosen = _pick(checks, args.prune_tolerance)
+    checks[chosen]["kept"] = True
+    with torch.no_grad():
+        for p, value in zip(logits, kept):
+            p.copy_(value)
+    print(f"kept the mask of step {checks[chosen]['step']} (density {checks[chosen]['density']:.4f}, "
+          f"score {checks[chosen]['score']:.4f})")
     set_mask_mode(model, "fixed")
     for p in model.parameters():
         p.requires_grad_(True)
-    return history
+    return checks

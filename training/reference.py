@@ -15,27 +15,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from cluster.clustering import cluster_features
+from cluster.fit import cluster_features
 from cluster.features import cluster_centroids, extract_features
 from cluster.io import load_clusters, write_clusters
 from cluster.kmeans import assign_nearest, majority_label
 from cluster.report import format_summary
 from data import SpuriousDataset
 from training.erm import train_and_save_erm
-from training.experiment import model_from_checkpoint
+from models.factory import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 
 @dataclass
-class Reference:
+class ReferenceModel:
+    """The ERM model methods start from, and the checkpoint whose features are clustered."""
+
     model: nn.Module
     arch_args: dict[str, Any]
     checkpoint: str
-    train_clusters: torch.Tensor
-    val_clusters: torch.Tensor
-    clusters_file: str
     cluster_checkpoint: str
+
+
+@dataclass
+class Clusters:
+    """Representation clusters of the training split and the nearest-centroid clusters of val."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    file: str
+    train_features: torch.Tensor  # L2-normalised features of the clustering model, training-split order
 
 
 def load_model(path: str, args: argparse.Namespace, allow_masked: bool) -> tuple[nn.Module, dict[str, Any]]:
@@ -48,8 +57,7 @@ def load_model(path: str, args: argparse.Namespace, allow_masked: bool) -> tuple
 
 
 def load_or_train_reference(args: argparse.Namespace, train_set: SpuriousDataset, device: torch.device,
-                            generator: torch.Generator, out_dir: Path,
-                            allow_masked: bool = False) -> tuple[nn.Module, dict[str, Any], str, str]:
+                            generator: torch.Generator, out_dir: Path, allow_masked: bool = False) -> ReferenceModel:
     """The reference model and the checkpoint whose features are clustered.
 
     ``--checkpoint`` if given (its arch is adopted), else fresh ERM. The clustering model is
@@ -65,16 +73,18 @@ def load_or_train_reference(args: argparse.Namespace, train_set: SpuriousDataset
         erm = train_and_save_erm(args, train_set, device, generator, out_dir)
         model, arch_args, ckpt_path, snapshot = erm.model, erm.arch_args, str(erm.checkpoint), erm.snapshot
     cluster_ckpt = args.cluster_checkpoint or (str(snapshot) if snapshot else ckpt_path)
-    return model.to(device), arch_args, ckpt_path, cluster_ckpt
+    return ReferenceModel(model.to(device), arch_args, ckpt_path, cluster_ckpt)
 
 
-def prepare_reference(args: argparse.Namespace, splits: dict[str, SpuriousDataset], device: torch.device,
-                      generator: torch.Generator, out_dir: Path, allow_masked: bool = False) -> Reference:
-    """Reference model, training clusters (loaded or computed) and nearest-centroid val clusters."""
+def reference_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset], reference: ReferenceModel,
+                       device: torch.device, out_dir: Path) -> Clusters:
+    """Training clusters (``--clusters`` or k-means on the clustering model's features, written to
+    ``<out_dir>/clusters.csv``) and nearest-centroid val clusters."""
     train, val = splits["train"], splits["val"]
-    model, arch_args, ckpt_path, cluster_ckpt = load_or_train_reference(args, train, device, generator, out_dir,
-                                                                        allow_masked)
-    cluster_model = model if cluster_ckpt == ckpt_path else load_model(cluster_ckpt, args, True)[0].to(device)
+    if reference.cluster_checkpoint == reference.checkpoint:
+        cluster_model = reference.model
+    else:
+        cluster_model = load_model(reference.cluster_checkpoint, args, True)[0].to(device)
     feats = extract_features(cluster_model, train, device, args.eval_batch_size, num_workers=args.num_workers)
     if args.clusters:
         assign = load_clusters(args.clusters, train)
@@ -87,8 +97,7 @@ def prepare_reference(args: argparse.Namespace, splits: dict[str, SpuriousDatase
         assign = fit.assign
         clusters_file = str(write_clusters(out_dir / "clusters.csv", train, assign))
     val_feats = extract_features(cluster_model, val, device, args.eval_batch_size, num_workers=args.num_workers)
-    return Reference(model, arch_args, ckpt_path, assign, nearest_clusters(feats, assign, train.y, val_feats, val.y),
-                     clusters_file, cluster_ckpt)
+    return Clusters(assign, nearest_clusters(feats, assign, train.y, val_feats, val.y), clusters_file, feats)
 
 
 def nearest_clusters(train_feats: torch.Tensor, train_assign: torch.Tensor, train_y: torch.Tensor,

@@ -46,6 +46,19 @@ def cells_of(y: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
     return y * (int(clusters.max()) + 1) + clusters
 
 
+def stratified_halves(cells: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted positions of two halves of a split, each cell split in half (the first half gets the odd one)."""
+    gen = torch.Generator().manual_seed(seed)
+    first, second = [], []
+    for cell in torch.unique(cells):
+        members = torch.nonzero(cells == cell).flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        half = (len(members) + 1) // 2
+        first.append(members[:half])
+        second.append(members[half:])
+    return torch.cat(first).sort().values, torch.cat(second).sort().values
+
+
 def retrain_data(splits: dict[str, SpuriousDataset], train_clusters: torch.Tensor, val_clusters: torch.Tensor,
                  split: str, seed: int) -> RetrainData:
     """Fitting and selection samples with their cells (see the module docstring)."""
@@ -54,15 +67,7 @@ def retrain_data(splits: dict[str, SpuriousDataset], train_clusters: torch.Tenso
     if split == "train":
         train = splits["train"]
         return RetrainData(train, cells_of(train.y, train_clusters), val, val_cells)
-    gen = torch.Generator().manual_seed(seed)
-    fit_idx, select_idx = [], []
-    for cell in torch.unique(val_cells):
-        members = torch.nonzero(val_cells == cell).flatten()
-        members = members[torch.randperm(len(members), generator=gen)]
-        half = (len(members) + 1) // 2
-        fit_idx.append(members[:half])
-        select_idx.append(members[half:])
-    fit_idx, select_idx = torch.cat(fit_idx).sort().values, torch.cat(select_idx).sort().values
+    fit_idx, select_idx = stratified_halves(val_cells, seed)
     return RetrainData(val.subset(fit_idx), val_cells[fit_idx], val.subset(select_idx), val_cells[select_idx])
 
 
@@ -78,12 +83,15 @@ def worst_cell_accuracy(preds: torch.Tensor, y: torch.Tensor, cells: torch.Tenso
     return min(accs or fallback)
 
 
-def selection_score(model: nn.Module, data: RetrainData, args: argparse.Namespace, device: torch.device) -> float:
-    loader = make_loader(data.select, args.eval_batch_size, num_workers=args.num_workers)
+def selection_score(model: nn.Module, dataset: SpuriousDataset, cells: torch.Tensor, args: argparse.Namespace,
+                    device: torch.device) -> float:
+    """The ``--selection`` score of ``model`` on ``dataset``: worst-cell accuracy over ``cells``
+    (e.g. (label, cluster) pairs; no group labels), or with ``oracle`` the true worst-group accuracy."""
+    loader = make_loader(dataset, args.eval_batch_size, num_workers=args.num_workers)
     preds = predict_logits(model, loader, device, amp=args.amp, desc="selection").argmax(1)
     if args.selection == "oracle":
-        return compute_metrics(preds, data.select.y, data.select.a)["worst_group_acc"]
-    return worst_cell_accuracy(preds, data.select.y, data.select_cells, args.min_cell_size)
+        return compute_metrics(preds, dataset.y, dataset.a)["worst_group_acc"]
+    return worst_cell_accuracy(preds, dataset.y, cells, args.min_cell_size)
 
 
 def retrain(model: nn.Module, data: RetrainData, args: argparse.Namespace, device: torch.device,
@@ -96,10 +104,10 @@ def retrain(model: nn.Module, data: RetrainData, args: argparse.Namespace, devic
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable_ids)
     best = BestEpoch(model)
-    best.record(selection_score(model, data, args, device), 0)
+    best.record(selection_score(model, data.select, data.select_cells, args, device), 0)
 
     def select(epoch: int) -> None:
-        best.record(selection_score(model, data, args, device), epoch + 1)
+        best.record(selection_score(model, data.select, data.select_cells, args, device), epoch + 1)
 
     losses: list[float] = []
     if args.retrain_ep > 0:

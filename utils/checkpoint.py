@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN.md section 4): plain dicts loadable with ``weights_only=True``, written atomically.
+"""Checkpoints (ARCHITECTURE.md, "Contracts"): plain dicts loadable with ``weights_only=True``, written atomically.
 
 Content: ``state_dict``, ``arch``, ``arch_args`` (enough to rebuild the model), ``data``,
 ``n_classes``, ``args`` (the argparse namespace as a dict of plain values) and, for masked

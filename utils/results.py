@@ -1,4 +1,4 @@
-"""results.json: refuse to clobber a finished run, write atomically, print the same numbers."""
+"""results.json: refuse to clobber a finished run, write files atomically."""
 from __future__ import annotations
 
 import json
@@ -61,42 +61,3 @@ def write_results(out_dir: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path = Path(out_dir) / RESULTS_NAME
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
-
-
-def format_split_table(rows: dict[str, dict[str, dict]], title: str = "") -> str:
-    """A table with one row per (model, split): avg / worst-group / mean-group / weighted acc.
-
-    ``rows`` maps a model name to its ``splits`` dict (``{"val": M, "test": M}``).
-    """
-    header = f"{'model':<18}{'split':<7}{'avg':>8}{'worst-grp':>11}{'mean-grp':>10}{'weighted':>10}"
-    lines = [title] if title else []
-    lines += [header, "-" * len(header)]
-    for name, splits in rows.items():
-        for split, m in splits.items():
-            lines.append(
-                f"{name:<18}{split:<7}{100 * m['avg_acc']:>8.2f}{100 * m['worst_group_acc']:>11.2f}"
-                f"{100 * m['mean_group_acc']:>10.2f}{100 * m['weighted_avg_acc']:>10.2f}"
-            )
-    return "\n".join(lines)
-
-
-def format_group_table(metrics: dict, split: str) -> str:
-    """Per-group accuracy and count for one split."""
-    lines = [f"groups on {split}:"]
-    for key, g in metrics["groups"].items():
-        lines.append(f"  {key:<12} acc {100 * g['acc']:6.2f}  n={g['n']}")
-    return "\n".join(lines)
-
-
-def format_comparison(methods: dict[str, dict], title: str = "") -> str:
-    """Methods side by side on test (avg / worst-group / mean-group), val worst-group, and density."""
-    header = f"{'method':<24}{'avg':>8}{'worst-grp':>11}{'mean-grp':>10}{'val worst':>11}{'density':>9}"
-    lines = [title] if title else []
-    lines += [header, "-" * len(header)]
-    for name, result in methods.items():
-        test, val = result["splits"]["test"], result["splits"]["val"]
-        density = result.get("sparsity", {}).get("overall", 1.0)
-        lines.append(f"{name:<24}{100 * test['avg_acc']:>8.2f}{100 * test['worst_group_acc']:>11.2f}"
-                     f"{100 * test['mean_group_acc']:>10.2f}{100 * val['worst_group_acc']:>11.2f}"
-                     f"{100 * density:>8.1f}%")
-    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""What a method is: a class with a name, a few facts for the results table, its flags and ``fit``.
+
+A method receives a :class:`Context` (flags, splits, device, output folder and, on demand, the
+shared reference ERM model with its representation clusters) and returns a :class:`Fitted`
+model. Everything else (seeding, evaluation, the checkpoint, the results entry) is done once for
+all methods by :mod:`methods.runner`.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from data import SpuriousDataset
+from training.erm import train_erm
+from training.loops import BestEpoch
+from training.reference import Clusters, ReferenceModel, load_or_train_reference, reference_clusters
+from training.retrain import selection_score
+from utils.errors import UserError
+from utils.runtime import seed_everything
+
+
+class MethodUnavailable(UserError):
+    """Raised by ``fit`` when the data (e.g. its clusters) turn out not to allow the method; ``--mode all``
+    then skips the method with a warning instead of failing the whole comparison."""
+
+
+@dataclass
+class Context:
+    """Everything a method may use. The reference model and its clusters are computed on first use
+    and shared by every method of a run, so ``--mode all`` trains one ERM model and clusters it once."""
+
+    args: argparse.Namespace
+    splits: dict[str, SpuriousDataset]
+    device: torch.device
+    out_dir: Path
+    allow_masked_reference: bool = False
+    _reference: ReferenceModel | None = field(default=None, repr=False)
+    _clusters: Clusters | None = field(default=None, repr=False)
+
+    @property
+    def train(self) -> SpuriousDataset:
+        return self.splits["train"]
+
+    @property
+    def reference(self) -> ReferenceModel:
+        """The ERM model: ``--checkpoint``, or trained here (``erm.pt``) with the seed of the run."""
+        if self._reference is None:
+            self._reference = load_or_train_reference(self.args, self.train, self.device, self.generator(),
+                                                      self.out_dir, allow_masked=self.allow_masked_reference)
+        return self._reference
+
+    @property
+    def clusters(self) -> Clusters:
+        """Representation clusters of the reference (``--clusters`` or k-means), train and val."""
+        if self._clusters is None:
+            self._clusters = reference_clusters(self.args, self.splits, self.reference, self.device, self.out_dir)
+        return self._clusters
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """Reseed everything with ``--seed + offset``: each method starts from the same random state
+        whatever ran before it, so a method's result does not depend on the ``--methods`` list."""
+        return seed_everything(self.args.seed + offset)
+
+
+@dataclass
+class Fitted:
+    """A method's trained model and what it wants recorded beside its metrics.
+
+    ``val`` replaces the validation split for reporting when the method fitted or selected on part of
+    it (``val_note`` says which part), so the val metrics are never in-sample.
+    """
+
+    model: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+    val: SpuriousDataset | None = None
+    val_note: str | None = None
+    save: bool = True  # False when the model is already saved elsewhere (the reference ERM model)
+    arch_args: dict[str, Any] | None = None  # rebuild arguments of a model made here (None: the reference's)
+
+
+class Method:
+    """Base class of every method. Subclasses set the class attributes and implement :meth:`fit`.
+
+    - ``name``: the ``--methods`` word and the results key;
+    - ``uses_group_labels``: True when true group (attribute) labels are used anywhere (training,
+      model selection or hyperparameters); such methods are references, not competitors;
+    - ``group_labels``: where they are used (``"none"`` otherwise);
+    - ``selection``: how the reported model is chosen, in words;
+    - ``needs_attributes``: the method cannot run on data without attribute labels.
+    """
+
+    name: ClassVar[str]
+    uses_group_labels: ClassVar[bool] = False
+    group_labels: ClassVar[str] = "none"
+    selection: ClassVar[str] = "last epoch"
+    needs_attributes: ClassVar[bool] = False
+
+    @staticmethod
+    def add_args(group: argparse._ArgumentGroup) -> None:
+        """Add the method's own flags (published defaults) to run.py's parser."""
+
+    def unavailable(self, ctx: Context) -> str | None:
+        """Why the method cannot run on this data (None when it can); checked before any training."""
+        if self.needs_attributes and bool((ctx.train.a < 0).any()):
+            return f"it needs attribute labels, which data set {ctx.args.data!r} does not have"
+        return None
+
+    def fit(self, ctx: Context) -> Fitted:
+        raise NotImplementedError
+
+
+def train_and_select(ctx: Context, model: nn.Module, train_set: SpuriousDataset, val_cells: torch.Tensor | None,
+                     generator: torch.Generator, **train_kwargs: Any) -> BestEpoch:
+    """ERM's loop (:func:`training.erm.train_erm`, ``train_kwargs`` passed on) with the epoch chosen on the
+    whole val split, then restored: by the ``--selection`` score over ``val_cells``, or, with
+    ``val_cells=None``, by the true worst-group accuracy (an oracle: it uses group labels)."""
+    val = ctx.splits["val"]
+    args = ctx.args if val_cells is not None else argparse.Namespace(**{**vars(ctx.args), "selection": "oracle"})
+    cells = val_cells if val_cells is not None else val.groups
+    best = BestEpoch(model)
+
+    def select(epoch: int) -> None:
+        best.record(selection_score(model, val, cells, args, ctx.device), epoch + 1)
+
+    train_erm(model, train_set, ctx.args, ctx.device, generator, on_epoch_end=select, **train_kwargs)
+    best.restore()
+    return best

@@ -1,0 +1,160 @@
+"""IRMv1 (Arjovsky, Bottou, Gulrajani, Lopez-Paz, 2019) on annotation-free environments built from the
+representation clusters (Le, Seifert, Schlötterer, UniReps 2024, arXiv 2504.15686).
+
+The environments are read from the folders ``invariant_learning/environments.py`` writes
+(``--minority_env``, ``--balance_env``), or built here from the reference model's clusters with
+the same construction (:mod:`invariant_learning.construction`). The construction needs clusters
+that mix labels (a sample conflicts with its cluster's majority label), so per-class clusters are
+replaced by a global k-means on the same features (``--num_clusters`` clusters).
+
+Training: ``--irm_steps`` Adam steps; each step takes ``--irm_batch_size`` samples per
+environment, drawn with replacement (or every environment whole when it is 0 — the IRM paper's
+full batch), any data set and any ``--arch``. Loss: mean environment risk + ``--l2_regularizer_weight``
+* squared weights + ``w`` * mean IRMv1 penalty, ``w = 1`` for ``--penalty_anneal_iters`` steps then
+``--penalty_weight``, the whole divided by ``w`` when ``w > 1``. The last step's model is reported
+(no model selection), as in the IRM paper.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from cluster.fit import cluster_features
+from data import SpuriousDataset
+from invariant_learning.construction import (add_construction_args, check_against, check_pair, conflicting_mask,
+                                             describe, label_attr_agreement, load_environment, split_environments)
+from invariant_learning.penalty import add_penalty_args, irm_penalty, penalty_weight_at
+from methods import register
+from methods.base import Context, Fitted, Method, MethodUnavailable
+from models.factory import model_from_args
+from training.loops import check_finite, predict_logits
+from utils.cli import non_negative, positive_int
+from utils.errors import UserError
+from utils.runtime import make_loader, progress, to_device
+
+FULL_BATCH_CHUNK = 4096
+
+
+def whole(dataset: SpuriousDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images and labels of ``dataset`` on ``device`` (full-batch training)."""
+    loader = make_loader(dataset, FULL_BATCH_CHUNK)
+    x = torch.cat([xb for xb, *_ in progress(loader, desc="load environment")])
+    return to_device(x, device), dataset.y.to(device)
+
+
+def environment_batch(env: SpuriousDataset, batch_size: int, generator: torch.Generator,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` samples of ``env`` drawn with replacement."""
+    idx = torch.randint(len(env), (batch_size,), generator=generator)
+    x, y, _a, _i = env.__getitems__(idx.tolist())
+    return to_device(x, device), y.to(device)
+
+
+def train_irm(model: nn.Module, envs: list[SpuriousDataset], args: argparse.Namespace, penalty_weight: float,
+              device: torch.device, generator: torch.Generator, desc: str) -> None:
+    """IRMv1 training of ``model`` in place (objective in the module docstring)."""
+    model.to(device).train()
+    full = [whole(env, device) for env in envs] if not args.irm_batch_size else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.irm_lr)
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    for step in progress(range(args.irm_steps), desc=desc):
+        batches = full or [environment_batch(env, args.irm_batch_size, generator, device) for env in envs]
+        weight = penalty_weight_at(step, penalty_weight, args.penalty_anneal_iters)
+        logits = [model(x) for x, _ in batches]
+        loss = torch.stack([nn.functional.cross_entropy(z, y) for z, (_, y) in zip(logits, batches)]).mean()
+        loss = loss + args.l2_regularizer_weight * sum(w.pow(2).sum() for w in weights)
+        if weight:
+            loss = loss + weight * torch.stack([irm_penalty(z, y) for z, (_, y) in zip(logits, batches)]).mean()
+        if weight > 1:
+            loss = loss / weight
+        check_finite(loss, f"in {desc} step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def fit_irm(ctx: Context, args: argparse.Namespace, envs: list[SpuriousDataset], penalty_weight: float,
+            offset: int = 0, desc: str = "IRM",
+            build: Callable[[argparse.Namespace, SpuriousDataset], tuple[nn.Module, dict]] = model_from_args,
+            ) -> tuple[nn.Module, dict]:
+    """A model from ``build`` trained by :func:`train_irm` with seed ``--seed + offset`` (initialisation and
+    batches), and its rebuild arguments."""
+    generator = ctx.generator(offset)
+    model, arch_args = build(args, ctx.train)
+    train_irm(model, envs, args, penalty_weight, ctx.device, generator, desc)
+    return model, arch_args
+
+
+def accuracy_on(model: nn.Module, dataset: SpuriousDataset, args: argparse.Namespace, device: torch.device) -> float:
+    """Plain accuracy of ``model`` on ``dataset`` (e.g. the pooled training environments)."""
+    loader = make_loader(dataset, args.eval_batch_size, num_workers=args.num_workers)
+    preds = predict_logits(model, loader, device, amp=args.amp, desc="train accuracy").argmax(1)
+    return float((preds == dataset.y).double().mean())
+
+
+def cluster_environments(ctx: Context) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Training indices of the minority and balanced environments, and a description of them."""
+    args, train = ctx.args, ctx.train
+    if args.minority_env or args.balance_env:
+        if not (args.minority_env and args.balance_env):
+            raise UserError("--minority_env and --balance_env go together: pass both folders of one "
+                            "environments.py run, or neither to build the environments from the clusters")
+        minority = load_environment(args.minority_env, "--minority_env")
+        balanced = load_environment(args.balance_env, "--balance_env")
+        check_pair(minority, balanced)
+        check_against(minority, train, "--minority_env")
+        check_against(balanced, train, "--balance_env")
+        return [minority.indices, balanced.indices], {"source": "files", "minority": minority.summary,
+                                                      "balanced": balanced.summary}
+    assign = ctx.clusters.train
+    if bool((conflicting_mask(train.y, assign) == 0).all()):  # label-pure (e.g. per-class) clusters
+        fit, _ = cluster_features(ctx.clusters.train_features, train,
+                                  argparse.Namespace(**{**vars(args), "per_class": False}))
+        assign = fit.assign
+    conflicting = conflicting_mask(train.y, assign)
+    if not bool(conflicting.any()):
+        raise MethodUnavailable("IRM: no training sample conflicts with its cluster's majority label, so no minority "
+                        "environment can be built; raise --num_clusters or cluster an earlier ERM snapshot "
+                        "(--cluster_epoch)")
+    members = split_environments(conflicting, args.balanced_fraction, args.minority_share, args.seed)
+    summary: dict[str, Any] = {"source": "clusters"}
+    for role, idx in members.items():
+        summary[role] = {"role": role, "size": len(idx), "n_conflicting": int(conflicting[idx].sum()),
+                         "conflicting_share": float(conflicting[idx].double().mean()),
+                         "label_attr_agreement": label_attr_agreement(train.y[idx], train.a[idx])}
+    return [members["minority"], members["balanced"]], summary
+
+
+@register
+class IRM(Method):
+    """IRMv1 on the two cluster environments, ``--arch`` trained from scratch."""
+
+    name = "irm"
+    selection = "last step (--irm_steps), as in the IRM paper"
+
+    @staticmethod
+    def add_args(group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--minority_env", default=None, help="IRM: minority/ folder of environments.py "
+                           "(default: build the environments from the clusters)")
+        group.add_argument("--balance_env", default=None, help="IRM: balanced/ folder of environments.py")
+        add_construction_args(group)
+        add_penalty_args(group)
+        group.add_argument("--irm_lr", type=non_negative(float), default=1e-3, help="IRM: Adam learning rate")
+        group.add_argument("--irm_steps", type=positive_int, default=501, help="IRM: optimisation steps")
+        group.add_argument("--irm_batch_size", type=non_negative(int), default=None,
+                           help="IRM: samples per environment per step (0: every environment whole; "
+                                "default: --batch_size)")
+
+    def fit(self, ctx: Context) -> Fitted:
+        args = ctx.args
+        if args.irm_batch_size is None:
+            args = argparse.Namespace(**{**vars(args), "irm_batch_size": args.batch_size})
+        indices, summary = cluster_environments(ctx)
+        for role in ("minority", "balanced"):
+            print(describe(summary[role]))
+        model, arch_args = fit_irm(ctx, args, [ctx.train.subset(i) for i in indices], args.penalty_weight)
+        return Fitted(model, arch_args=arch_args,
+                      info={"environments": summary, "env_sizes": [len(i) for i in indices]})

@@ -1,0 +1,43 @@
+"""Retrain-only: PruSC's retraining recipe applied to the dense ERM model (the ablation without a mask).
+
+Retraining every weight on a cluster-balanced half of the validation split is by itself a strong,
+annotation-free method (the lesson of DFR), so the mask has to earn its place against this.
+"""
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from methods import register
+from methods.base import Context, Fitted, Method
+from training.retrain import SELECTION_LABELS, RetrainData, retrain, retrain_data
+
+HELD_OUT_NOTE = "held-out half of val (the other half was used for retraining)"
+
+
+def recipe_data(ctx: Context) -> RetrainData:
+    """The fitting and selection samples of the ``--retrain_*`` recipe (seeded: the same for every method)."""
+    return retrain_data(ctx.splits, ctx.clusters.train, ctx.clusters.val, ctx.args.retrain_split, ctx.args.seed)
+
+
+def retrain_fitted(model: nn.Module, ctx: Context, data: RetrainData) -> Fitted:
+    """Retrain ``model`` in place with the ``--retrain_*`` recipe on ``data``, select the epoch, describe it."""
+    args = ctx.args
+    info = retrain(model, data, args, ctx.device, ctx.generator())
+    oracle = args.selection == "oracle"
+    info.update(selection=SELECTION_LABELS[args.selection], uses_group_labels=oracle,
+                group_labels="model selection (--selection oracle)" if oracle else "none")
+    on_val = args.retrain_split == "val"
+    return Fitted(model, info=info, val=data.select if on_val else None, val_note=HELD_OUT_NOTE if on_val else None)
+
+
+@register
+class RetrainOnly(Method):
+    """The ``--retrain_*`` recipe (see training/retrain.py) on a copy of the reference model, no mask."""
+
+    name = "retrain_only"
+    selection = SELECTION_LABELS["worst_cluster"]
+
+    def fit(self, ctx: Context) -> Fitted:
+        return retrain_fitted(copy.deepcopy(ctx.reference.model), ctx, recipe_data(ctx))

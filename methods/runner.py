@@ -1,0 +1,116 @@
+"""Run registered methods on one shared reference model and one set of clusters; one results format.
+
+Every method gets the same treatment: reseed, ``fit``, evaluate on val and test (val on the
+held-out part when the method fitted on part of it), save ``<name>.pt``, record density for
+masked models and how group labels were used. ``results.json`` has the same top-level keys for
+every mode: ``mode, data, arch, seed, args, time_s, splits, methods`` (plus ``primary_method``,
+whose ``splits`` and ``density`` are repeated at the top level, and the reference's files).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from data import build_splits
+from methods import REGISTRY
+from methods.base import Context, Fitted, Method, MethodUnavailable
+from models.factory import checkpoint_content
+from models.masking import density_report, iter_masks
+from training.experiment import evaluate_model, results_payload
+from utils.checkpoint import save_checkpoint
+from utils.errors import UserError
+from utils.report import format_comparison, format_group_table, write_report
+from utils.results import prepare_out_dir, write_results
+from utils.runtime import resolve_device, seed_everything
+
+PRIMARY_ORDER = ("prusc", "prusc_no_con", "retrain_only")  # top-level ``splits``: the first of these that ran
+
+
+def make_context(args: argparse.Namespace, allow_masked_reference: bool = False) -> tuple[Context, float]:
+    """Output folder, device, seed and splits of a run, and its start time."""
+    started = time.time()
+    out_dir = prepare_out_dir(args.out_dir, args.overwrite)
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    return Context(args, build_splits(args), device, out_dir, allow_masked_reference), started
+
+
+def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any]:
+    """Metrics and facts of one fitted method (its ``methods.<name>`` entry)."""
+    splits = dict(ctx.splits)
+    if fitted.val is not None:
+        splits["val"] = fitted.val
+    result: dict[str, Any] = {
+        "splits": evaluate_model(fitted.model, splits, ctx.args, ctx.device),
+        "uses_group_labels": method.uses_group_labels,
+        "group_labels": method.group_labels,
+        "selection": method.selection,
+        "val_samples": fitted.val_note or "the whole val split",
+    }
+    if any(True for _ in iter_masks(fitted.model)):
+        result["density"] = density_report(fitted.model)
+    if fitted.save:
+        arch_args = fitted.arch_args if fitted.arch_args is not None else ctx.reference.arch_args
+        path = save_checkpoint(ctx.out_dir / f"{method.name}.pt",
+                               checkpoint_content(fitted.model, ctx.args, arch_args, ctx.train.n_classes))
+        result["checkpoint"] = str(path)
+    result.update(fitted.info)
+    return result
+
+
+def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Fit and evaluate each named method in order; methods that cannot run on this data are skipped
+    with a warning (said before anything is trained)."""
+    methods = [REGISTRY[name]() for name in names]
+    runnable = []
+    for method in methods:
+        reason = method.unavailable(ctx)
+        if reason:
+            print(f"warning: skipping method {method.name}: {reason}")
+        else:
+            runnable.append(method)
+    if not runnable:
+        raise UserError(f"none of --methods {','.join(names)} can run on data set {ctx.args.data!r}")
+    results = {}
+    for method in runnable:
+        print(f"== method {method.name}", flush=True)
+        ctx.generator()
+        try:
+            fitted = method.fit(ctx)
+        except MethodUnavailable as exc:
+            if len(runnable) == 1:
+                raise
+            print(f"warning: skipping method {method.name}: {exc}")
+            continue
+        results[method.name] = method_result(method, fitted, ctx)
+    return results
+
+
+def primary_method(results: dict[str, dict[str, Any]]) -> str:
+    """The method whose numbers stand at the top level of results.json."""
+    return next((name for name in PRIMARY_ORDER if name in results), list(results)[-1])
+
+
+def finish(mode: str, ctx: Context, started: float, results: dict[str, dict[str, Any]],
+           report: bool = False, **extra: Any) -> dict[str, Any]:
+    """Write results.json (and with ``report`` the comparison picture), print the table, return the payload."""
+    main = primary_method(results)
+    if ctx._reference is not None:
+        extra["reference_checkpoint"] = ctx.reference.checkpoint
+        extra["cluster_checkpoint"] = ctx.reference.cluster_checkpoint
+    if ctx._clusters is not None:
+        extra["clusters"] = ctx.clusters.file
+    if "density" in results[main]:
+        extra["density"] = results[main]["density"]
+    payload = results_payload(mode, ctx.args, started, results[main]["splits"], primary_method=main,
+                              methods=results, **extra)
+    path = write_results(ctx.out_dir, payload)
+    print(format_comparison(results, title=f"{ctx.args.data} ({ctx.args.arch}), seed {ctx.args.seed}: "
+                                           "test accuracy (%)"))
+    print(format_group_table(results[main]["splits"]["test"], f"test ({main})"))
+    if report:
+        print(f"picture: {write_report(Path(ctx.out_dir) / 'report.png', [payload])}")
+    print(f"results: {path}")
+    return payload
