@@ -18,7 +18,9 @@ from data import add_data_args, canonical_name, default_arch  # noqa: E402
 from methods import add_method_args, method_names, modes, parse_methods  # noqa: E402
 from models import ARCHS  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_int  # noqa: E402
+from utils.distributed import init_from_env, quiet_unless_main, run_on_main, shutdown  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.runtime import resolve_device  # noqa: E402
 
 MODES = {
     "erm": modes.run_erm,
@@ -136,8 +138,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(argv: list[str] | None = None) -> None:
+    """Parse, join the ``torchrun`` process group when launched by it, run the mode, leave the group."""
     args = parse_args(argv)
-    MODES[args.mode](args)
+    args.device = str(init_from_env(resolve_device(args.device)))
+    try:
+        args.out_dir = run_on_main(lambda: args.out_dir)  # the time-stamped default differs between ranks
+        with quiet_unless_main():
+            MODES[args.mode](args)
+    finally:
+        shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,13 @@
 ``checks`` records what the sharded pieces produce (rank 0 writes ``checks.pt``); the test compares
 it with one process. ``fail_guarded`` / ``fail_unguarded`` make rank 1 fail, inside or outside a
 shared failure point; the test checks that every rank stops with the message printed once.
+``cli OUT_DIR RUN_FLAGS...`` runs ``run.py`` and reports on stderr every file each rank opened for
+writing (or renamed) under OUT_DIR.
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -100,8 +104,32 @@ def fail_unguarded(out: Path) -> None:
     D.barrier()
 
 
+def cli(out: Path, flags: list[str]) -> int:
+    """``run.main(flags)``, auditing this rank's writes under ``out``."""
+    import run
+
+    writes: list[str] = []
+    root = str(out.resolve())
+
+    def audit(event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[0], str) and args[1] and set(str(args[1])) & set("wax+"):
+            paths = [args[0]]
+        elif event == "os.rename":
+            paths = [str(args[1])]
+        else:
+            return
+        writes.extend(str(Path(p).resolve()) for p in paths if str(Path(p).resolve()).startswith(root))
+
+    sys.addaudithook(audit)
+    rc = run.main([*flags, "--out_dir", str(out)])
+    print(f"WRITES rank={os.environ.get('RANK')} {json.dumps(sorted(set(writes)))}", file=sys.stderr, flush=True)
+    return rc
+
+
 def main() -> int:
     scenario, out = sys.argv[1], Path(sys.argv[2])
+    if scenario == "cli":
+        return cli(out, sys.argv[3:])
     D.init_from_env(torch.device("cpu"), timeout_s=600)  # a hang must show, not be rescued
     try:
         return exit_code("worker", lambda: {"checks": checks, "fail_guarded": fail_guarded,

@@ -1,15 +1,18 @@
 """Data-parallel pieces under ``torchrun --nproc_per_node=2`` (gloo, CPU) against one process.
 
-Three jobs are launched at once (tests/distributed_worker.py): ``checks`` records sampler shards,
+Four jobs are launched at once (tests/distributed_worker.py): ``checks`` records sampler shards,
 gathered features, one ERM and one mask-learning step and shared failures; two others make rank 1
-fail, inside and outside a shared failure point. Tolerances: the distributed runs do the same
+fail, inside and outside a shared failure point; ``cli`` runs ``run.py --mode all`` (ERM, feature
+extraction and k-means, every method with its retraining, evaluation), compared with one process. Tolerances: the distributed runs do the same
 float32 arithmetic on the same rows as one process except that DDP sums two ranks' gradients
 (one extra rounding per element, relative error ~1e-7); 1e-6 is ten times that, far below any
 real difference (e.g. using only one rank's share changes the contrastive loss by ~50%).
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +27,7 @@ from cluster.features import extract_features
 from distributed_data import STEP_BATCH, global_step_losses, masked_model, toy_data
 from training.parallel import data_parallel
 from training.samplers import ShardedBatches, training_loader
+from utils.checkpoint import load_checkpoint
 from utils.distributed import gather_in_order, shard_bounds
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -31,11 +35,16 @@ JOB_LIMIT_S = 300  # torchrun start-up is slow on a loaded 2-core machine; a han
 TOL = 1e-6
 
 
+MODE_ALL = ("--mode", "all", "--data", "digits", "--device", "cpu", "--arch", "mlp", "--batch_size", "50",
+            "--epochs", "2", "--pruning_ep", "1", "--retrain_ep", "1", "--per_class")
+
+
 def launch(scenario: str, out: Path) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
+    flags = MODE_ALL if scenario == "cli" else ()
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(WORKER), scenario, str(out)],
+         str(WORKER), scenario, str(out), *flags],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env=os.environ | {"OMP_NUM_THREADS": "1"})
 
@@ -44,7 +53,8 @@ def launch(scenario: str, out: Path) -> subprocess.Popen:
 def jobs(tmp_path_factory):
     """{scenario: (exit code, combined output, seconds, out dir)} of the three torchrun jobs."""
     root = tmp_path_factory.mktemp("ddp")
-    started = {s: (launch(s, root / s), time.monotonic()) for s in ("checks", "fail_guarded", "fail_unguarded")}
+    started = {s: (launch(s, root / s), time.monotonic())
+               for s in ("checks", "fail_guarded", "fail_unguarded", "cli")}
     done = {}
     for scenario, (proc, t0) in started.items():
         try:
@@ -154,3 +164,51 @@ def test_a_failure_outside_shared_points_still_ends_the_job(jobs):
     assert rc != 0
     assert output.count("unguarded failure on rank 1") == 1, output[-3000:]
     assert seconds < JOB_LIMIT_S
+
+
+def close_numbers(one, two, path: str = "") -> list[str]:
+    """Where two results.json trees differ: numbers beyond ``TOL`` (relative), other values at all;
+    run times, paths and the device name may differ."""
+    if isinstance(one, dict):
+        return [d for k in one for d in close_numbers(one[k], two.get(k), f"{path}/{k}")]
+    if isinstance(one, list) and isinstance(two, list) and len(one) == len(two):
+        return [d for i, (a, b) in enumerate(zip(one, two)) for d in close_numbers(a, b, f"{path}[{i}]")]
+    if any(skip in path for skip in ("time_s", "out_dir", "checkpoint", "clusters_file", "/clusters")):
+        return []
+    if isinstance(one, float) and isinstance(two, float):
+        return [] if two == pytest.approx(one, rel=TOL, abs=TOL) else [f"{path}: {one} vs {two}"]
+    return [] if one == two else [f"{path}: {one!r} vs {two!r}"]
+
+
+@pytest.fixture(scope="module")
+def one_process_mode_all(tmp_path_factory, jobs):
+    out = tmp_path_factory.mktemp("one")
+    import run
+    assert run.main([*MODE_ALL, "--out_dir", str(out)]) == 0
+    return out
+
+
+def test_torchrun_mode_all_gives_the_metrics_and_clusters_of_one_process(jobs, one_process_mode_all, capsys):
+    rc, output, _, two = jobs["cli"]
+    assert rc == 0, output[-3000:]
+    one = one_process_mode_all
+    assert (two / "clusters.csv").read_bytes() == (one / "clusters.csv").read_bytes()
+    results_one, results_two = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert close_numbers(results_one, results_two) == []
+    for name in ("erm.pt", "prusc.pt"):  # ERM weights; PruSC's learned mask and retrained weights
+        a, b = load_checkpoint(one / name), load_checkpoint(two / name)
+        for key, value in a["state_dict"].items():  # ~36 SGD steps of float32 re-association: 1e-5
+            torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-5, atol=1e-5)
+        for key, value in a.get("mask_logits", {}).items():  # Adam divides by sqrt(second moment): where a
+            # gradient is ~0 its last-bit differences move the step more; the mask itself is the sign
+            assert torch.equal(b["mask_logits"][key] >= 0, value >= 0)
+            assert float((b["mask_logits"][key] - value).abs().mean()) < 1e-5
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert output.count("prusc_no_con ") == 1  # the comparison table is printed once
+
+
+def test_in_a_torchrun_run_only_rank_0_writes_files(jobs):
+    _, output, _, _ = jobs["cli"]
+    writes = {int(r): json.loads(w) for r, w in re.findall(r"WRITES rank=(\d) (\[.*\])", output)}
+    assert writes[1] == []
+    assert any(w.endswith("results.json") for w in writes[0])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import warnings
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
@@ -96,6 +97,17 @@ def main_print(*values: Any, **kwargs: Any) -> None:
     """``print`` on rank 0 only, so a run logs each line once."""
     if is_main():
         print(*values, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_unless_main() -> Iterator[None]:
+    """Silence stdout and warnings on ranks other than 0, so a run logs each line once."""
+    if is_main():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _agree(error: BaseException | None, where: str, done: bool = False) -> bool:

@@ -7,13 +7,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from utils.distributed import is_main, run_on_main
 from utils.errors import UserError
 
 RESULTS_NAME = "results.json"
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Create ``out_dir``; refuse one that holds a finished result unless ``overwrite``."""
+    """Create ``out_dir``; refuse one that holds a finished result unless ``overwrite`` (rank 0 decides)."""
+    return run_on_main(_prepare_out_dir, out_dir, overwrite, where="while preparing --out_dir")
+
+
+def _prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
     path = Path(out_dir)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out_dir {path} is a file, not a directory; pass a directory path")
@@ -31,8 +36,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
     A reader never sees half a file and a crash leaves the previous version intact. The file gets
     the usual permissions for new files (0666 less the umask), not mkstemp's private 0600.
+    Under ``torchrun`` only rank 0 writes; the other ranks return the path at once.
     """
     path = Path(path)
+    if not is_main():
+        return path
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
