@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,10 @@ from methods import add_method_args, method_names, modes, parse_methods  # noqa:
 from models import ARCHS  # noqa: E402
 from utils.checkpoint import check_data_settings, load_checkpoint, plain_args  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_float, positive_int  # noqa: E402
+from utils.distributed import fail_together, init_from_env, is_main, quiet_unless_main, run_on_main, shutdown  # noqa: E402,E501
 from utils.errors import UserError  # noqa: E402
 from utils.run_dir import RESULTS_RUN, open_run  # noqa: E402
+from utils.runtime import resolve_device  # noqa: E402
 
 MODES = {
     "erm": modes.run_erm,
@@ -151,12 +154,21 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 
 def run(argv: list[str] | None = None) -> None:
+    """Parse, join the ``torchrun`` process group when launched by it, run the mode, leave the group."""
     args = parse_args(argv)
-    check_inputs(args)
-    kind = cluster_fit.RUN_KIND if args.mode == "cluster" else RESULTS_RUN
-    inputs = (args.checkpoint, args.cluster_checkpoint, args.clusters, args.pretrained_path)
-    with open_run(args.out_dir, plain_args(args), args.overwrite, kind, inputs, tool="run.py"):
-        MODES[args.mode](args)
+    args.device = str(init_from_env(resolve_device(args.device)))
+    try:
+        args.out_dir = run_on_main(lambda: args.out_dir)  # the time-stamped default differs between ranks
+        check_inputs(args)
+        kind = cluster_fit.RUN_KIND if args.mode == "cluster" else RESULTS_RUN
+        inputs = (args.checkpoint, args.cluster_checkpoint, args.clusters, args.pretrained_path)
+        with fail_together("while opening --out_dir"):  # rank 0 holds the folder's lock and writes
+            folder = (open_run(args.out_dir, plain_args(args), args.overwrite, kind, inputs, tool="run.py")
+                      if is_main() else contextlib.nullcontext())
+        with quiet_unless_main(), folder:
+            MODES[args.mode](args)
+    finally:
+        shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

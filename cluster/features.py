@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from utils.distributed import ShardSampler, gather_in_order, together
 from utils.runtime import autocast, make_loader, progress, to_device
 
 
@@ -16,18 +17,18 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, b
 
     With ``normalize`` each row has unit L2 norm, so Euclidean k-means works in cosine geometry.
     ``channels_last`` puts model and images in that memory format (faster convolutions, CPU included).
+    Under ``torchrun`` each rank extracts a contiguous share and every rank gets all rows.
     """
     model.eval().to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    out: torch.Tensor | None = None
-    for x, _y, _a, idx in progress(make_loader(dataset, batch_size, num_workers=num_workers), desc="features"):
+    loader = make_loader(dataset, batch_size, sampler=ShardSampler(len(dataset)), num_workers=num_workers)
+    indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, model.feature_dim)]
+    for x, _y, _a, idx in together(progress(loader, desc="features"), "while extracting features"):
         with autocast(device, amp):
-            feats = model.features(to_device(x, device, channels_last)).float().cpu()
-        if out is None:
-            out = torch.empty(len(dataset), feats.shape[1])
-        out[idx] = feats
-    assert out is not None, "empty data set"
+            rows.append(model.features(to_device(x, device, channels_last)).float().cpu())
+        indices.append(idx)
+    out = gather_in_order(torch.cat(indices), torch.cat(rows), len(dataset))
     return nn.functional.normalize(out, dim=1) if normalize else out
 
 

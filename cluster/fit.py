@@ -25,6 +25,7 @@ from data import SpuriousDataset, build_splits
 from models.factory import model_from_checkpoint
 from utils.checkpoint import load_checkpoint, plain_args
 from utils.cli import int_at_least
+from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.results import atomic_write_text
 from utils.run_dir import RunKind, prepare_out_dir
@@ -71,7 +72,13 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
 
 def cluster_features(features: torch.Tensor, train_set: SpuriousDataset,
                      args: argparse.Namespace) -> tuple[ClusterFit, dict]:
-    """k-means on ``features`` (k chosen by silhouette for ``auto``) and its quality summary."""
+    """k-means on ``features`` (k chosen by silhouette for ``auto``) and its quality summary; under
+    ``torchrun`` rank 0 fits and every rank gets its result."""
+    return run_on_main(_cluster_features, features, train_set, args, where="while clustering")
+
+
+def _cluster_features(features: torch.Tensor, train_set: SpuriousDataset,
+                      args: argparse.Namespace) -> tuple[ClusterFit, dict]:
     per_class = bool(args.per_class)  # None (flag not given) means over all samples here
     labels = train_set.y if per_class else None
     k, silhouette = args.num_clusters, None
@@ -110,7 +117,8 @@ def run(args: argparse.Namespace) -> dict:
                         "or --clusters FILE to report on an existing clusters file")
     if not args.checkpoint and args.plot:
         raise UserError("--plot needs --checkpoint: the picture projects the model's features")
-    out_dir = prepare_output(args.out_dir, args.overwrite or bool(args.clusters))
+    out_dir = run_on_main(prepare_output, args.out_dir, args.overwrite or bool(args.clusters),
+                          where="while preparing --out_dir")
     seed_everything(args.seed)
     train = build_splits(args)["train"]
     features = None
@@ -126,8 +134,8 @@ def run(args: argparse.Namespace) -> dict:
         assign = fit.assign
         summary["clusters_file"] = str(write_clusters(out_dir / CLUSTERS_NAME, train, assign))
     if args.plot:
-        summary["plot"] = str(plot_clusters(features, assign, train.y, train.a, out_dir / "clusters.png",
-                                            args.plot, args.seed))
+        summary["plot"] = str(run_on_main(plot_clusters, features, assign, train.y, train.a,
+                                          out_dir / "clusters.png", args.plot, args.seed, where="while plotting"))
     text = format_summary(summary)
     payload = {"mode": "cluster", "data": args.data, "checkpoint": args.checkpoint, "clusters": args.clusters,
                "args": plain_args(args), "time_s": round(time.time() - started, 3), **summary}

@@ -20,6 +20,7 @@ from models.factory import checkpoint_content
 from models.masking import density_report, iter_masks
 from training.experiment import evaluate_model, results_payload
 from utils.checkpoint import save_checkpoint
+from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.report import format_comparison, format_group_table, write_report
 from utils.results import prepare_out_dir, write_results
@@ -111,6 +112,6 @@ def finish(mode: str, ctx: Context, started: float, results: dict[str, dict[str,
                                            "test accuracy (%)"))
     print(format_group_table(results[main]["splits"]["test"], f"test ({main})"))
     if report:
-        print(f"picture: {write_report(Path(ctx.out_dir) / 'report.png', [payload])}")
+        print(f"picture: {run_on_main(write_report, Path(ctx.out_dir) / 'report.png', [payload])}")
     print(f"results: {path}")
     return payload

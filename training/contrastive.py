@@ -17,10 +17,15 @@ The loss is the mean over anchors that have at least one positive; anchors witho
 skipped, and a batch with no valid anchor gives a zero that still belongs to the graph (so callers
 can always add it and call ``backward``). The whole batch costs one similarity matrix, not one
 forward pass per anchor.
+
+Under ``torchrun`` :func:`global_cluster_contrastive_loss` computes the same loss over the global
+batch: every rank gathers all ranks' features (with gradient), labels and clusters.
 """
 from __future__ import annotations
 
 import torch
+
+from utils.distributed import all_gather_cat, all_gather_with_grad
 
 
 def cluster_contrastive_loss(z: torch.Tensor, y: torch.Tensor, c: torch.Tensor,
@@ -42,3 +47,11 @@ def cluster_contrastive_loss(z: torch.Tensor, y: torch.Tensor, c: torch.Tensor,
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
     pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1) / positives.sum(dim=1).clamp(min=1)
     return -pos_log_prob[valid].mean()
+
+
+def global_cluster_contrastive_loss(z: torch.Tensor, y: torch.Tensor, c: torch.Tensor,
+                                    temperature: float = 0.07) -> torch.Tensor:
+    """:func:`cluster_contrastive_loss` over the global batch, so positives and negatives come from
+    every rank's share; with DDP's gradient averaging its gradient is the single-process one.
+    For one process it is the plain loss on the local batch."""
+    return cluster_contrastive_loss(all_gather_with_grad(z), all_gather_cat(y), all_gather_cat(c), temperature)

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from training.parallel import data_parallel
+from utils.distributed import ShardSampler, all_gather_cat, all_gather_with_grad, gather_in_order, together
 from utils.errors import UserError
-from utils.runtime import autocast, progress, to_device
+from utils.runtime import autocast, make_loader, progress, to_device
 
 CHECK_EVERY = 50  # steps between NaN/inf checks of the running loss (each check syncs with the device)
 
@@ -65,18 +67,24 @@ def train_classifier(
     """Train for ``epochs`` with ``loss_fn``; returns the mean loss of each epoch.
 
     ``train_mode=False`` keeps BatchNorm statistics and dropout as in evaluation (head-only tuning).
+    Under ``torchrun`` each rank runs its share of the global batch through the DDP-wrapped model,
+    then ``loss_fn`` sees the logits (gathered with gradient), labels and indices of the whole
+    global batch on every rank, so every method's loss means what it means for one process.
     """
     history = []
+    net = data_parallel(model, device)
     for epoch in range(epochs):
         model.train(train_mode)
         total = torch.zeros((), device=device)
         count = 0
         where = f"in {desc} epoch {epoch + 1}"
-        for step, (x, y, _a, idx) in enumerate(progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}")):
+        batches = together(progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}"), where)
+        for step, (x, y, _a, idx) in enumerate(batches):
             x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
             with autocast(device, amp):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y, idx.to(device, non_blocking=True))
+                logits = net(x)[1]
+            logits, y = all_gather_with_grad(logits.float()), all_gather_cat(y)
+            loss = loss_fn(logits, y, all_gather_cat(idx.to(device, non_blocking=True)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -94,18 +102,20 @@ def train_classifier(
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
                    channels_last: bool = False, desc: str = "predict") -> torch.Tensor:
-    """Logits for every sample of the loader's data set, in dataset order (uses the index field)."""
+    """Logits for every sample of the loader's data set, in dataset order (uses the index field).
+
+    Under ``torchrun`` each rank predicts a contiguous share and every rank gets all rows.
+    """
     model.eval()
-    n = len(loader.dataset)
-    out: torch.Tensor | None = None
-    for x, _y, _a, idx in progress(loader, desc=desc):
+    dataset = loader.dataset
+    loader = make_loader(dataset, loader.batch_size or 1, sampler=ShardSampler(len(dataset)),
+                         num_workers=loader.num_workers)
+    indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dataset.n_classes)]
+    for x, _y, _a, idx in together(progress(loader, desc=desc), f"in {desc}"):
         with autocast(device, amp):
-            logits = model(to_device(x, device, channels_last)).float().cpu()
-        if out is None:
-            out = torch.empty(n, logits.shape[1])
-        out[idx] = logits
-    assert out is not None
-    return out
+            rows.append(model(to_device(x, device, channels_last)).float().cpu())
+        indices.append(idx)
+    return gather_in_order(torch.cat(indices), torch.cat(rows), len(dataset))
 
 
 class BestEpoch:

@@ -44,6 +44,8 @@ from data import SpuriousDataset
 from models.masking import attach_masks, density_report, iter_masks, mask_parameters, set_mask_mode
 from models.factory import checkpoint_content
 from training.contrastive import cluster_contrastive_loss
+from training.parallel import data_parallel
+from utils.distributed import all_gather_cat, all_gather_with_grad, together
 from training.loops import check_finite
 from training.retrain import cells_of
 from training.samplers import training_loader
@@ -138,14 +140,19 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
     check(0, {"ce": 0.0, "con": 0.0, "sparse": 0.0}, 0)
     step, stop = 0, False
     sums, n = {"ce": 0.0, "con": 0.0, "sparse": 0.0}, 0
+    net = data_parallel(model, device)  # under torchrun: DDP, which synchronises the mask logits' gradients
     for epoch in range(args.pruning_ep):
-        for x, y, _a, idx in progress(loader, desc=f"prune epoch {epoch + 1}/{args.pruning_ep}"):
+        batches = together(progress(loader, desc=f"prune epoch {epoch + 1}/{args.pruning_ep}"),
+                           f"in pruning epoch {epoch + 1}")
+        for x, y, _a, idx in batches:
             x, y = to_device(x, device, args.channels_last), y.to(device)
             with autocast(device, args.amp):
-                feats = model.features(x)
-                ce = nn.functional.cross_entropy(model.head(feats), y)
-            con = cluster_contrastive_loss(nn.functional.normalize(feats.float(), dim=1), y,
-                                           clusters[idx.to(device)], args.temperature)
+                feats, logits = net(x)
+            # the losses of the whole global batch on every rank (rows of all ranks, with gradient)
+            feats, logits = all_gather_with_grad(feats.float()), all_gather_with_grad(logits.float())
+            y, idx = all_gather_cat(y), all_gather_cat(idx.to(device))
+            ce = nn.functional.cross_entropy(logits, y)
+            con = cluster_contrastive_loss(nn.functional.normalize(feats, dim=1), y, clusters[idx], args.temperature)
             sparse = REFERENCE_WEIGHTS * kept_share(model, args.min_layer_density)
             loss = ce + args.lambda_sparse * sparse + args.lambda_con_prune * con
             check_finite(loss, f"in pruning epoch {epoch + 1}" + (f" (last good checkpoint: {save_to})" if save_to

@@ -1,12 +1,14 @@
-"""Batches balanced over cells (e.g. (label, cluster) pairs) so that every batch holds positives
-and negatives for the cluster-contrastive loss, and minority cells are not drowned out."""
+"""Training batches: shuffled, or balanced over cells (e.g. (label, cluster) pairs) so that every
+batch holds positives and negatives for the cluster-contrastive loss and minority cells are not
+drowned out; under ``torchrun`` each rank draws its share of the same global batches."""
 from __future__ import annotations
 
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
+from utils.distributed import rank, world_size
 from utils.errors import UserError
 from utils.runtime import make_loader
 
@@ -48,10 +50,50 @@ class BalancedBatchSampler(Sampler[list[int]]):
             yield [next(stream) for stream, k in zip(streams, counts) for _ in range(k)]
 
 
+class ShardedBatches(Sampler[list[int]]):
+    """This rank's share of each global batch drawn by ``batches``.
+
+    Every rank draws the same global batches (same sampler, same seed) and keeps the ``rank``-th of
+    ``world`` contiguous chunks (the first ``len % world`` chunks one sample larger), so the
+    shares concatenated in rank order are exactly the batch one process would draw. A global batch
+    with fewer samples than ranks (the end of an epoch) is skipped, so no rank gets an empty share.
+    """
+
+    def __init__(self, batches: Sampler[list[int]], rank_: int, world: int) -> None:
+        if not 0 <= rank_ < world:
+            raise ValueError(f"rank {rank_} is outside a world of {world} processes")
+        self.batches, self.rank, self.world = batches, rank_, world
+
+    def __len__(self) -> int:
+        n = len(self.batches)  # type: ignore[arg-type]
+        if isinstance(self.batches, BatchSampler) and not self.batches.drop_last:
+            tail = len(self.batches.sampler) % self.batches.batch_size  # type: ignore[arg-type]
+            n -= 0 < tail < self.world
+        return n
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            if len(batch) >= self.world:
+                yield [int(i) for i in torch.tensor_split(torch.as_tensor(batch), self.world)[self.rank]]
+
+
 def training_loader(dataset: Dataset, batch_size: int, generator: torch.Generator, num_workers: int = 0,
                     cells: torch.Tensor | None = None) -> DataLoader:
-    """Shuffled batches, or batches balanced over ``cells`` when given."""
+    """Shuffled batches, or batches balanced over ``cells`` when given.
+
+    ``batch_size`` is the global batch: under ``torchrun`` each rank loads its share of it (see
+    :class:`ShardedBatches`), the same batches a single process draws for the same seed.
+    """
     if cells is None:
-        return make_loader(dataset, batch_size, shuffle=True, generator=generator, num_workers=num_workers)
-    return make_loader(dataset, batch_size, num_workers=num_workers,
-                       batch_sampler=BalancedBatchSampler(cells, batch_size, generator=generator))
+        # the DataLoader draws its worker seed from ``generator`` before the permutation, as with shuffle=True
+        batches: Sampler[list[int]] = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, False)
+        loader_generator: torch.Generator | None = generator
+    else:
+        batches, loader_generator = BalancedBatchSampler(cells, batch_size, generator=generator), None
+    if world_size() > 1:
+        if batch_size < world_size():
+            raise UserError(f"--batch_size {batch_size} is the global batch and must be at least the number of "
+                            f"processes ({world_size()}); raise it or start fewer processes")
+        batches = ShardedBatches(batches, rank(), world_size())
+    return make_loader(dataset, batch_size, generator=loader_generator, num_workers=num_workers,
+                       batch_sampler=batches)

@@ -7,6 +7,7 @@ import math
 import sys
 from typing import Any, Callable
 
+from utils.distributed import RankFailed, is_main
 from utils.errors import UserError
 from utils.run_dir import INTERRUPTED_EXIT, RunInterrupted
 from utils.runtime import current_task
@@ -50,12 +51,17 @@ positive_float = at_least(float, 0, strict=True)  # e.g. a temperature, which di
 
 def exit_code(prog: str, action: Callable[[], Any]) -> int:
     """Run a CLI's ``action``: 0 when it finishes; one line on stderr and no traceback for a
-    :class:`UserError` (2), a full disk (2) and Ctrl-C (130)."""
+    :class:`UserError` (2), a full disk (2) and Ctrl-C (130).
+
+    A failure every rank of a ``torchrun`` job shares (:class:`RankFailed`) is printed by rank 0 only.
+    """
     try:
         action()
     except RunInterrupted as exc:
         return _fail(prog, str(exc), INTERRUPTED_EXIT)
     except UserError as exc:
+        if isinstance(exc, RankFailed) and not is_main():
+            return 2
         message = str(exc)
         if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original line
             message = message.strip().splitlines()[-1].split("UserError: ", 1)[-1]

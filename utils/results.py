@@ -9,16 +9,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from utils.distributed import is_main, run_on_main
 
 RESULTS_NAME = "results.json"
 FULL_DISK_BYTES = 2**20
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """The output folder; see :func:`utils.run_dir.prepare_out_dir`."""
+    """The output folder (see :func:`utils.run_dir.prepare_out_dir`), prepared by rank 0 under torchrun."""
     from utils.run_dir import prepare_out_dir as prepare  # here: utils.run_dir writes through this module
 
-    return prepare(out_dir, overwrite)
+    return run_on_main(prepare, out_dir, overwrite, where="while preparing --out_dir")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -26,8 +27,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
     A reader never sees half a file and a crash leaves the previous version intact. The file gets
     the usual permissions for new files (0666 less the umask), not mkstemp's private 0600.
+    Under ``torchrun`` only rank 0 writes; the other ranks return the path at once.
     """
     path = Path(path)
+    if not is_main():
+        return path
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

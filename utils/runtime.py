@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm import tqdm
 
+from utils.distributed import is_main
 from utils.errors import UserError
 
 T = TypeVar("T")
@@ -105,7 +106,7 @@ def make_loader(
     """
     pin = torch.cuda.is_available()
     if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, generator=generator,
                           persistent_workers=num_workers > 0, collate_fn=collate_batch, pin_memory=pin)
     return DataLoader(
         dataset,
@@ -125,12 +126,13 @@ _TASK = [""]
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-    """A tqdm bar on stderr that disappears when done, so logs keep only the summaries.
+    """A tqdm bar on stderr that disappears when done, so logs keep only the summaries; rank 0 only.
 
     Until the loop is exhausted, ``desc`` is the :func:`current_task` an interruption reports.
     """
     _TASK[0] = desc
-    yield from tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True, disable=None)
+    yield from tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True,
+                    disable=None if is_main() else True)
     _TASK[0] = ""
 
 
