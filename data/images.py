@@ -318,6 +318,8 @@ def cache_splits(splits: dict[str, ImageFileDataset], args: argparse.Namespace) 
     budget = Budget(args.cache_max_gb)
     threads = min(32, os.cpu_count() or 1)
     for split, dataset in splits.items():
+        if not isinstance(dataset, ImageFileDataset):
+            continue
         augment = split == "train" and args.augment
         dataset.use_cache(cache_dir, f"{canonical_name(args.data)}_{split}", args.image_size, augment, budget,
                           threads)
