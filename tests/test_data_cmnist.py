@@ -56,7 +56,8 @@ def test_erm_runs_on_each_layout_with_the_right_group_counts(run_cli, tmp_path, 
 
 def test_whole_pipeline_runs_on_cmnist(run_cli, tmp_path):
     write_mnist(tmp_path / "data", n_train=60, n_test=20)
-    rc, _, err = run_cli(*ERM_ONE_EPOCH, "--mode", "all", "--train_root_dir", tmp_path / "data", "--pruning_ep", "1",
+    rc, _, err = run_cli(*ERM_ONE_EPOCH, "--mode", "all", "--train_root_dir", tmp_path / "data", "--irm_steps", "5",
+                         "--penalty_anneal_iters", "2", "--jtt_lambda_up", "3", "--pruning_ep", "1",
                          "--retrain_ep", "1", "--out_dir", tmp_path / "out")
     assert rc == 0, err
     for method in read_results(tmp_path / "out")["methods"].values():

@@ -36,7 +36,7 @@ TOL = 1e-6
 
 
 MODE_ALL = ("--mode", "all", "--data", "digits", "--device", "cpu", "--arch", "mlp", "--batch_size", "50",
-            "--epochs", "2", "--pruning_ep", "1", "--retrain_ep", "1", "--per_class")
+            "--epochs", "2", "--pruning_ep", "1", "--retrain_ep", "1", "--per_class", "--irm_steps", "20")
 
 
 def launch(scenario: str, out: Path) -> subprocess.Popen:

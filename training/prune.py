@@ -147,11 +147,11 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
         for x, y, _a, idx in batches:
             x, y = to_device(x, device, args.channels_last), y.to(device)
             with autocast(device, args.amp):
-                feats, logits = net(x)
+                feats, scores = net(x)
             # the losses of the whole global batch on every rank (rows of all ranks, with gradient)
-            feats, logits = all_gather_with_grad(feats.float()), all_gather_with_grad(logits.float())
+            feats, scores = all_gather_with_grad(feats.float()), all_gather_with_grad(scores.float())
             y, idx = all_gather_cat(y), all_gather_cat(idx.to(device))
-            ce = nn.functional.cross_entropy(logits, y)
+            ce = nn.functional.cross_entropy(scores, y)
             con = cluster_contrastive_loss(nn.functional.normalize(feats, dim=1), y, clusters[idx], args.temperature)
             sparse = REFERENCE_WEIGHTS * kept_share(model, args.min_layer_density)
             loss = ce + args.lambda_sparse * sparse + args.lambda_con_prune * con
