@@ -7,7 +7,6 @@ Each argument is a results.json, a run folder holding one, or a folder of such r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
