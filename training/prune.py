@@ -69,8 +69,8 @@ def kept_share(model: nn.Module, floor: float) -> torch.Tensor:
     total = 0
     for _, mask in iter_masks(model):
         total += mask.logits.numel()
-        if float((mask.logits >= 0).float().mean()) > floor:
-            kept = kept + mask.keep_probability().sum()
+        dense_enough = ((mask.logits >= 0).float().mean() > floor).float()  # 0/1 on the device: no host sync
+        kept = kept + mask.keep_probability().sum() * dense_enough
     return torch.as_tensor(kept) / max(total, 1)
 
 
@@ -117,7 +117,7 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
     def check(step: int, sums: dict[str, float], n: int) -> bool:
         """Record the fixed mask's density and score, keep its masks while it may be chosen; True to stop early."""
         set_mask_mode(model, "fixed")
-        record = {"step": step, "epoch": step / len(loader)} | {k: v / max(n, 1) for k, v in sums.items()}
+        record = {"step": step, "epoch": step / len(loader)} | {k: float(v) / max(n, 1) for k, v in sums.items()}
         record |= {"density": density_report(model, warn=False)["overall"],
                    "score": _score(score, model)}
         checks.append(record)
@@ -163,7 +163,7 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
             step += 1
             n += 1
             for key, value in (("ce", ce), ("con", con), ("sparse", sparse)):
-                sums[key] += float(value.detach())
+                sums[key] += value.detach()  # stays on the device until the next check reads it
             if step % every == 0 or step == total_steps:
                 stop = check(step, sums, n)
                 sums, n = {"ce": 0.0, "con": 0.0, "sparse": 0.0}, 0
