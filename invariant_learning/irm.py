@@ -44,7 +44,9 @@ from models import build_model  # noqa: E402
 from training.experiment import evaluate_model, results_payload  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_int  # noqa: E402
 from utils.report import format_comparison  # noqa: E402
-from utils.results import prepare_out_dir, write_results  # noqa: E402
+from utils.checkpoint import plain_args  # noqa: E402
+from utils.results import write_results  # noqa: E402
+from utils.run_dir import StepState, open_run  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 
 LABELS = {"erm": "ERM (pooled)", "irm_clusters": "IRM cluster envs", "irm_random": "IRM random envs",
@@ -105,13 +107,19 @@ def run_variant(name: str, env_indices: list[torch.Tensor], ctx: Context) -> dic
     penalty_weight = 0.0 if name == "erm" else args.penalty_weight
     restarts = []
     for restart in range(args.n_restarts):
-        model, _ = fit_irm(ctx, args, envs, penalty_weight, offset=restart,
-                           desc=f"{LABELS[name]} restart {restart + 1}", build=build_irm_model)
-        splits = evaluate_model(model, ctx.splits, args, ctx.device)
-        restarts.append({"seed": args.seed + restart, "train_acc": accuracy_on(model, pooled, args, ctx.device),
-                         "splits": splits})
+        finished = StepState(ctx.out_dir, f"{name}_restart{restart}")
+        entry = finished.load()
+        if entry is None:
+            model, _ = fit_irm(ctx, args, envs, penalty_weight, offset=restart,
+                               desc=f"{LABELS[name]} restart {restart + 1}", build=build_irm_model)
+            entry = {"seed": args.seed + restart, "train_acc": accuracy_on(model, pooled, args, ctx.device),
+                     "splits": evaluate_model(model, ctx.splits, args, ctx.device)}
+            finished.save(entry)
+        else:
+            print(f"  reusing the finished restart {restart + 1} of {LABELS[name]} ({finished.path})")
+        restarts.append(entry)
         print(f"  {LABELS[name]:<18} restart {restart + 1}/{args.n_restarts}: train "
-              f"{100 * restarts[-1]['train_acc']:.2f}  test {100 * splits['test']['avg_acc']:.2f}", flush=True)
+              f"{100 * entry['train_acc']:.2f}  test {100 * entry['splits']['test']['avg_acc']:.2f}", flush=True)
     return {
         "label": LABELS[name],
         "splits": {split: mean_metrics([r["splits"][split] for r in restarts]) for split in ("val", "test")},
@@ -153,13 +161,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args = argparse.Namespace(**{**vars(data_args), **vars(args), "arch": "mlp", "eval_batch_size": EVAL_BATCH,
                                  "amp": False, "channels_last": False})
     device = resolve_device(args.device)
-    out_dir = prepare_out_dir(args.out_dir or default_out_dir(args.data, args.seed), args.overwrite)
+    out_dir = Path(args.out_dir)
     splits = build_splits(data_args)
     check_against(minority, splits["train"], "--minority_env")
     check_against(balanced, splits["train"], "--balance_env")
     print(describe(minority.summary))
     print(describe(balanced.summary))
-    ctx = Context(args, splits, device, out_dir)
+    ctx = Context(args, splits, device, out_dir, resumable=True)
     variants = {name: run_variant(name, indices, ctx)
                 for name, indices in variant_environments(ctx.train, minority, balanced, args.random_irm,
                                                           args.seed).items()}
@@ -199,8 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, with the default ``--out_dir`` filled in from the environments' data set."""
+    args = build_parser().parse_args(argv)
+    if args.out_dir is None:
+        data = load_environment(args.minority_env, "--minority_env").summary["data"]
+        args.out_dir = default_out_dir(data, args.seed)
+    return args
+
+
+def open_and_run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse, open ``--out_dir`` as a run (lock, recorded arguments, resume of finished restarts), run."""
+    args = parse_args(argv)
+    with open_run(args.out_dir, plain_args(args), args.overwrite, inputs=(args.minority_env, args.balance_env),
+                  tool="irm.py"):
+        return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return exit_code("irm.py", lambda: run(build_parser().parse_args(argv)))
+    return exit_code("irm.py", lambda: open_and_run(argv))
 
 
 if __name__ == "__main__":

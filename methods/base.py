@@ -17,10 +17,11 @@ from torch import nn
 
 from data import SpuriousDataset
 from training.erm import train_erm
-from training.loops import BestEpoch
+from training.loops import BestEpoch, Stateful
 from training.reference import Clusters, ReferenceModel, load_or_train_reference, reference_clusters
 from training.retrain import selection_score
 from utils.errors import UserError
+from utils.run_dir import StepState
 from utils.runtime import seed_everything
 
 
@@ -39,6 +40,9 @@ class Context:
     device: torch.device
     out_dir: Path
     allow_masked_reference: bool = False
+    resumable: bool = False  # the run's folder is locked by an open run: long steps save state and resume
+    facts: dict[str, Any] = field(default_factory=dict)  # files of the reference and clusters, for results.json
+    steps: list[str] = field(default_factory=list)  # the resume states asked for so far, in order
     _reference: ReferenceModel | None = field(default=None, repr=False)
     _clusters: Clusters | None = field(default=None, repr=False)
 
@@ -51,15 +55,27 @@ class Context:
         """The ERM model: ``--checkpoint``, or trained here (``erm.pt``) with the seed of the run."""
         if self._reference is None:
             self._reference = load_or_train_reference(self.args, self.train, self.device, self.generator(),
-                                                      self.out_dir, allow_masked=self.allow_masked_reference)
+                                                      self.out_dir, allow_masked=self.allow_masked_reference,
+                                                      resume=self.step("erm"))
+            self.facts.update(reference_checkpoint=self._reference.checkpoint,
+                              cluster_checkpoint=self._reference.cluster_checkpoint)
         return self._reference
 
     @property
     def clusters(self) -> Clusters:
         """Representation clusters of the reference (``--clusters`` or k-means), train and val."""
         if self._clusters is None:
-            self._clusters = reference_clusters(self.args, self.splits, self.reference, self.device, self.out_dir)
+            self._clusters = reference_clusters(self.args, self.splits, self.reference, self.device, self.out_dir,
+                                                resume=self.step("clusters"))
+            self.facts["clusters"] = self._clusters.file
         return self._clusters
+
+    def step(self, name: str) -> StepState | None:
+        """Where the long step ``name`` keeps its resume state (None outside an open run)."""
+        if not self.resumable:
+            return None
+        self.steps.append(name)
+        return StepState(self.out_dir, name)
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """Reseed everything with ``--seed + offset``: each method starts from the same random state
@@ -114,11 +130,13 @@ class Method:
         raise NotImplementedError
 
 
-def train_and_select(ctx: Context, model: nn.Module, train_set: SpuriousDataset, val_cells: torch.Tensor | None,
-                     generator: torch.Generator, **train_kwargs: Any) -> BestEpoch:
+def train_and_select(ctx: Context, step: str, model: nn.Module, train_set: SpuriousDataset,
+                     val_cells: torch.Tensor | None, generator: torch.Generator,
+                     stateful: dict[str, Stateful] | None = None, **train_kwargs: Any) -> BestEpoch:
     """ERM's loop (:func:`training.erm.train_erm`, ``train_kwargs`` passed on) with the epoch chosen on the
     whole val split, then restored: by the ``--selection`` score over ``val_cells``, or, with
-    ``val_cells=None``, by the true worst-group accuracy (an oracle: it uses group labels)."""
+    ``val_cells=None``, by the true worst-group accuracy (an oracle: it uses group labels).
+    ``step`` names its resume state; ``stateful`` is what else it must restore (e.g. a loss's memory)."""
     val = ctx.splits["val"]
     args = ctx.args if val_cells is not None else argparse.Namespace(**{**vars(ctx.args), "selection": "oracle"})
     cells = val_cells if val_cells is not None else val.groups
@@ -127,6 +145,7 @@ def train_and_select(ctx: Context, model: nn.Module, train_set: SpuriousDataset,
     def select(epoch: int) -> None:
         best.record(selection_score(model, val, cells, args, ctx.device), epoch + 1)
 
-    train_erm(model, train_set, ctx.args, ctx.device, generator, on_epoch_end=select, **train_kwargs)
+    train_erm(model, train_set, ctx.args, ctx.device, generator, on_epoch_end=select, resume=ctx.step(step),
+              stateful={"best": best, **(stateful or {})}, **train_kwargs)
     best.restore()
     return best

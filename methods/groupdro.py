@@ -45,6 +45,12 @@ class GroupDROLoss:
         self.q = self.q / self.q.sum()
         return (self.q * group_loss).sum()
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"q": self.q}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.q = state["q"].to(self.q.device)
+
 
 @register
 class GroupDRO(Method):
@@ -68,6 +74,7 @@ class GroupDRO(Method):
         model, arch_args = model_from_args(args, train)
         loss = GroupDROLoss(train.groups, train.n_classes * train.n_attrs, args.groupdro_eta, args.groupdro_adj,
                             ctx.device)
-        best = train_and_select(ctx, model, train, None, ctx.generator(), loss_fn=loss, desc="GroupDRO")
+        best = train_and_select(ctx, "groupdro", model, train, None, ctx.generator(), stateful={"loss": loss},
+                                loss_fn=loss, desc="GroupDRO")
         return Fitted(model, arch_args=arch_args, info={"best_epoch": best.epoch, "selection_scores": best.scores,
                                                         "group_weights": loss.q.cpu().tolist()})

@@ -65,12 +65,12 @@ class JTT(Method):
         args, train = ctx.args, ctx.train
         identifier, _ = model_from_args(args, train)
         train_erm(identifier, train, args, ctx.device, ctx.generator(), epochs=args.jtt_id_epochs,
-                  desc="JTT identification")
+                  desc="JTT identification", resume=ctx.step("jtt_identification"))
         errors = error_set(identifier, train, args, ctx.device)
         atomic_write_text(ctx.out_dir / ERROR_SET_NAME, pd.DataFrame({"index": errors.numpy()}).to_csv(index=False))
         val = ctx.splits["val"]
         model, arch_args = model_from_args(args, train)
-        best = train_and_select(ctx, model, upsampled(train, errors, args.jtt_lambda_up),
+        best = train_and_select(ctx, "jtt", model, upsampled(train, errors, args.jtt_lambda_up),
                                 cells_of(val.y, ctx.clusters.val), ctx.generator(1), desc="JTT")
         oracle = args.selection == "oracle"
         return Fitted(model, arch_args=arch_args, info={

@@ -28,6 +28,6 @@ class GroupBalancedOracle(Method):
     def fit(self, ctx: Context) -> Fitted:
         args, train = ctx.args, ctx.train
         model, arch_args = model_from_args(args, train)
-        best = train_and_select(ctx, model, train, None, ctx.generator(), cells=train.groups,
+        best = train_and_select(ctx, self.name, model, train, None, ctx.generator(), cells=train.groups,
                                 desc="group-balanced ERM")
         return Fitted(model, arch_args=arch_args, info={"best_epoch": best.epoch, "selection_scores": best.scores})

@@ -37,8 +37,8 @@ class PruSC(Method):
 
         history = learn_masks(model, ctx.train, ctx.clusters.train, args, ctx.device, ctx.generator(),
                               save_to=ctx.out_dir / f"{self.name}_pruned.pt", arch_args=ctx.reference.arch_args,
-                              score=score)
-        fitted = retrain_fitted(model, ctx, data)
+                              score=score, resume=ctx.step(f"{self.name}_prune"))
+        fitted = retrain_fitted(model, ctx, data, f"{self.name}_retrain")
         fitted.info["pruning"] = history
         return fitted
 

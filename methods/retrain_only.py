@@ -21,10 +21,11 @@ def recipe_data(ctx: Context) -> RetrainData:
     return retrain_data(ctx.splits, ctx.clusters.train, ctx.clusters.val, ctx.args.retrain_split, ctx.args.seed)
 
 
-def retrain_fitted(model: nn.Module, ctx: Context, data: RetrainData) -> Fitted:
-    """Retrain ``model`` in place with the ``--retrain_*`` recipe on ``data``, select the epoch, describe it."""
+def retrain_fitted(model: nn.Module, ctx: Context, data: RetrainData, step: str) -> Fitted:
+    """Retrain ``model`` in place with the ``--retrain_*`` recipe on ``data``, select the epoch, describe it;
+    ``step`` names the resume state."""
     args = ctx.args
-    info = retrain(model, data, args, ctx.device, ctx.generator())
+    info = retrain(model, data, args, ctx.device, ctx.generator(), resume=ctx.step(step))
     oracle = args.selection == "oracle"
     info.update(selection=SELECTION_LABELS[args.selection], uses_group_labels=oracle,
                 group_labels="model selection (--selection oracle)" if oracle else "none")
@@ -40,4 +41,4 @@ class RetrainOnly(Method):
     selection = SELECTION_LABELS["worst_cluster"]
 
     def fit(self, ctx: Context) -> Fitted:
-        return retrain_fitted(copy.deepcopy(ctx.reference.model), ctx, recipe_data(ctx))
+        return retrain_fitted(copy.deepcopy(ctx.reference.model), ctx, recipe_data(ctx), f"{self.name}_retrain")

@@ -19,23 +19,25 @@ from methods.base import Context, Fitted, Method, MethodUnavailable
 from models.factory import checkpoint_content
 from models.masking import density_report, iter_masks
 from training.experiment import evaluate_model, results_payload
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import plain_args, save_checkpoint
 from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.report import format_comparison, format_group_table, write_report
 from utils.results import prepare_out_dir, write_results
+from utils.run_dir import StepState
 from utils.runtime import resolve_device, seed_everything
 
 PRIMARY_ORDER = ("prusc", "prusc_no_con", "retrain_only")  # top-level ``splits``: the first of these that ran
+SHARED_STEPS = ("erm", "clusters", "methods")  # resume states that outlive the method that made them
 
 
 def make_context(args: argparse.Namespace, allow_masked_reference: bool = False) -> tuple[Context, float]:
-    """Output folder, device, seed and splits of a run, and its start time."""
+    """Output folder, device, seed and splits of a run (opened by run.py, so resumable), and its start time."""
     started = time.time()
     out_dir = prepare_out_dir(args.out_dir, args.overwrite)
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    return Context(args, build_splits(args), device, out_dir, allow_masked_reference), started
+    return Context(args, build_splits(args), device, out_dir, allow_masked_reference, resumable=True), started
 
 
 def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any]:
@@ -63,7 +65,8 @@ def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any
 
 def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
     """Fit and evaluate each named method in order; methods that cannot run on this data are skipped
-    with a warning (said before anything is trained)."""
+    with a warning (said before anything is trained). In a resumable run each finished method's entry
+    is saved at once, and a continued run reuses it instead of fitting the method again."""
     methods = [REGISTRY[name]() for name in names]
     runnable = []
     for method in methods:
@@ -74,10 +77,15 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
             runnable.append(method)
     if not runnable:
         raise UserError(f"none of --methods {','.join(names)} can run on data set {ctx.args.data!r}")
-    results = {}
+    finished = ctx.step("methods")
+    results = restore_finished(ctx, finished)
     for method in runnable:
+        if method.name in results:
+            print(f"== method {method.name}: reusing its finished result ({finished.path})")  # type: ignore[union-attr]
+            continue
         print(f"== method {method.name}", flush=True)
         ctx.generator()
+        first_step = len(ctx.steps)
         try:
             fitted = method.fit(ctx)
         except MethodUnavailable as exc:
@@ -86,7 +94,25 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
             print(f"warning: skipping method {method.name}: {exc}")
             continue
         results[method.name] = method_result(method, fitted, ctx)
-    return results
+        if finished is not None:
+            finished.save({"results": results, "facts": ctx.facts, "args": plain_args(ctx.args)})
+            for name in set(ctx.steps[first_step:]) - set(SHARED_STEPS):
+                StepState(ctx.out_dir, name).clear()  # the method's entry replaces its steps' states
+    return {name: results[name] for name in [m.name for m in runnable] if name in results}
+
+
+def restore_finished(ctx: Context, finished: StepState | None) -> dict[str, dict[str, Any]]:
+    """The entries of the methods an interrupted run finished, with what they had set in the context
+    (files of the reference and clusters; arguments settled during the run, e.g. ``--per_class``)."""
+    saved = finished.load() if finished is not None else None
+    if saved is None:
+        return {}
+    ctx.facts.update(saved["facts"])
+    current = plain_args(ctx.args)
+    for key, value in saved["args"].items():
+        if current.get(key) != value:
+            setattr(ctx.args, key, value)
+    return dict(saved["results"])
 
 
 def primary_method(results: dict[str, dict[str, Any]]) -> str:
@@ -98,11 +124,7 @@ def finish(mode: str, ctx: Context, started: float, results: dict[str, dict[str,
            report: bool = False, **extra: Any) -> dict[str, Any]:
     """Write results.json (and with ``report`` the comparison picture), print the table, return the payload."""
     main = primary_method(results)
-    if ctx._reference is not None:
-        extra["reference_checkpoint"] = ctx.reference.checkpoint
-        extra["cluster_checkpoint"] = ctx.reference.cluster_checkpoint
-    if ctx._clusters is not None:
-        extra["clusters"] = ctx.clusters.file
+    extra.update(ctx.facts)
     if "density" in results[main]:
         extra["density"] = results[main]["density"]
     payload = results_payload(mode, ctx.args, started, results[main]["splits"], primary_method=main,

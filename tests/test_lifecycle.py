@@ -333,8 +333,9 @@ def test_unreadable_image_is_found_before_training(tmp_path):
 
 def test_resume_state_round_trip(tmp_path):
     with run_dir.open_run(tmp_path / "out", {"a": 1}, overwrite=False) as opened:
-        assert opened.load_state("erm") is None
-        opened.save_state("erm", {"epoch": 3, "rng": torch.get_rng_state()})
-        assert opened.load_state("erm")["epoch"] == 3
+        state = run_dir.StepState(opened.path, "erm")
+        assert state.load() is None
+        state.save({"epoch": 3, "rng": torch.get_rng_state()})
+        assert state.load()["epoch"] == 3
     assert not (tmp_path / "out" / run_dir.STATE_DIR).exists()  # a finished run keeps no resume state
     assert os.listdir(tmp_path) == ["out"]

@@ -11,10 +11,11 @@ from torch import nn
 
 from data import SpuriousDataset
 from models.factory import checkpoint_content, model_from_args
-from training.loops import LossFn, make_optimizer, mean_cross_entropy, train_classifier
+from training.loops import LossFn, Stateful, make_optimizer, mean_cross_entropy, train_classifier
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
+from utils.run_dir import StepState
 
 
 @dataclass
@@ -30,7 +31,8 @@ def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Names
               generator: torch.Generator, cells: torch.Tensor | None = None,
               snapshot_to: Path | None = None, arch_args: dict | None = None,
               on_epoch_end: Callable[[int], None] | None = None, loss_fn: LossFn = mean_cross_entropy,
-              epochs: int | None = None, desc: str = "ERM") -> list[float]:
+              epochs: int | None = None, desc: str = "ERM", resume: StepState | None = None,
+              stateful: dict[str, Stateful] | None = None) -> list[float]:
     """Train ``model`` in place with cross-entropy on the whole training split; return epoch losses.
 
     With ``cells`` (e.g. true group ids for the oracle) batches are balanced over them. With
@@ -38,6 +40,7 @@ def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Names
     early ERM model whose representation still clusters by the spurious attribute.
     ``on_epoch_end(epoch)`` runs after every epoch (e.g. model selection); ``loss_fn`` replaces the
     mean cross-entropy (per-sample weights, group losses); ``epochs`` overrides ``--epochs``.
+    ``resume`` and ``stateful``: per-epoch saving and continuing (:func:`training.loops.train_classifier`).
     """
     model.to(device)
     if args.channels_last:
@@ -54,7 +57,7 @@ def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Names
 
     return train_classifier(model, loader, optimizer, device, args.epochs if epochs is None else epochs, desc,
                             amp=args.amp, channels_last=args.channels_last, on_epoch_end=after_epoch,
-                            loss_fn=loss_fn)
+                            loss_fn=loss_fn, resume=resume, generator=generator, stateful=stateful)
 
 
 def snapshot_path(out_dir: Path, args: argparse.Namespace) -> Path | None:
@@ -67,12 +70,13 @@ def snapshot_path(out_dir: Path, args: argparse.Namespace) -> Path | None:
 
 
 def train_and_save_erm(args: argparse.Namespace, train_set: SpuriousDataset, device: torch.device,
-                       generator: torch.Generator, out_dir: Path) -> ErmRun:
+                       generator: torch.Generator, out_dir: Path, resume: StepState | None = None) -> ErmRun:
     """A fresh ``args.arch`` model trained with ERM, saved as ``<out_dir>/erm.pt`` (plus the
     ``--cluster_epoch`` snapshot when that is not the last epoch)."""
     model, arch_args = model_from_args(args, train_set)
     snapshot = snapshot_path(out_dir, args)
-    losses = train_erm(model, train_set, args, device, generator, snapshot_to=snapshot, arch_args=arch_args)
+    losses = train_erm(model, train_set, args, device, generator, snapshot_to=snapshot, arch_args=arch_args,
+                       resume=resume)
     ckpt_path = save_checkpoint(Path(out_dir) / "erm.pt", checkpoint_content(model, args, arch_args,
                                                                               train_set.n_classes))
     return ErmRun(model, arch_args, ckpt_path, snapshot, losses)

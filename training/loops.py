@@ -1,14 +1,18 @@
 """The supervised training loop shared by ERM, retraining and the baselines, and batched prediction.
 
 The loop never reads a number back from the device inside an epoch: the running loss sum stays
-on the device and is checked for NaN/inf every ``CHECK_EVERY`` steps and at the end of each
-epoch, so a GPU is not stalled once per step.
+on the device and is checked (:class:`LossWatch`: NaN/inf, or grown by orders of magnitude) every
+``CHECK_EVERY`` steps and at the end of each epoch, so a GPU is not stalled once per step.
+
+Given a :class:`~utils.run_dir.StepState`, the loop saves after every epoch what it needs to
+continue bit for bit (model, optimizer, epoch, losses, random states, the state of ``stateful``
+objects such as the best-epoch selection) and, when that state exists, continues from it.
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import torch
 from torch import nn
@@ -17,9 +21,11 @@ from torch.utils.data import DataLoader
 from training.parallel import data_parallel
 from utils.distributed import ShardSampler, all_gather_cat, all_gather_with_grad, gather_in_order, together
 from utils.errors import UserError
-from utils.runtime import autocast, make_loader, progress, to_device
+from utils.run_dir import StepState
+from utils.runtime import autocast, make_loader, progress, rng_state, set_rng_state, to_device
 
 CHECK_EVERY = 50  # steps between NaN/inf checks of the running loss (each check syncs with the device)
+EXPLOSION = 1e3  # a mean loss this many times its first value (and above 1) means training diverged
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(logits, y, index)`` -> scalar loss of a batch; ``index`` (on the device) is each sample's
@@ -51,6 +57,57 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
         raise UserError(f"the loss became {value} {where}; lower the learning rate (--lr/--lr_main/--lr_prune)")
 
 
+class LossWatch:
+    """Stops a run whose mean loss is NaN/inf or has grown :data:`EXPLOSION` times over its first
+    checked value: a diverged optimiser, whose numbers would be garbage however long it runs."""
+
+    def __init__(self, baseline: float | None = None) -> None:
+        self.baseline = baseline
+
+    def check(self, total: torch.Tensor, count: int, where: str) -> float:
+        """The mean of a running loss ``total`` over ``count`` samples, after the checks."""
+        check_finite(total, where)
+        mean = float(total) / max(count, 1)
+        if self.baseline is None:
+            self.baseline = mean
+        elif mean > EXPLOSION * max(self.baseline, 1.0):
+            raise UserError(f"the loss grew from {self.baseline:.3g} to {mean:.3g} {where}: training diverged; "
+                            "lower the learning rate (--lr/--lr_main/--lr_prune)")
+        return mean
+
+
+class Stateful(Protocol):
+    """Anything whose state a resumed step must get back (e.g. :class:`BestEpoch`, a loss with memory)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def save_step(resume: StepState, epoch: int, last: bool, parts: Mapping[str, Any],
+              generator: torch.Generator | None, **plain: Any) -> None:
+    """Save a step's state after ``epoch`` epochs: the ``state_dict`` of each of ``parts`` (the optimizer's
+    only while the step is unfinished: nothing will continue it), random states and ``plain`` values."""
+    states = {name: part.state_dict() for name, part in parts.items()
+              if not (last and isinstance(part, torch.optim.Optimizer))}
+    resume.save({"epoch": epoch, "finished": last, "parts": states, "rng": rng_state(generator), **plain})
+
+
+def load_step(resume: StepState | None, parts: Mapping[str, Any], generator: torch.Generator | None,
+              desc: str, total: int) -> dict[str, Any] | None:
+    """Load the saved state of a step into ``parts`` and the random states; None when there is none."""
+    state = resume.load() if resume is not None else None
+    if state is None:
+        return None
+    for name, part in parts.items():
+        if name in state["parts"]:
+            part.load_state_dict(state["parts"][name])
+    set_rng_state(state["rng"], generator)
+    word = "reusing the finished" if state["finished"] else "resuming"
+    print(f"{word} {desc} after epoch {state['epoch']}/{total} ({resume.path})", flush=True)  # type: ignore[union-attr]
+    return state
+
+
 def train_classifier(
     model: nn.Module,
     loader: DataLoader,
@@ -63,6 +120,9 @@ def train_classifier(
     on_epoch_end: Callable[[int], None] | None = None,
     train_mode: bool = True,
     loss_fn: LossFn = mean_cross_entropy,
+    resume: StepState | None = None,
+    generator: torch.Generator | None = None,
+    stateful: Mapping[str, Stateful] | None = None,
 ) -> list[float]:
     """Train for ``epochs`` with ``loss_fn``; returns the mean loss of each epoch.
 
@@ -70,10 +130,15 @@ def train_classifier(
     Under ``torchrun`` each rank runs its share of the global batch through the DDP-wrapped model,
     then ``loss_fn`` sees the logits (gathered with gradient), labels and indices of the whole
     global batch on every rank, so every method's loss means what it means for one process.
+    With ``resume``, the state is saved after every epoch and a saved state is continued (module
+    docstring); ``generator`` is the loader's and ``stateful`` what ``on_epoch_end`` or ``loss_fn`` keep.
     """
-    history = []
+    parts = {"model": model, "optimizer": optimizer, **(stateful or {})}
+    state = load_step(resume, parts, generator, desc, epochs)
+    history: list[float] = list(state["history"]) if state else []
+    watch = LossWatch(state["loss_baseline"] if state else None)
     net = data_parallel(model, device)
-    for epoch in range(epochs):
+    for epoch in range(state["epoch"] if state else 0, epochs):
         model.train(train_mode)
         total = torch.zeros((), device=device)
         count = 0
@@ -91,11 +156,13 @@ def train_classifier(
             total += loss.detach() * len(y)
             count += len(y)
             if (step + 1) % CHECK_EVERY == 0:
-                check_finite(total, f"{where} (by step {step + 1})")
-        check_finite(total, where)
-        history.append(float(total) / max(count, 1))
+                watch.check(total, count, f"{where} (by step {step + 1})")
+        history.append(watch.check(total, count, where))
         if on_epoch_end is not None:
             on_epoch_end(epoch)
+        if resume is not None:
+            save_step(resume, epoch + 1, epoch + 1 == epochs, parts, generator, history=history,
+                      loss_baseline=watch.baseline)
     return history
 
 
@@ -136,3 +203,9 @@ class BestEpoch:
         """Load the best state back into the model."""
         assert self.state is not None, "no score recorded"
         self.model.load_state_dict(self.state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": list(self.scores), "epoch": self.epoch, "state": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scores, self.epoch, self.state = list(state["scores"]), state["epoch"], state["state"]

@@ -29,6 +29,7 @@ ResNets to a few percent of their weights, deleting whole layers):
   row fall below that band. A mask that hurts is thus never kept: the dense start is a candidate.
 
 Each check writes the current masked model atomically (``save_to``), so a NaN stop keeps the last good one.
+The loss is read back from the device only at checks (every ``CHECK_EVERY`` steps and at epoch end).
 """
 from __future__ import annotations
 
@@ -46,14 +47,16 @@ from models.factory import checkpoint_content
 from training.contrastive import cluster_contrastive_loss
 from training.parallel import data_parallel
 from utils.distributed import all_gather_cat, all_gather_with_grad, together
-from training.loops import check_finite
+from training.loops import CHECK_EVERY, LossWatch, load_step, save_step
 from training.retrain import cells_of
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
+from utils.run_dir import StepState
 from utils.runtime import autocast, progress, to_device
 
 REFERENCE_WEIGHTS = 23_459_008  # Conv2d + Linear weights of a two-class torchvision ResNet-50
 PATIENCE = 3
+LOSS_TERMS = ("ce", "con", "sparse")
 
 
 def prune_learning_rate(args: argparse.Namespace, total_steps: int) -> float:
@@ -91,12 +94,14 @@ def _score(score: Callable[[nn.Module], float] | None, model: nn.Module) -> floa
 def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Tensor, args: argparse.Namespace,
                 device: torch.device, generator: torch.Generator,
                 save_to: Path | None = None, arch_args: dict[str, Any] | None = None,
-                score: Callable[[nn.Module], float] | None = None) -> list[dict[str, float]]:
+                score: Callable[[nn.Module], float] | None = None,
+                resume: StepState | None = None) -> list[dict[str, float]]:
     """Attach masks to ``model`` and learn them for up to ``--pruning_ep`` epochs; return one record per check.
 
     ``score(model)`` rates the masked model (higher is better, e.g. worst-cluster val accuracy);
     without it every check scores 0, so the sparsest (usually the last) mask is kept. The model
-    ends with the kept mask, fixed (deterministic).
+    ends with the kept mask, fixed (deterministic). With ``resume`` the state (mask logits,
+    optimizer, checks, random states) is saved after every epoch and a saved state is continued.
     """
     attach_masks(model, args.prune_layers, args.mask_init, args.mask_temperature)
     model.to(device).eval()
@@ -114,10 +119,11 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
     checks: list[dict[str, float]] = []
     candidates: dict[int, list[torch.Tensor]] = {}  # check index -> its binary masks, while in the band
 
-    def check(step: int, sums: dict[str, float], n: int) -> bool:
+    def check(step: int, sums: torch.Tensor, n: int) -> bool:
         """Record the fixed mask's density and score, keep its masks while it may be chosen; True to stop early."""
         set_mask_mode(model, "fixed")
-        record = {"step": step, "epoch": step / len(loader)} | {k: float(v) / max(n, 1) for k, v in sums.items()}
+        means = (sums / max(n, 1)).tolist()
+        record = {"step": step, "epoch": step / len(loader)} | dict(zip(LOSS_TERMS, means))
         record |= {"density": density_report(model, warn=False)["overall"],
                    "score": _score(score, model)}
         checks.append(record)
@@ -137,13 +143,25 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
         return len(recent) == PATIENCE and all(c["score"] < best - args.prune_tolerance for c in recent)
 
     set_mask_mode(model, "sample")
-    check(0, {"ce": 0.0, "con": 0.0, "sparse": 0.0}, 0)
-    step, stop = 0, False
-    sums, n = {"ce": 0.0, "con": 0.0, "sparse": 0.0}, 0
+    parts = {"model": model, "optimizer": optimizer}
+    state = load_step(resume, parts, generator, "pruning", args.pruning_ep)
+    if state is None:
+        check(0, torch.zeros(len(LOSS_TERMS)), 0)
+        step, stop, first_epoch, n = 0, False, 0, 0
+        sums = torch.zeros(len(LOSS_TERMS), device=device)  # loss terms since the last check, on the device
+        watch = LossWatch()
+    else:
+        checks.extend(state["checks"])
+        candidates.update({int(k): list(v) for k, v in state["candidates"].items()})
+        step, stop, first_epoch, n = state["step"], state["stop"], state["epoch"], state["n"]
+        sums, watch = state["sums"].to(device), LossWatch(state["loss_baseline"])
     net = data_parallel(model, device)  # under torchrun: DDP, which synchronises the mask logits' gradients
-    for epoch in range(args.pruning_ep):
-        batches = together(progress(loader, desc=f"prune epoch {epoch + 1}/{args.pruning_ep}"),
-                           f"in pruning epoch {epoch + 1}")
+    for epoch in range(first_epoch, args.pruning_ep):
+        if stop:
+            break
+        where = f"in pruning epoch {epoch + 1}"
+        batches = together(progress(loader, desc=f"prune epoch {epoch + 1}/{args.pruning_ep}"), where)
+        total, count = torch.zeros((), device=device), 0
         for x, y, _a, idx in batches:
             x, y = to_device(x, device, args.channels_last), y.to(device)
             with autocast(device, args.amp):
@@ -155,31 +173,40 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
             con = cluster_contrastive_loss(nn.functional.normalize(feats, dim=1), y, clusters[idx], args.temperature)
             sparse = REFERENCE_WEIGHTS * kept_share(model, args.min_layer_density)
             loss = ce + args.lambda_sparse * sparse + args.lambda_con_prune * con
-            check_finite(loss, f"in pruning epoch {epoch + 1}" + (f" (last good checkpoint: {save_to})" if save_to
-                                                                   and save_to.exists() else ""))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             n += 1
-            for key, value in (("ce", ce), ("con", con), ("sparse", sparse)):
-                sums[key] += value.detach()  # stays on the device until the next check reads it
-            if step % every == 0 or step == total_steps:
+            count += 1
+            total += loss.detach()
+            sums += torch.stack([ce, con, sparse]).detach()  # read only at the next check
+            at_check = step % every == 0 or step == total_steps
+            if count % CHECK_EVERY == 0 or at_check:  # before a check, which may save the mask
+                watch.check(total, count, f"{where} (by step {step}){last_good(save_to)}")
+            if at_check:
                 stop = check(step, sums, n)
-                sums, n = {"ce": 0.0, "con": 0.0, "sparse": 0.0}, 0
+                sums, n = torch.zeros(len(LOSS_TERMS), device=device), 0
                 if stop:
                     print(f"pruning stopped early at step {step}: the score fell below the best for {PATIENCE} checks")
                     break
-        if stop:
-            break
+        watch.check(total, count, f"{where}{last_good(save_to)}")
+        if resume is not None:
+            save_step(resume, epoch + 1, stop or epoch + 1 == args.pruning_ep, parts, generator, step=step,
+                      stop=stop, n=n, sums=sums, checks=checks, candidates=candidates, loss_baseline=watch.baseline)
     chosen = _pick(checks, args.prune_tolerance)
     checks[chosen]["kept"] = True
     with torch.no_grad():
         for p, keep in zip(logits, candidates[chosen]):
-            p.copy_(torch.where(keep, p.abs().clamp_min(1e-3), -p.abs().clamp_min(1e-3)))
+            p.copy_(torch.where(keep.to(p.device), p.abs().clamp_min(1e-3), -p.abs().clamp_min(1e-3)))
     print(f"kept the mask of step {checks[chosen]['step']} (density {checks[chosen]['density']:.4f}, "
           f"score {checks[chosen]['score']:.4f})")
     set_mask_mode(model, "fixed")
     for p in model.parameters():
         p.requires_grad_(True)
     return checks
+
+
+def last_good(save_to: Path | None) -> str:
+    """The note a loss failure adds: where the last good pruned checkpoint is."""
+    return f" (last good checkpoint: {save_to})" if save_to is not None and save_to.exists() else ""

@@ -25,6 +25,8 @@ from training.erm import train_and_save_erm
 from models.factory import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.run_dir import StepState
+from utils.runtime import rng_state, set_rng_state
 
 
 @dataclass
@@ -57,7 +59,8 @@ def load_model(path: str, args: argparse.Namespace, allow_masked: bool) -> tuple
 
 
 def load_or_train_reference(args: argparse.Namespace, train_set: SpuriousDataset, device: torch.device,
-                            generator: torch.Generator, out_dir: Path, allow_masked: bool = False) -> ReferenceModel:
+                            generator: torch.Generator, out_dir: Path, allow_masked: bool = False,
+                            resume: StepState | None = None) -> ReferenceModel:
     """The reference model and the checkpoint whose features are clustered.
 
     ``--checkpoint`` if given (its arch is adopted), else fresh ERM. The clustering model is
@@ -70,16 +73,33 @@ def load_or_train_reference(args: argparse.Namespace, train_set: SpuriousDataset
         arch_args, ckpt_path, snapshot = dict(ckpt["arch_args"]), str(args.checkpoint), None
     else:
         print(f"no --checkpoint given: training the ERM reference model ({args.epochs} epochs)")
-        erm = train_and_save_erm(args, train_set, device, generator, out_dir)
+        erm = train_and_save_erm(args, train_set, device, generator, out_dir, resume)
         model, arch_args, ckpt_path, snapshot = erm.model, erm.arch_args, str(erm.checkpoint), erm.snapshot
     cluster_ckpt = args.cluster_checkpoint or (str(snapshot) if snapshot else ckpt_path)
     return ReferenceModel(model.to(device), arch_args, ckpt_path, cluster_ckpt)
 
 
 def reference_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset], reference: ReferenceModel,
-                       device: torch.device, out_dir: Path) -> Clusters:
+                       device: torch.device, out_dir: Path, resume: StepState | None = None) -> Clusters:
     """Training clusters (``--clusters`` or k-means on the clustering model's features, written to
-    ``<out_dir>/clusters.csv``) and nearest-centroid val clusters."""
+    ``<out_dir>/clusters.csv``) and nearest-centroid val clusters. With ``resume`` they are saved
+    once made, and a run continued in the same folder reuses them."""
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        print(f"reusing the clusters of the interrupted run ({resume.path})")  # type: ignore[union-attr]
+        args.per_class = saved["per_class"]
+        set_rng_state(saved["rng"])
+        return Clusters(saved["train"], saved["val"], saved["file"], saved["features"])
+    clusters = make_clusters(args, splits, reference, device, out_dir)
+    if resume is not None:
+        resume.save({"train": clusters.train, "val": clusters.val, "file": clusters.file,
+                     "features": clusters.train_features, "per_class": args.per_class, "rng": rng_state()})
+    return clusters
+
+
+def make_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset], reference: ReferenceModel,
+                  device: torch.device, out_dir: Path) -> Clusters:
+    """The clusters of :func:`reference_clusters`, computed."""
     train, val = splits["train"], splits["val"]
     if reference.cluster_checkpoint == reference.checkpoint:
         cluster_model = reference.model

@@ -25,6 +25,7 @@ from models.masking import mask_parameters
 from training.loops import BestEpoch, make_optimizer, predict_logits, train_classifier
 from training.samplers import training_loader
 from utils.metrics import compute_metrics
+from utils.run_dir import StepState
 from utils.runtime import make_loader
 
 SELECTION_LABELS = {
@@ -95,8 +96,9 @@ def selection_score(model: nn.Module, dataset: SpuriousDataset, cells: torch.Ten
 
 
 def retrain(model: nn.Module, data: RetrainData, args: argparse.Namespace, device: torch.device,
-            generator: torch.Generator) -> dict:
-    """Fine-tune ``model`` in place (mask fixed) and restore the best epoch by the selection score."""
+            generator: torch.Generator, resume: StepState | None = None) -> dict:
+    """Fine-tune ``model`` in place (mask fixed) and restore the best epoch by the selection score;
+    with ``resume``, saved after every epoch and continued when a saved state exists."""
     logits = {id(p) for p in mask_parameters(model)}
     scope = model.head.parameters() if args.retrain_scope == "head" else model.parameters()
     trainable = [p for p in scope if id(p) not in logits]
@@ -115,7 +117,8 @@ def retrain(model: nn.Module, data: RetrainData, args: argparse.Namespace, devic
         loader = training_loader(data.fit, args.batch_size, generator, args.num_workers, cells)
         optimizer = make_optimizer(trainable, args.optimizer, args.lr_main, args.weight_decay)
         losses = train_classifier(model, loader, optimizer, device, args.retrain_ep, "retrain", amp=args.amp,
-                                  on_epoch_end=select, train_mode=args.retrain_scope == "all")
+                                  on_epoch_end=select, train_mode=args.retrain_scope == "all", resume=resume,
+                                  generator=generator, stateful={"best": best})
     best.restore()
     for p in model.parameters():
         p.requires_grad_(True)

@@ -4,7 +4,7 @@
 A command-line tool opens its folder with :func:`open_run` before any long work::
 
     with open_run(args.out_dir, plain_args(args), overwrite=args.overwrite) as run:
-        ...  # write into run.path; run.save_state("erm", {...}) after each epoch
+        ...  # write into run.path; a long step keeps its state in StepState(run.path, "erm")
 
 What it guarantees:
 
@@ -19,6 +19,9 @@ What it guarantees:
   finished, so the folder always holds one run. After a kill, the next start puts the old run
   back, unless it is the same command again (then the unfinished new run is kept).
 - **No orphans**: temporary files of an atomic write interrupted by a kill are removed.
+- **Resume**: a long step (an ERM training, a pruning, a retraining) saves its state after every
+  epoch in ``resume/<step>.pt`` (:class:`StepState`); rerunning the same command finds it and
+  continues there. The folder ``resume/`` is deleted when the run finishes.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from typing import Any, Iterable
 
 import torch
 
+from utils.distributed import is_main, world_size
 from utils.errors import UserError
 from utils.results import RESULTS_NAME, atomic_write, atomic_write_text
 
@@ -267,31 +271,6 @@ class RunDir:
                                 "copy it elsewhere or choose another --out_dir")
         self.path.rename(self.backup)
 
-    # -- resume state ----------------------------------------------------------------------------
-    def state_path(self, name: str) -> Path:
-        return self.path / STATE_DIR / f"{name}.pt"
-
-    def save_state(self, name: str, state: dict[str, Any]) -> Path:
-        """Atomically save the resume state of step ``name`` (tensors and plain values only)."""
-        path = self.state_path(name)
-        path.parent.mkdir(exist_ok=True)
-        return atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-    def load_state(self, name: str) -> dict[str, Any] | None:
-        """The last saved state of step ``name``, or None when it never saved one."""
-        path = self.state_path(name)
-        if not path.is_file():
-            return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a save is atomic, so this is damage from outside
-            raise UserError(f"resume state {path} is unreadable ({type(exc).__name__}); delete it to restart "
-                            "that step from scratch") from exc
-
-    def clear_state(self, name: str) -> None:
-        """Forget step ``name``'s resume state (the step finished and wrote its outputs)."""
-        self.state_path(name).unlink(missing_ok=True)
-
     # -- closing ---------------------------------------------------------------------------------
     def finish(self) -> None:
         """The run completed: drop the replaced run and the resume states."""
@@ -317,11 +296,51 @@ class RunDir:
         if kind is not None and issubclass(kind, KeyboardInterrupt):
             from utils.runtime import current_task  # here: runtime is not needed to open a run
             where = f" during {current_task()}" if current_task() else ""
-            raise RunInterrupted(f"interrupted{where}; {self.path} keeps what was written so far; rerun the "
-                                 "same command to run it again there") from None
+            raise RunInterrupted(f"interrupted{where}; {self.path} keeps every finished epoch and method; rerun "
+                                 "the same command to continue from there") from None
 
 
 _ACTIVE: RunDir | None = None
+
+
+class StepState:
+    """The resume file of one long step of a run, ``<folder>/resume/<name>.pt``.
+
+    Saved atomically (a kill leaves the previous state), by rank 0 only under ``torchrun``; every
+    rank loads it. Each state records the number of processes that wrote it: a run continued with
+    another number would draw other batches, so it is refused.
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: str) -> None:
+        self.name = name
+        self.path = Path(folder) / STATE_DIR / f"{name}.pt"
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Replace the saved state with ``state`` (tensors and plain values only)."""
+        if not is_main():
+            return
+        self.path.parent.mkdir(exist_ok=True)
+        atomic_write(self.path, lambda tmp: torch.save({**state, "world_size": world_size()}, tmp))
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when the step never saved one."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a save is atomic, so this is damage from outside
+            raise UserError(f"resume state {self.path} is unreadable ({type(exc).__name__}); delete it to run "
+                            f"step {self.name} again from its start") from exc
+        if state.get("world_size", 1) != world_size():
+            raise UserError(f"resume state {self.path} was written by {state.get('world_size', 1)} process(es), "
+                            f"this run has {world_size()}; continue with the same number of processes, or delete "
+                            f"it to run step {self.name} again from its start")
+        return state
+
+    def clear(self) -> None:
+        """Forget the state (its step's outputs are saved elsewhere now)."""
+        if is_main():
+            self.path.unlink(missing_ok=True)
 
 
 def open_run(out_dir: str | os.PathLike, args: dict[str, Any], overwrite: bool, kind: RunKind = RESULTS_RUN,

@@ -34,6 +34,29 @@ def seed_everything(seed: int) -> torch.Generator:
     return gen
 
 
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every random state a run draws from (Python, NumPy, torch CPU and CUDA, and ``generator``), as
+    tensors and plain values, so a resumed run continues the same random streams."""
+    numpy_state = np.random.get_state()
+    state = {"python": list(random.getstate()[1]), "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
+             "numpy_rest": [int(numpy_state[2]), int(numpy_state[3]), float(numpy_state[4])], "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` captured (``generator`` too, when it was captured with one)."""
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), *state["numpy_rest"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+
+
 def resolve_device(name: str) -> torch.device:
     """Map ``auto|cpu|cuda[:N]|mps`` to a device, failing clearly when it is not available."""
     if name == "auto":
@@ -128,14 +151,14 @@ _TASK = [""]
 def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
     """A tqdm bar on stderr that disappears when done, so logs keep only the summaries; rank 0 only.
 
-    Until the loop is exhausted, ``desc`` is the :func:`current_task` an interruption reports.
+    ``desc`` becomes the :func:`current_task` an interruption reports, until the next loop starts
+    (so a stop while an epoch's state is being saved still names that epoch).
     """
     _TASK[0] = desc
     yield from tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True,
                     disable=None if is_main() else True)
-    _TASK[0] = ""
 
 
 def current_task() -> str:
-    """The loop running now (a progress bar's description), or "" between loops."""
+    """The loop running now or last (a progress bar's description), or "" before the first."""
     return _TASK[0]
