@@ -141,6 +141,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def requested_args(argv: list[str]) -> dict:
+    """The arguments a run of ``argv`` records in its folder, which a rerun there is compared with."""
+    args = parse_args(argv)
+    args.device = str(resolve_device(args.device))
+    return plain_args(args)
+
+
 def check_inputs(args: argparse.Namespace) -> None:
     """Before any work: each given checkpoint is readable and was trained on the data the flags build;
     a given clusters file leaves PruSC's contrastive loss positives."""

@@ -216,6 +216,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def requested_args(argv: list[str]) -> dict[str, Any]:
+    """The arguments a run of ``argv`` records in its folder, which a rerun there is compared with."""
+    return plain_args(parse_args(argv))
+
+
 def open_and_run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse, open ``--out_dir`` as a run (lock, recorded arguments, resume of finished restarts), run."""
     args = parse_args(argv)

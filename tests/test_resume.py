@@ -1,0 +1,124 @@
+"""Interrupted runs continue where they stopped: a real SIGKILL during ERM, during the pruning of
+``--mode all`` and between IRM restarts, then the same command again, gives exactly the metrics of
+an uninterrupted run, losing at most the epoch that was running. Plus the checks that keep a
+resumed or reused result honest (multi_seed's argument check, a diverging loss)."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import run
+from data import build_splits
+from training.loops import LossWatch
+from utils.errors import UserError
+from utils.run_dir import StepState
+
+ROOT = Path(__file__).resolve().parents[1]
+ERM = ("--mode", "erm", "--data", "digits", "--device", "cpu", "--epochs", "5", "--batch_size", "64")
+ALL = ("--mode", "all", "--data", "digits", "--device", "cpu", "--epochs", "3", "--pruning_ep", "2",
+       "--retrain_ep", "2", "--methods", "erm,retrain_only,prusc_no_con,prusc")
+
+
+def tool(script: str, *argv, kill_at: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
+    """``script`` in a fresh process (so every run has the same threads and start-up), optionally
+    SIGKILLed at the N-th call of a function."""
+    prefix = [str(ROOT / "tests" / "sigkill_at.py"), kill_at[0], str(kill_at[1])] if kill_at else []
+    cmd = [sys.executable, *prefix, *([] if kill_at else [str(ROOT / script)]), *([script] if kill_at else []),
+           *map(str, argv)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def metrics(out: Path) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    return {name: entry["splits"] for name, entry in results["methods"].items()}
+
+
+def test_sigkill_during_erm_resumes_and_ends_with_identical_metrics(tmp_path):
+    steps_per_epoch = math.ceil(len(build_splits(run.parse_args(list(ERM)))["train"]) / 64)
+    whole = tool("run.py", *ERM, "--out_dir", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    killed = tool("run.py", *ERM, "--out_dir", tmp_path / "cut",
+                  kill_at=("torch.optim:Adam.step", 2 * steps_per_epoch + steps_per_epoch // 2))
+    assert killed.returncode == -signal.SIGKILL
+    assert StepState(tmp_path / "cut", "erm").load()["epoch"] == 2  # killed in epoch 3: one epoch lost at most
+    assert not (tmp_path / "cut" / "results.json").exists()
+    resumed = tool("run.py", *ERM, "--out_dir", tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming ERM after epoch 2/5" in resumed.stdout
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
+    assert not (tmp_path / "cut" / "resume").exists()  # a finished run keeps no resume state
+    final = [torch.load(tmp_path / d / "erm.pt", weights_only=True)["state_dict"] for d in ("whole", "cut")]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+
+def test_sigkill_during_pruning_of_mode_all_resumes_and_ends_with_identical_metrics(tmp_path):
+    whole = tool("run.py", *ALL, "--out_dir", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    checks = json.loads((tmp_path / "whole" / "results.json").read_text())["methods"]["prusc_no_con"]["pruning"]
+    first_run = checks[-1]["step"]  # steps of prusc_no_con's pruning; prusc's pruning follows
+    per_epoch = round(checks[1]["step"] / checks[1]["epoch"])
+    killed = tool("run.py", *ALL, "--out_dir", tmp_path / "cut",
+                  kill_at=("training.prune:kept_share", first_run + per_epoch + per_epoch // 2))
+    assert killed.returncode == -signal.SIGKILL
+    assert StepState(tmp_path / "cut", "prusc_prune").load()["epoch"] == 1
+    resumed = tool("run.py", *ALL, "--out_dir", tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("erm", "retrain_only", "prusc_no_con"):
+        assert f"== method {name}: reusing its finished result" in resumed.stdout
+    assert "reusing the finished ERM" in resumed.stdout and "resuming pruning after epoch 1/2" in resumed.stdout
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
+
+
+def test_sigkill_between_irm_restarts_reuses_the_finished_ones(tmp_path):
+    from test_irm import FAST, env_args, make_envs
+
+    argv = (*env_args(make_envs(tmp_path / "data")), *FAST, "--n_restarts", "2")
+    whole = tool("invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    killed = tool("invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "cut",
+                  kill_at=("methods.irm:train_irm", 4))  # ERM's two restarts, IRM's first, then killed
+    assert killed.returncode == -signal.SIGKILL
+    resumed = tool("invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("reusing the finished restart") == 3
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
+
+
+def test_multi_seed_reuses_a_seed_only_with_the_same_arguments(tmp_path, capsys):
+    from scripts import multi_seed
+
+    base = ["--seeds", "0", "--out_dir", str(tmp_path), "--", "--mode", "erm", "--data", "digits", "--device", "cpu"]
+    assert multi_seed.main([*base, "--epochs", "1"]) == 0
+    assert multi_seed.main([*base, "--epochs", "1"]) == 0
+    assert "reusing its finished run (same arguments)" in capsys.readouterr().out
+    assert multi_seed.main([*base, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run with other arguments: --epochs 2 (recorded 1)" in err and err.count("\n") == 1
+    assert multi_seed.main(["--overwrite", *base, "--epochs", "2"]) == 0
+    assert "rerunning, its finished run had other arguments" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["run_args"][-2:] == ["--epochs", "2"]
+    assert json.loads((tmp_path / "seed0" / "results.json").read_text())["args"]["epochs"] == 2
+
+
+def test_a_diverging_loss_stops_the_run():
+    watch = LossWatch()
+    assert watch.check(torch.tensor(0.7 * 64), 64, "in ERM epoch 1") == pytest.approx(0.7)
+    watch.check(torch.tensor(5.0 * 64), 64, "in ERM epoch 2")  # worse, but not diverged
+    with pytest.raises(UserError, match="grew from 0.7 to 3e\\+22 in ERM epoch 3: training diverged"):
+        watch.check(torch.tensor(3e22 * 64), 64, "in ERM epoch 3")
+    with pytest.raises(UserError, match="the loss became nan"):
+        LossWatch().check(torch.tensor(float("nan")), 64, "in ERM epoch 1")
+
+
+def test_a_diverging_run_exits_2_on_one_line(run_cli, tmp_path):
+    rc, _, err = run_cli("--mode", "erm", "--data", "digits", "--device", "cpu", "--epochs", "3", "--optimizer", "sgd",
+                         "--lr", "1e6", "--out_dir", tmp_path)
+    assert rc == 2 and err.count("\n") == 1 and ("diverged" in err or "the loss became" in err), err
