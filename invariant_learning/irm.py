@@ -107,16 +107,17 @@ def run_variant(name: str, env_indices: list[torch.Tensor], ctx: Context) -> dic
     penalty_weight = 0.0 if name == "erm" else args.penalty_weight
     restarts = []
     for restart in range(args.n_restarts):
-        finished = StepState(ctx.out_dir, f"{name}_restart{restart}")
-        entry = finished.load()
+        finished, training = f"{name}_restart{restart}", f"{name}_restart{restart}_training"
+        entry = StepState(ctx.out_dir, finished).load()
         if entry is None:
             model, _ = fit_irm(ctx, args, envs, penalty_weight, offset=restart,
-                               desc=f"{LABELS[name]} restart {restart + 1}", build=build_irm_model)
+                               desc=f"{LABELS[name]} restart {restart + 1}", build=build_irm_model, step=training)
             entry = {"seed": args.seed + restart, "train_acc": accuracy_on(model, pooled, args, ctx.device),
                      "splits": evaluate_model(model, ctx.splits, args, ctx.device)}
-            finished.save(entry)
+            StepState(ctx.out_dir, finished).save(entry)
+            StepState(ctx.out_dir, training).clear()
         else:
-            print(f"  reusing the finished restart {restart + 1} of {LABELS[name]} ({finished.path})")
+            print(f"  reusing the finished restart {restart + 1} of {LABELS[name]}")
         restarts.append(entry)
         print(f"  {LABELS[name]:<18} restart {restart + 1}/{args.n_restarts}: train "
               f"{100 * entry['train_acc']:.2f}  test {100 * entry['splits']['test']['avg_acc']:.2f}", flush=True)

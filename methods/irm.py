@@ -30,12 +30,14 @@ from invariant_learning.penalty import add_penalty_args, irm_penalty, penalty_we
 from methods import register
 from methods.base import Context, Fitted, Method, MethodUnavailable
 from models.factory import model_from_args
-from training.loops import check_finite, predict_logits
+from training.loops import check_finite, load_step, predict_logits, save_step
 from utils.cli import non_negative, positive_int
 from utils.errors import UserError
+from utils.run_dir import StepState
 from utils.runtime import make_loader, progress, to_device
 
 FULL_BATCH_CHUNK = 4096
+SAVE_EVERY = 100  # IRM steps between resume states
 
 
 def whole(dataset: SpuriousDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,13 +56,16 @@ def environment_batch(env: SpuriousDataset, batch_size: int, generator: torch.Ge
 
 
 def train_irm(model: nn.Module, envs: list[SpuriousDataset], args: argparse.Namespace, penalty_weight: float,
-              device: torch.device, generator: torch.Generator, desc: str) -> None:
-    """IRMv1 training of ``model`` in place (objective in the module docstring)."""
+              device: torch.device, generator: torch.Generator, desc: str, resume: StepState | None = None) -> None:
+    """IRMv1 training of ``model`` in place (objective in the module docstring). With ``resume`` the
+    state is saved every :data:`SAVE_EVERY` steps and a saved state is continued."""
     model.to(device).train()
     full = [whole(env, device) for env in envs] if not args.irm_batch_size else None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.irm_lr)
     weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
-    for step in progress(range(args.irm_steps), desc=desc):
+    parts = {"model": model, "optimizer": optimizer}
+    state = load_step(resume, parts, generator, desc, args.irm_steps, unit="step")
+    for step in progress(range(state["epoch"] if state else 0, args.irm_steps), desc=desc):
         batches = full or [environment_batch(env, args.irm_batch_size, generator, device) for env in envs]
         weight = penalty_weight_at(step, penalty_weight, args.penalty_anneal_iters)
         logits = [model(x) for x, _ in batches]
@@ -74,17 +79,19 @@ def train_irm(model: nn.Module, envs: list[SpuriousDataset], args: argparse.Name
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if resume is not None and ((step + 1) % SAVE_EVERY == 0 or step + 1 == args.irm_steps):
+            save_step(resume, step + 1, step + 1 == args.irm_steps, parts, generator)
 
 
 def fit_irm(ctx: Context, args: argparse.Namespace, envs: list[SpuriousDataset], penalty_weight: float,
             offset: int = 0, desc: str = "IRM",
             build: Callable[[argparse.Namespace, SpuriousDataset], tuple[nn.Module, dict]] = model_from_args,
-            ) -> tuple[nn.Module, dict]:
+            step: str = "irm") -> tuple[nn.Module, dict]:
     """A model from ``build`` trained by :func:`train_irm` with seed ``--seed + offset`` (initialisation and
-    batches), and its rebuild arguments."""
+    batches), and its rebuild arguments; ``step`` names its resume state."""
     generator = ctx.generator(offset)
     model, arch_args = build(args, ctx.train)
-    train_irm(model, envs, args, penalty_weight, ctx.device, generator, desc)
+    train_irm(model, envs, args, penalty_weight, ctx.device, generator, desc, resume=ctx.step(step))
     return model, arch_args
 
 

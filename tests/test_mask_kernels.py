@@ -49,6 +49,7 @@ def reference_forward(model: torch.nn.Module, x: torch.Tensor, masks: dict[str, 
 def kernels(request, monkeypatch):
     """Run a test with each layout of the mask kernels (the flat one is CUDA's, forced on the CPU)."""
     monkeypatch.setattr(masking, "FLAT_DEVICES", {"cpu"} if request.param == "flat" else set())
+    return request.param
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
@@ -71,7 +72,10 @@ def test_sampled_masks_outputs_and_gradients_match_the_per_layer_estimator(kerne
     expected.square().sum().backward()
     assert torch.equal(out, expected)
     for got, want in zip(mask_parameters(model), mask_parameters(reference)):
-        assert torch.equal(got.grad, want.grad)
+        if kernels == "flat":  # one pass over a flat buffer: CPU vector kernels may round the last bit otherwise
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-9)
+        else:
+            assert torch.equal(got.grad, want.grad)
 
 
 def test_each_forward_pass_draws_fresh_masks_and_fixed_mode_is_deterministic(kernels):

@@ -1,7 +1,8 @@
 """Interrupted runs continue where they stopped: a real SIGKILL during ERM, during the pruning of
-``--mode all`` and between IRM restarts, then the same command again, gives exactly the metrics of
-an uninterrupted run, losing at most the epoch that was running. Plus the checks that keep a
-resumed or reused result honest (multi_seed's argument check, a diverging loss)."""
+``--mode all`` and during an IRM restart, then the same command again, gives exactly the metrics
+of an uninterrupted run, losing at most the epoch (IRM: 100 steps) that was running. Plus the
+checks that keep a resumed or reused result honest (multi_seed's argument check) and degenerate
+runs that must stop or warn (a diverging loss, an oracle without some groups)."""
 import json
 import math
 import os
@@ -76,18 +77,21 @@ def test_sigkill_during_pruning_of_mode_all_resumes_and_ends_with_identical_metr
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
 
 
-def test_sigkill_between_irm_restarts_reuses_the_finished_ones(tmp_path):
-    from test_irm import FAST, env_args, make_envs
+def test_sigkill_during_irm_reuses_finished_restarts_and_continues_the_running_one(tmp_path):
+    from test_irm import env_args, make_envs
 
-    argv = (*env_args(make_envs(tmp_path / "data")), *FAST, "--n_restarts", "2")
+    steps = 250
+    argv = (*env_args(make_envs(tmp_path / "data")), "--steps", str(steps), "--penalty_anneal_iters", "10",
+            "--hidden_dim", "32", "--device", "cpu", "--n_restarts", "2")
     whole = tool("invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
-    killed = tool("invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "cut",
-                  kill_at=("methods.irm:train_irm", 4))  # ERM's two restarts, IRM's first, then killed
+    killed = tool("invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "cut",  # ERM's two restarts, then
+                  kill_at=("methods.irm:penalty_weight_at", 2 * steps + 150))  # step 150 of IRM's first
     assert killed.returncode == -signal.SIGKILL
     resumed = tool("invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "cut")
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.count("reusing the finished restart") == 3
+    assert resumed.stdout.count("reusing the finished restart") == 2
+    assert "resuming IRM cluster envs restart 1 after step 100/250" in resumed.stdout
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
 
 

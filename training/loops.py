@@ -86,7 +86,7 @@ class Stateful(Protocol):
 
 def save_step(resume: StepState, epoch: int, last: bool, parts: Mapping[str, Any],
               generator: torch.Generator | None, **plain: Any) -> None:
-    """Save a step's state after ``epoch`` epochs: the ``state_dict`` of each of ``parts`` (the optimizer's
+    """Save a step's state after ``epoch`` epochs (or steps): the ``state_dict`` of each of ``parts`` (the optimizer's
     only while the step is unfinished: nothing will continue it), random states and ``plain`` values."""
     states = {name: part.state_dict() for name, part in parts.items()
               if not (last and isinstance(part, torch.optim.Optimizer))}
@@ -94,8 +94,9 @@ def save_step(resume: StepState, epoch: int, last: bool, parts: Mapping[str, Any
 
 
 def load_step(resume: StepState | None, parts: Mapping[str, Any], generator: torch.Generator | None,
-              desc: str, total: int) -> dict[str, Any] | None:
-    """Load the saved state of a step into ``parts`` and the random states; None when there is none."""
+              desc: str, total: int, unit: str = "epoch") -> dict[str, Any] | None:
+    """Load the saved state of a step into ``parts`` and the random states; None when there is none.
+    (``state["epoch"]`` counts the finished ``unit``s: epochs, or steps for a step-counted loop.)"""
     state = resume.load() if resume is not None else None
     if state is None:
         return None
@@ -104,7 +105,7 @@ def load_step(resume: StepState | None, parts: Mapping[str, Any], generator: tor
             part.load_state_dict(state["parts"][name])
     set_rng_state(state["rng"], generator)
     word = "reusing the finished" if state["finished"] else "resuming"
-    print(f"{word} {desc} after epoch {state['epoch']}/{total} ({resume.path})", flush=True)  # type: ignore[union-attr]
+    print(f"{word} {desc} after {unit} {state['epoch']}/{total} ({resume.path})", flush=True)  # type: ignore[union-attr]
     return state
 
 
