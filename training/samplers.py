@@ -79,14 +79,16 @@ class ShardedBatches(Sampler[list[int]]):
 
 def training_loader(dataset: Dataset, batch_size: int, generator: torch.Generator, num_workers: int = 0,
                     cells: torch.Tensor | None = None) -> DataLoader:
-    """Shuffled batches, or batches balanced over ``cells`` when given.
+    """Shuffled batches (never ending with a batch of one sample), or batches balanced over ``cells`` when given.
 
     ``batch_size`` is the global batch: under ``torchrun`` each rank loads its share of it (see
     :class:`ShardedBatches`), the same batches a single process draws for the same seed.
     """
     if cells is None:
-        # the DataLoader draws its worker seed from ``generator`` before the permutation, as with shuffle=True
-        batches: Sampler[list[int]] = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, False)
+        # the DataLoader draws its worker seed from ``generator`` before the permutation, as with shuffle=True;
+        # a last batch of one sample is dropped: BatchNorm cannot train on it (1x1 feature maps) and its step is noise
+        lone_last = len(dataset) % batch_size == 1 and len(dataset) > batch_size  # type: ignore[arg-type]
+        batches: Sampler[list[int]] = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, lone_last)
         loader_generator: torch.Generator | None = generator
     else:
         batches, loader_generator = BalancedBatchSampler(cells, batch_size, generator=generator), None
