@@ -75,7 +75,7 @@ class Context:
         if not self.resumable:
             return None
         self.steps.append(name)
-        return StepState(self.out_dir, name)
+        return StepState(self.out_dir, name, background=self.device.type == "cuda")
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """Reseed everything with ``--seed + offset``: each method starts from the same random state

@@ -339,3 +339,11 @@ def test_resume_state_round_trip(tmp_path):
         assert state.load()["epoch"] == 3
     assert not (tmp_path / "out" / run_dir.STATE_DIR).exists()  # a finished run keeps no resume state
     assert os.listdir(tmp_path) == ["out"]
+
+
+def test_a_background_save_writes_the_state_as_it_was_when_saved(tmp_path):
+    weights = torch.arange(1_000_000, dtype=torch.float32)
+    state = run_dir.StepState(tmp_path, "erm", background=True)
+    state.save({"epoch": 1, "parts": {"model": {"w": weights}}})
+    weights.zero_()  # training goes on changing the tensors in place while the thread writes
+    assert torch.equal(state.load()["parts"]["model"]["w"], torch.arange(1_000_000, dtype=torch.float32))

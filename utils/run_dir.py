@@ -31,10 +31,11 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -274,12 +275,17 @@ class RunDir:
     # -- closing ---------------------------------------------------------------------------------
     def finish(self) -> None:
         """The run completed: drop the replaced run and the resume states."""
+        wait_for_saves()
         if self.backup.exists():
             shutil.rmtree(self.backup)
         shutil.rmtree(self.path / STATE_DIR, ignore_errors=True)
 
     def close(self) -> None:
         global _ACTIVE
+        try:
+            wait_for_saves()  # no write may outlive the lock
+        except Exception:  # noqa: BLE001 - the run is failing already; that first error is the one to show
+            pass
         self.lock.release()
         if _ACTIVE is self:
             _ACTIVE = None
@@ -303,27 +309,85 @@ class RunDir:
 _ACTIVE: RunDir | None = None
 
 
+def _cpu_copy(value: Any) -> Any:
+    """``value`` with every tensor copied to the CPU: training may change the originals in place."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return value
+
+
+class _BackgroundWriter:
+    """One thread that writes resume states while a GPU goes on training; a failed write (e.g. a full
+    disk) is raised by the next call. Only one write is in flight: the next one waits for it."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def submit(self, write: Callable[[], Any]) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name="resume-writer")
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+_WRITER = _BackgroundWriter()
+
+
+def wait_for_saves() -> None:
+    """Block until every resume state handed to the background writer is on disk (or raise its error)."""
+    _WRITER.wait()
+
+
 class StepState:
     """The resume file of one long step of a run, ``<folder>/resume/<name>.pt``.
 
     Saved atomically (a kill leaves the previous state), by rank 0 only under ``torchrun``; every
     rank loads it. Each state records the number of processes that wrote it: a run continued with
-    another number would draw other batches, so it is refused.
+    another number would draw other batches, so it is refused. With ``background`` (runs on a GPU)
+    the state is copied to the CPU and written by a thread while training goes on, so a kill just
+    after an epoch can lose that epoch too; on the CPU the write is done before training goes on.
     """
 
-    def __init__(self, folder: str | os.PathLike, name: str) -> None:
+    def __init__(self, folder: str | os.PathLike, name: str, background: bool = False) -> None:
         self.name = name
         self.path = Path(folder) / STATE_DIR / f"{name}.pt"
+        self.background = background
 
     def save(self, state: dict[str, Any]) -> None:
         """Replace the saved state with ``state`` (tensors and plain values only)."""
         if not is_main():
             return
         self.path.parent.mkdir(exist_ok=True)
-        atomic_write(self.path, lambda tmp: torch.save({**state, "world_size": world_size()}, tmp))
+        content = {**state, "world_size": world_size()}
+        if not self.background:
+            wait_for_saves()
+            atomic_write(self.path, lambda tmp: torch.save(content, tmp))
+            return
+        content = _cpu_copy(content)
+        _WRITER.submit(lambda: atomic_write(self.path, lambda tmp: torch.save(content, tmp)))
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when the step never saved one."""
+        wait_for_saves()
         if not self.path.is_file():
             return None
         try:
@@ -339,6 +403,7 @@ class StepState:
 
     def clear(self) -> None:
         """Forget the state (its step's outputs are saved elsewhere now)."""
+        wait_for_saves()
         if is_main():
             self.path.unlink(missing_ok=True)
 
