@@ -1,7 +1,10 @@
 """Make "Fashion scenes", a Waterbirds-like photo benchmark, from the Fashion-MNIST IDX files (offline).
 
     python3 scripts/make_fashion_scenes.py data/fashion_scenes64
-    python3 run.py --mode erm --data waterbirds --train_root_dir data/fashion_scenes64 --image_size 64
+    python3 run.py --mode erm --data waterbirds --train_root_dir data/fashion_scenes64 --image_size 64 --arch resnet18 --epochs 5
+
+The default item style and that ERM recipe are the calibrated ones (README, "Calibration"): at
+ratio 0.95 ERM's test worst-group accuracy is about 30 points below its average, at 0.5 about 6.
 
 Label y: 1 = trouser, sandal, sneaker, bag, ankle boot; 0 = T-shirt/top, pullover, dress, coat, shirt.
 Spurious attribute (place): 1 = water background, 0 = land background. In train the background

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import read_results
 from data.cmnist import find_idx
-from data.fashion_scenes import LABEL_OF, make_scenes, split_groups
+from data.fashion_scenes import CROP_MARGIN, LABEL_OF, SceneStyle, make_scenes, split_groups
 from utils.errors import UserError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -34,6 +34,21 @@ def scenes(tmp_path_factory) -> Path:
 def test_split_groups_follow_ratio():
     assert split_groups(100, 0.9) == {(0, 0): 45, (0, 1): 5, (1, 1): 45, (1, 0): 5}
     assert split_groups(21, None) == {(0, 0): 6, (0, 1): 5, (1, 1): 5, (1, 0): 5}
+
+
+def test_default_style_is_the_calibrated_one_and_fits_the_crop():
+    style = SceneStyle()
+    assert style.item_scale == (0.55, 0.8) and style.item_opacity == (0.8, 1.0)  # README, "Calibration"
+    # the largest item still fits inside the evaluation centre crop
+    assert style.item_scale[1] <= 1 - 2 * CROP_MARGIN
+
+
+def test_script_defaults_follow_the_style():
+    from scripts.make_fashion_scenes import build_parser
+
+    args = build_parser().parse_args(["out"])
+    assert tuple(args.item_scale) == SceneStyle().item_scale
+    assert tuple(args.item_opacity) == SceneStyle().item_opacity
 
 
 def test_label_grouping_is_five_against_five():
