@@ -2,7 +2,8 @@
 (mean ± std over runs) and a picture of per-group test accuracy.
 
 Standard deviations are *sample* standard deviations (n - 1 in the denominator) over runs
-(seeds or restarts); a single run has std 0.
+(seeds or restarts). A method found in one run only has no std: its Markdown cells show the value
+alone, and the table says for each method how many runs it is averaged over.
 """
 from __future__ import annotations
 
@@ -51,14 +52,16 @@ def collect(payloads: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def markdown_table(payloads: list[dict[str, Any]]) -> str:
-    """One row per method: mean ± std over the runs of test avg / worst-group / mean-group accuracy and density."""
+    """One row per method: its number of runs, and mean ± std over them of test avg / worst-group /
+    mean-group accuracy and density (the value alone when the method ran once)."""
     table = collect(payloads)
-    lines = [f"| method ({len(payloads)} run{'s' if len(payloads) > 1 else ''}) | "
-             + " | ".join(METRIC_TITLES[m] for m in METRICS) + " | density % |",
-             "|---" * (len(METRICS) + 2) + "|"]
+    lines = ["| method | runs | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " | density % |",
+             "|---" * (len(METRICS) + 3) + "|"]
     for name, row in table.items():
-        cells = [f"{m:.1f} ± {s:.1f}" for m, s in (mean_std(row[k]) for k in (*METRICS, "density"))]
-        lines.append(f"| {display_name(name, row)} | " + " | ".join(cells) + " |")
+        runs = len(row["avg_acc"])
+        cells = [f"{m:.1f} ± {s:.1f}" if runs > 1 else f"{m:.1f}"
+                 for m, s in (mean_std(row[k]) for k in (*METRICS, "density"))]
+        lines.append(f"| {display_name(name, row)} | {runs} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
