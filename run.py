@@ -145,17 +145,21 @@ def requested_args(argv: list[str]) -> dict:
     """The arguments a run of ``argv`` records in its folder, which a rerun there is compared with."""
     args = parse_args(argv)
     args.device = str(resolve_device(args.device))
+    check_inputs(args)
     return plain_args(args)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    """Before any work: each given checkpoint is readable and was trained on the data the flags build;
-    a given clusters file leaves PruSC's contrastive loss positives."""
+    """Before any work: each given checkpoint is readable and was trained on the data the flags build
+    (without ``--arch``, ``--checkpoint``'s architecture is adopted, so every method builds the same
+    backbone); a given clusters file leaves PruSC's contrastive loss positives."""
     for flag in ("--checkpoint", "--cluster_checkpoint"):
         path = getattr(args, flag[2:])
         if path:
-            check_data_settings(load_checkpoint(path, data=args.data, arch=args.arch, flag=flag),
-                                data_settings(args), path, flag)
+            ckpt = load_checkpoint(path, data=args.data, arch=args.arch, flag=flag)
+            check_data_settings(ckpt, data_settings(args), path, flag)
+            if flag == "--checkpoint" and args.arch is None:
+                args.arch = ckpt["arch"]
     if args.clusters and args.mode in ("prune", "all") and args.lambda_con_prune > 0:
         warn_single_cluster_classes(args.clusters)
 

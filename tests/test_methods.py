@@ -215,3 +215,13 @@ def test_report_script_prints_the_table_and_draws_the_picture(all_run, tmp_path,
     assert (tmp_path / "r.png").stat().st_size > 10_000
     assert report.main([str(tmp_path)]) == 2  # nothing to report: one line, exit code 2
     assert "neither a results.json" in capsys.readouterr().err
+
+
+def test_methods_that_train_their_own_model_build_the_checkpoints_backbone(run_cli, tmp_path):
+    assert run_cli("--mode", "erm", "--data", "digits", "--arch", "cnn", "--epochs", "1", "--device", "cpu",
+                   "--out_dir", tmp_path / "erm")[0] == 0
+    rc, _, err = run_cli("--mode", "all", "--data", "digits", "--methods", "erm,jtt", "--epochs", "1", "--device", "cpu",
+                         "--checkpoint", tmp_path / "erm" / "erm.pt", "--out_dir", tmp_path / "all")
+    assert rc == 0, err
+    assert read_results(tmp_path / "all")["arch"] == "cnn"
+    assert torch.load(tmp_path / "all" / "jtt.pt", weights_only=True)["arch"] == "cnn"
