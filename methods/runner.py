@@ -85,7 +85,7 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
             continue
         print(f"== method {method.name}", flush=True)
         ctx.generator()
-        first_step = len(ctx.steps)
+        first_step, fit_started = len(ctx.steps), time.time()
         try:
             fitted = method.fit(ctx)
         except MethodUnavailable as exc:
@@ -94,6 +94,7 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
             print(f"warning: skipping method {method.name}: {exc}")
             continue
         results[method.name] = method_result(method, fitted, ctx)
+        results[method.name]["time_s"] = round(time.time() - fit_started, 1)  # fit and evaluation (and shared steps it ran)
         if finished is not None:
             finished.save({"results": results, "facts": ctx.facts, "args": plain_args(ctx.args)})
             for name in set(ctx.steps[first_step:]) - set(SHARED_STEPS):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import torch
@@ -19,7 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from training.parallel import data_parallel
-from utils.distributed import ShardSampler, all_gather_cat, all_gather_with_grad, gather_in_order, together
+from utils.distributed import (ShardSampler, all_gather_cat, all_gather_with_grad, gather_in_order, main_print,
+                               together)
 from utils.errors import UserError
 from utils.run_dir import StepState
 from utils.runtime import autocast, make_loader, progress, rng_state, set_rng_state, to_device
@@ -140,6 +142,7 @@ def train_classifier(
     watch = LossWatch(state["loss_baseline"] if state else None)
     net = data_parallel(model, device)
     for epoch in range(state["epoch"] if state else 0, epochs):
+        started = time.perf_counter()
         model.train(train_mode)
         total = torch.zeros((), device=device)
         count = 0
@@ -159,6 +162,8 @@ def train_classifier(
             if (step + 1) % CHECK_EVERY == 0:
                 watch.check(total, count, f"{where} (by step {step + 1})")
         history.append(watch.check(total, count, where))
+        main_print(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f} ({time.perf_counter() - started:.1f} s)",
+                   flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         if resume is not None:
