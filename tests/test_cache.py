@@ -38,9 +38,9 @@ def replace_image(path, seed):
 
 
 def without_paths(value):
-    """``value`` without its ``checkpoint`` entries (they name the run's folder)."""
+    """``value`` without what names the run's folder (``checkpoint``) or its speed (``time_s``)."""
     if isinstance(value, dict):
-        return {k: without_paths(v) for k, v in value.items() if k != "checkpoint"}
+        return {k: without_paths(v) for k, v in value.items() if k not in ("checkpoint", "time_s")}
     return value
 
 
