@@ -209,6 +209,6 @@ def test_torchrun_mode_all_gives_the_metrics_and_clusters_of_one_process(jobs, o
 
 def test_in_a_torchrun_run_only_rank_0_writes_files(jobs):
     _, output, _, _ = jobs["cli"]
-    writes = {int(r): json.loads(w) for r, w in re.findall(r"WRITES rank=(\d) (\[.*\])", output)}
+    writes = {int(r): json.loads(w) for r, w in re.findall(r"WRITES rank=(\d) (\[[^\]]*\])", output)}
     assert writes[1] == []
     assert any(w.endswith("results.json") for w in writes[0])
