@@ -107,14 +107,14 @@ def run_variant(name: str, env_indices: list[torch.Tensor], ctx: Context) -> dic
     penalty_weight = 0.0 if name == "erm" else args.penalty_weight
     restarts = []
     for restart in range(args.n_restarts):
-        finished, training = f"{name}_restart{restart}", f"{name}_restart{restart}_training"
-        entry = StepState(ctx.out_dir, finished).load()
+        finished, training = StepState(ctx.out_dir, f"{name}_restart{restart}"), f"{name}_restart{restart}_training"
+        entry = finished.load()
         if entry is None:
             model, _ = fit_irm(ctx, args, envs, penalty_weight, offset=restart,
                                desc=f"{LABELS[name]} restart {restart + 1}", build=build_irm_model, step=training)
             entry = {"seed": args.seed + restart, "train_acc": accuracy_on(model, pooled, args, ctx.device),
                      "splits": evaluate_model(model, ctx.splits, args, ctx.device)}
-            StepState(ctx.out_dir, finished).save(entry)
+            finished.save(entry)
             StepState(ctx.out_dir, training).clear()
         else:
             print(f"  reusing the finished restart {restart + 1} of {LABELS[name]}")
