@@ -7,6 +7,7 @@
 # ERM, retrain-only, the mask without L_con, PruSC, GroupDRO and DFR (JTT's upsampled split, about
 # ten times the training set with its defaults, would not fit the time). Everything is logged with
 # tee to <output folder>/scenes_gpu.log; results.json and report.png are copied there.
+# FASHION_DIR names the folder of the Fashion-MNIST IDX files where the Debian package is absent.
 # SCENES_TINY=1 shrinks every size and runs on the CPU with ResNet-18 (to check the script itself).
 set -euo pipefail
 OUT=${1:?output folder}
@@ -27,7 +28,8 @@ fi
   git log -1 --format='commit %h %s' || true
   start=$(date +%s)
   # shellcheck disable=SC2086
-  python3 scripts/make_fashion_scenes.py "$WORK/scenes" $GEN --workers "$(nproc)"
+  python3 scripts/make_fashion_scenes.py "$WORK/scenes" $GEN --workers "$(nproc)" \
+    --fashion_dir "${FASHION_DIR:-/usr/share/datasets/fashion-mnist}"
   # shellcheck disable=SC2086
   python3 run.py --mode all --data waterbirds --train_root_dir "$WORK/scenes" --image_size "$SIZE" $RUN \
     --cache_dir "$WORK/cache" --seed "$SEED" --out_dir "$WORK/run" \
