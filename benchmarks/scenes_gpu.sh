@@ -7,6 +7,7 @@
 # ERM, retrain-only, the mask without L_con, PruSC, GroupDRO and DFR (JTT's upsampled split, about
 # ten times the training set with its defaults, would not fit the time). Everything is logged with
 # tee to <output folder>/scenes_gpu.log; results.json and report.png are copied there.
+# METHODS replaces the list of methods (comma-separated).
 # FASHION_DIR names the folder of the Fashion-MNIST IDX files where the Debian package is absent.
 # SCENES_TINY=1 shrinks every size and runs on the CPU with ResNet-18 (to check the script itself).
 set -euo pipefail
@@ -21,7 +22,7 @@ if [[ "${SCENES_TINY:-0}" == 1 ]]; then
   RUN="--device cpu --arch resnet18 --epochs 1 --pruning_ep 1 --retrain_ep 1 --num_workers 0"
 else
   GEN="--size 224" SIZE=224
-  RUN="--device cuda --amp --channels_last --arch resnet50 --epochs 10 --pruning_ep 2 --retrain_ep 2 --batch_size 128 --num_workers $(( $(nproc) - 1 ))"
+  RUN="--device cuda --amp --channels_last --arch resnet50 --epochs 30 --pruning_ep 2 --retrain_ep 2 --num_workers $(( $(nproc) - 1 ))"
 fi
 {
   nvidia-smi -L || true
@@ -33,7 +34,7 @@ fi
   # shellcheck disable=SC2086
   python3 run.py --mode all --data waterbirds --train_root_dir "$WORK/scenes" --image_size "$SIZE" $RUN \
     --cache_dir "$WORK/cache" --seed "$SEED" --out_dir "$WORK/run" \
-    --methods erm,retrain_only,prusc_no_con,prusc,groupdro,dfr 2>&1 | grep --line-buffered -v -i "warn"
+    --methods "${METHODS:-erm,retrain_only,prusc_no_con,prusc,groupdro,dfr}" 2>&1 | grep --line-buffered -v -i "warn"
   cp "$WORK/run/results.json" "$WORK/run/report.png" "$OUT/"
   echo "scenes comparison total: $(( $(date +%s) - start )) s"
 } 2>&1 | tee "$OUT/scenes_gpu.log"
