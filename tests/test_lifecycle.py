@@ -40,8 +40,9 @@ with open_run({folder!r}, {{}}, overwrite=False, kind=RunKind(args_name="held.js
 def cli(*argv, wait=True):
     """run.py in a subprocess (the shell's view: exit code, stderr)."""
     cmd = [sys.executable, str(ROOT / "run.py"), *map(str, argv)]
-    if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if not wait:  # Ctrl-C reaches the child even when the tests run in the background (SIGINT ignored there)
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -167,12 +168,15 @@ def test_overwrite_refuses_to_delete_its_own_input(erm_dir):
 
 def test_ctrl_c_prints_where_it_stopped_on_one_line(tmp_path):
     proc = cli(*ERM[:-1], "100000", "--out_dir", tmp_path / "out", wait=False)
-    while not (tmp_path / "out" / "run_args.json").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=60)[1]
+    try:
+        while not (tmp_path / "out" / "run_args.json").exists():
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
     assert proc.returncode == 130 and one_line(err), err
     assert "interrupted during ERM epoch" in err and str(tmp_path / "out") in err and "rerun" in err
     assert not (tmp_path / ".out.lock").exists()
