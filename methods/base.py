@@ -17,9 +17,9 @@ from torch import nn
 
 from data import SpuriousDataset
 from training.erm import train_erm
-from training.loops import BestEpoch, Stateful
+from training.loops import Stateful
 from training.reference import Clusters, ReferenceModel, load_or_train_reference, reference_clusters
-from training.retrain import selection_score
+from training.selection import BestEpoch, Selector, cells_of, selection_facts
 from utils.errors import UserError
 from utils.run_dir import StepState
 from utils.runtime import seed_everything
@@ -106,7 +106,8 @@ class Method:
     - ``uses_group_labels``: True when true group (attribute) labels are used anywhere (training,
       model selection or hyperparameters); such methods are references, not competitors;
     - ``group_labels``: where they are used (``"none"`` otherwise);
-    - ``selection``: how the reported model is chosen, in words;
+    - ``selection``: how the reported model is chosen, in words; with a :meth:`selector`, a sentence
+      whose ``{score}`` the selector's words fill (results.json then says what was really used);
     - ``needs_attributes``: the method cannot run on data without attribute labels.
     """
 
@@ -120,6 +121,14 @@ class Method:
     def add_args(group: argparse._ArgumentGroup) -> None:
         """Add the method's own flags (published defaults) to run.py's parser."""
 
+    def selector(self, args: argparse.Namespace) -> Selector | None:
+        """The rule that picks the reported model (training/selection.py); None when nothing is picked."""
+        return None
+
+    def selection_facts(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The ``selection``, ``uses_group_labels`` and ``group_labels`` entries of the method's results."""
+        return selection_facts(self.selection, self.selector(args), self.uses_group_labels, self.group_labels)
+
     def unavailable(self, ctx: Context) -> str | None:
         """Why the method cannot run on this data (None when it can); checked before any training."""
         if self.needs_attributes and bool((ctx.train.a < 0).any()):
@@ -130,20 +139,21 @@ class Method:
         raise NotImplementedError
 
 
-def train_and_select(ctx: Context, step: str, model: nn.Module, train_set: SpuriousDataset,
-                     val_cells: torch.Tensor | None, generator: torch.Generator,
-                     stateful: dict[str, Stateful] | None = None, **train_kwargs: Any) -> BestEpoch:
-    """ERM's loop (:func:`training.erm.train_erm`, ``train_kwargs`` passed on) with the epoch chosen on the
-    whole val split, then restored: by the ``--selection`` score over ``val_cells``, or, with
-    ``val_cells=None``, by the true worst-group accuracy (an oracle: it uses group labels).
-    ``step`` names its resume state; ``stateful`` is what else it must restore (e.g. a loss's memory)."""
+def train_and_select(ctx: Context, step: str, model: nn.Module, train_set: SpuriousDataset, selector: Selector,
+                     seed_offset: int = 0, stateful: dict[str, Stateful] | None = None,
+                     **train_kwargs: Any) -> BestEpoch:
+    """ERM's loop (:func:`training.erm.train_erm`, ``train_kwargs`` passed on) with the epoch chosen by
+    ``selector`` on the whole val split (over the (label, cluster) cells of val when it scores cells),
+    then restored. Training starts from seed ``--seed + seed_offset``, set after the clusters exist
+    (making them may train the reference model). ``step`` names its resume state; ``stateful`` is what
+    else it must restore (e.g. a loss's memory)."""
     val = ctx.splits["val"]
-    args = ctx.args if val_cells is not None else argparse.Namespace(**{**vars(ctx.args), "selection": "oracle"})
-    cells = val_cells if val_cells is not None else val.groups
+    cells = cells_of(val.y, ctx.clusters.val) if selector.needs_cells else None
+    generator = ctx.generator(seed_offset)
     best = BestEpoch(model)
 
     def select(epoch: int) -> None:
-        best.record(selection_score(model, val, cells, args, ctx.device), epoch + 1)
+        best.record(selector.score_model(model, val, cells, ctx.args, ctx.device), epoch + 1)
 
     train_erm(model, train_set, ctx.args, ctx.device, generator, on_epoch_end=select, resume=ctx.step(step),
               stateful={"best": best, **(stateful or {})}, **train_kwargs)

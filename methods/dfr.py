@@ -23,10 +23,9 @@ from sklearn.linear_model import LogisticRegression
 from cluster.features import extract_features
 from methods import register
 from methods.base import Context, Fitted, Method
-from training.retrain import stratified_halves
+from training.selection import Selector, WorstGroup, stratified_halves
 from utils.cli import positive_int
 from utils.errors import UserError
-from utils.metrics import compute_metrics
 
 HELD_OUT_NOTE = "held-out half of val (the other half was used for the last-layer fit; this half chose C)"
 
@@ -73,7 +72,7 @@ class DFR(Method):
     name = "dfr"
     uses_group_labels = True
     group_labels = "validation (balanced last-layer fit and the choice of C)"
-    selection = "C by true worst-group accuracy on a held-out half of val (uses val group labels)"
+    selection = "C with the best {score} on a held-out half of val"
     needs_attributes = True
 
     @staticmethod
@@ -82,6 +81,9 @@ class DFR(Method):
                            help="DFR: inverse L1 strengths tried (the paper's grid)")
         group.add_argument("--dfr_num_retrains", type=positive_int, default=20,
                            help="DFR: balanced fits averaged into the final layer (paper: 20)")
+
+    def selector(self, args: argparse.Namespace) -> Selector:
+        return WorstGroup()
 
     def fit(self, ctx: Context) -> Fitted:
         args, val = ctx.args, ctx.splits["val"]
@@ -94,11 +96,11 @@ class DFR(Method):
         y, groups = val.y.numpy(), val.groups.numpy()
         if len(np.unique(groups[fit_idx])) < 2:
             raise UserError("DFR needs at least two (label, attribute) groups in the validation split")
+        selector, held_out = self.selector(args), val.subset(torch.as_tensor(select_idx))
         scores = {}
         for c in args.dfr_c_grid:
             w, b = averaged_fit(z[fit_idx], y[fit_idx], groups[fit_idx], c, 1, args.seed, val.n_classes)
-            preds = torch.as_tensor(z[select_idx] @ w.T + b).argmax(1)
-            scores[c] = compute_metrics(preds, val.y[select_idx], val.a[select_idx])["worst_group_acc"]
+            scores[c] = selector.score(torch.as_tensor(z[select_idx] @ w.T + b).argmax(1), held_out, None)
         best_c = max(scores, key=lambda c: (scores[c], -c))
         w, b = averaged_fit(z[fit_idx], y[fit_idx], groups[fit_idx], best_c, args.dfr_num_retrains, args.seed,
                             val.n_classes)
@@ -106,5 +108,5 @@ class DFR(Method):
         with torch.no_grad():  # fold the standardisation into the layer: w.(x - mean)/std + b
             head.weight.copy_(torch.as_tensor(w / std, dtype=head.weight.dtype))
             head.bias.copy_(torch.as_tensor(b - (w / std) @ mean, dtype=head.bias.dtype))
-        return Fitted(model, val=val.subset(torch.as_tensor(select_idx)), val_note=HELD_OUT_NOTE,
+        return Fitted(model, val=held_out, val_note=HELD_OUT_NOTE,
                       info={"c": best_c, "c_scores": {str(c): s for c, s in scores.items()}})

@@ -18,6 +18,7 @@ from torch import nn
 from methods import register
 from methods.base import Context, Fitted, Method, train_and_select
 from models.factory import model_from_args
+from training.selection import Selector, WorstGroup
 from utils.cli import non_negative
 
 
@@ -59,7 +60,7 @@ class GroupDRO(Method):
     name = "groupdro"
     uses_group_labels = True
     group_labels = "training (group losses) and model selection"
-    selection = "ORACLE: epoch with the best true worst-group val accuracy (uses group labels)"
+    selection = "epoch with the best {score} on val"
     needs_attributes = True
 
     @staticmethod
@@ -69,12 +70,15 @@ class GroupDRO(Method):
         group.add_argument("--groupdro_adj", type=non_negative(float), default=0.0,
                            help="GroupDRO: group adjustment C, added as C/sqrt(group size) (paper default 0)")
 
+    def selector(self, args: argparse.Namespace) -> Selector:
+        return WorstGroup()
+
     def fit(self, ctx: Context) -> Fitted:
         args, train = ctx.args, ctx.train
         model, arch_args = model_from_args(args, train)
         loss = GroupDROLoss(train.groups, train.n_classes * train.n_attrs, args.groupdro_eta, args.groupdro_adj,
                             ctx.device)
-        best = train_and_select(ctx, "groupdro", model, train, None, ctx.generator(), stateful={"loss": loss},
+        best = train_and_select(ctx, "groupdro", model, train, self.selector(args), stateful={"loss": loss},
                                 loss_fn=loss, desc="GroupDRO")
         return Fitted(model, arch_args=arch_args, info={"best_epoch": best.epoch, "selection_scores": best.scores,
                                                         "group_weights": loss.q.cpu().tolist()})

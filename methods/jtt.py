@@ -25,7 +25,7 @@ from methods.base import Context, Fitted, Method, train_and_select
 from models.factory import model_from_args
 from training.erm import train_erm
 from training.loops import predict_logits
-from training.retrain import SELECTION_LABELS, cells_of
+from training.selection import Selector, selector_from_args
 from utils.cli import positive_int
 from utils.results import atomic_write_text
 from utils.runtime import make_loader
@@ -52,7 +52,7 @@ class JTT(Method):
     """Train an identification model, upsample its training mistakes, train again."""
 
     name = "jtt"
-    selection = "epoch with the best --selection score on val (" + SELECTION_LABELS["worst_cluster"] + ")"
+    selection = "epoch with the best {score} on val"
 
     @staticmethod
     def add_args(group: argparse._ArgumentGroup) -> None:
@@ -61,6 +61,9 @@ class JTT(Method):
         group.add_argument("--jtt_lambda_up", type=positive_int, default=50,
                            help="JTT: copies of each error-set sample (lambda_up; paper: 50 CelebA, 100 Waterbirds)")
 
+    def selector(self, args: argparse.Namespace) -> Selector:
+        return selector_from_args(args)
+
     def fit(self, ctx: Context) -> Fitted:
         args, train = ctx.args, ctx.train
         identifier, _ = model_from_args(args, train)
@@ -68,13 +71,9 @@ class JTT(Method):
                   desc="JTT identification", resume=ctx.step("jtt_identification"))
         errors = error_set(identifier, train, args, ctx.device)
         atomic_write_text(ctx.out_dir / ERROR_SET_NAME, pd.DataFrame({"index": errors.numpy()}).to_csv(index=False))
-        val = ctx.splits["val"]
         model, arch_args = model_from_args(args, train)
-        best = train_and_select(ctx, "jtt", model, upsampled(train, errors, args.jtt_lambda_up),
-                                cells_of(val.y, ctx.clusters.val), ctx.generator(1), desc="JTT")
-        oracle = args.selection == "oracle"
+        best = train_and_select(ctx, "jtt", model, upsampled(train, errors, args.jtt_lambda_up), self.selector(args),
+                                seed_offset=1, desc="JTT")
         return Fitted(model, arch_args=arch_args, info={
             "error_set_size": len(errors), "error_set_file": str(ctx.out_dir / ERROR_SET_NAME),
-            "best_epoch": best.epoch, "selection_scores": best.scores,
-            "selection": "epoch by " + SELECTION_LABELS[args.selection], "uses_group_labels": oracle,
-            "group_labels": "model selection (--selection oracle)" if oracle else "none"})
+            "best_epoch": best.epoch, "selection_scores": best.scores})

@@ -2,9 +2,12 @@
 true worst-group validation accuracy (the upper end of what balancing alone can do)."""
 from __future__ import annotations
 
+import argparse
+
 from methods import register
 from methods.base import Context, Fitted, Method, train_and_select
 from models.factory import model_from_args
+from training.selection import Selector, WorstGroup
 
 
 @register
@@ -14,8 +17,11 @@ class GroupBalancedOracle(Method):
     name = "oracle_group_balanced"
     uses_group_labels = True
     group_labels = "training (balanced batches) and model selection"
-    selection = "ORACLE: epoch with the best true worst-group val accuracy (uses group labels)"
+    selection = "epoch with the best {score} on val"
     needs_attributes = True
+
+    def selector(self, args: argparse.Namespace) -> Selector:
+        return WorstGroup()
 
     def unavailable(self, ctx: Context) -> str | None:
         train = ctx.train
@@ -28,6 +34,6 @@ class GroupBalancedOracle(Method):
     def fit(self, ctx: Context) -> Fitted:
         args, train = ctx.args, ctx.train
         model, arch_args = model_from_args(args, train)
-        best = train_and_select(ctx, self.name, model, train, None, ctx.generator(), cells=train.groups,
+        best = train_and_select(ctx, self.name, model, train, self.selector(args), cells=train.groups,
                                 desc="group-balanced ERM")
         return Fitted(model, arch_args=arch_args, info={"best_epoch": best.epoch, "selection_scores": best.scores})

@@ -15,14 +15,18 @@ from methods import register
 from methods.base import Context, Fitted, Method
 from methods.retrain_only import recipe_data, retrain_fitted
 from training.prune import learn_masks
-from training.retrain import SELECTION_LABELS, selection_score
+from training.selection import Selector, selector_from_args
 
 
 class PruSC(Method):
     """Mask learning with ``--lambda_con_prune`` * L_con, then retraining."""
 
     name = "prusc"
-    selection = SELECTION_LABELS["worst_cluster"]
+    selection = ("sparsest mask within --prune_tolerance of the best, then the best retraining epoch, both by {score} "
+                 "on the selection samples")
+
+    def selector(self, args: argparse.Namespace) -> Selector:
+        return selector_from_args(args)
 
     def pruning_args(self, args: argparse.Namespace) -> argparse.Namespace:
         return args
@@ -31,9 +35,10 @@ class PruSC(Method):
         args = self.pruning_args(ctx.args)
         model = copy.deepcopy(ctx.reference.model)
         data = recipe_data(ctx)
+        selector = self.selector(args)
 
         def score(masked: nn.Module) -> float:  # the retraining's selection rule, on its selection samples
-            return selection_score(masked, data.select, data.select_cells, args, ctx.device)
+            return selector.score_model(masked, data.select, data.select_cells, args, ctx.device)
 
         history = learn_masks(model, ctx.train, ctx.clusters.train, args, ctx.device, ctx.generator(),
                               save_to=ctx.out_dir / f"{self.name}_pruned.pt", arch_args=ctx.reference.arch_args,

@@ -5,13 +5,15 @@ annotation-free method (the lesson of DFR), so the mask has to earn its place ag
 """
 from __future__ import annotations
 
+import argparse
 import copy
 
 from torch import nn
 
 from methods import register
 from methods.base import Context, Fitted, Method
-from training.retrain import SELECTION_LABELS, RetrainData, retrain, retrain_data
+from training.retrain import RetrainData, retrain, retrain_data
+from training.selection import Selector, selector_from_args
 
 HELD_OUT_NOTE = "held-out half of val (the other half was used for retraining)"
 
@@ -22,13 +24,10 @@ def recipe_data(ctx: Context) -> RetrainData:
 
 
 def retrain_fitted(model: nn.Module, ctx: Context, data: RetrainData, step: str) -> Fitted:
-    """Retrain ``model`` in place with the ``--retrain_*`` recipe on ``data``, select the epoch, describe it;
+    """Retrain ``model`` in place with the ``--retrain_*`` recipe on ``data`` and select the epoch;
     ``step`` names the resume state."""
     args = ctx.args
     info = retrain(model, data, args, ctx.device, ctx.generator(), resume=ctx.step(step))
-    oracle = args.selection == "oracle"
-    info.update(selection=SELECTION_LABELS[args.selection], uses_group_labels=oracle,
-                group_labels="model selection (--selection oracle)" if oracle else "none")
     on_val = args.retrain_split == "val"
     return Fitted(model, info=info, val=data.select if on_val else None, val_note=HELD_OUT_NOTE if on_val else None)
 
@@ -38,7 +37,10 @@ class RetrainOnly(Method):
     """The ``--retrain_*`` recipe (see training/retrain.py) on a copy of the reference model, no mask."""
 
     name = "retrain_only"
-    selection = SELECTION_LABELS["worst_cluster"]
+    selection = "epoch (before retraining included) with the best {score} on the selection samples"
+
+    def selector(self, args: argparse.Namespace) -> Selector:
+        return selector_from_args(args)
 
     def fit(self, ctx: Context) -> Fitted:
         return retrain_fitted(copy.deepcopy(ctx.reference.model), ctx, recipe_data(ctx), f"{self.name}_retrain")

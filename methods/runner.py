@@ -47,9 +47,7 @@ def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any
         splits["val"] = fitted.val
     result: dict[str, Any] = {
         "splits": evaluate_model(fitted.model, splits, ctx.args, ctx.device),
-        "uses_group_labels": method.uses_group_labels,
-        "group_labels": method.group_labels,
-        "selection": method.selection,
+        **method.selection_facts(ctx.args),
         "val_samples": fitted.val_note or "the whole val split",
     }
     if any(True for _ in iter_masks(fitted.model)):

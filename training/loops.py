@@ -10,7 +10,6 @@ objects such as the best-epoch selection) and, when that state exists, continues
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import Any, Callable, Iterable, Mapping, Protocol
@@ -189,29 +188,3 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, a
             rows.append(model(to_device(x, device, channels_last)).float().cpu())
         indices.append(idx)
     return gather_in_order(torch.cat(indices), torch.cat(rows), len(dataset))
-
-
-class BestEpoch:
-    """Model selection: keeps the model state with the best score recorded (the earliest on ties)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.scores: list[float] = []
-        self.epoch = 0
-        self.state: dict | None = None
-
-    def record(self, score: float, epoch: int) -> None:
-        if not self.scores or score > max(self.scores):
-            self.epoch, self.state = epoch, copy.deepcopy(self.model.state_dict())
-        self.scores.append(score)
-
-    def restore(self) -> None:
-        """Load the best state back into the model."""
-        assert self.state is not None, "no score recorded"
-        self.model.load_state_dict(self.state)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"scores": list(self.scores), "epoch": self.epoch, "state": self.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scores, self.epoch, self.state = list(state["scores"]), state["epoch"], state["state"]

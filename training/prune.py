@@ -48,7 +48,7 @@ from training.contrastive import cluster_contrastive_loss
 from training.parallel import data_parallel
 from utils.distributed import all_gather_cat, all_gather_with_grad, together
 from training.loops import CHECK_EVERY, LossWatch, load_step, save_step
-from training.retrain import cells_of
+from training.selection import cells_of, sparsest_within
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
 from utils.run_dir import StepState
@@ -75,13 +75,6 @@ def kept_share(model: nn.Module, floor: float) -> torch.Tensor:
         dense_enough = ((mask.logits >= 0).float().mean() > floor).float()  # 0/1 on the device: no host sync
         kept = kept + mask.keep_probability().sum() * dense_enough
     return torch.as_tensor(kept) / max(total, 1)
-
-
-def _pick(checks: list[dict], tolerance: float) -> int:
-    """Index of the sparsest check whose score is within ``tolerance`` of the best score."""
-    best = max(c["score"] for c in checks)
-    good = [i for i, c in enumerate(checks) if c["score"] >= best - tolerance]
-    return min(good, key=lambda i: (checks[i]["density"], -i))
 
 
 def _score(score: Callable[[nn.Module], float] | None, model: nn.Module) -> float:
@@ -132,7 +125,7 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
         candidates[len(checks) - 1] = [p.detach() >= 0 for p in logits]
         for index in [i for i in candidates if checks[i]["score"] < best - args.prune_tolerance]:
             del candidates[index]  # the best score never falls, so it can never be chosen again
-        if _pick(checks, args.prune_tolerance) == len(checks) - 1:
+        if sparsest_within(checks, args.prune_tolerance) == len(checks) - 1:
             if save_to is not None and arch_args is not None:
                 set_mask_mode(model, "fixed")
                 save_checkpoint(save_to, checkpoint_content(model, args, arch_args, train_set.n_classes))
@@ -194,7 +187,7 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
         if resume is not None:
             save_step(resume, epoch + 1, stop or epoch + 1 == args.pruning_ep, parts, generator, step=step,
                       stop=stop, n=n, sums=sums, checks=checks, candidates=candidates, loss_baseline=watch.baseline)
-    chosen = _pick(checks, args.prune_tolerance)
+    chosen = sparsest_within(checks, args.prune_tolerance)
     checks[chosen]["kept"] = True
     with torch.no_grad():
         for p, keep in zip(logits, candidates[chosen]):
