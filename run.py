@@ -19,7 +19,8 @@ from cluster.io import warn_single_cluster_classes  # noqa: E402
 from data import add_data_args, canonical_name, data_settings, default_arch  # noqa: E402
 from methods import add_method_args, method_names, modes, parse_methods  # noqa: E402
 from models import ARCHS  # noqa: E402
-from utils.checkpoint import check_data_settings, load_checkpoint, plain_args  # noqa: E402
+from models.factory import Expect, checked_checkpoint  # noqa: E402
+from utils.checkpoint import plain_args  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_float, positive_int  # noqa: E402
 from utils.distributed import fail_together, init_from_env, is_main, quiet_unless_main, run_on_main, shutdown  # noqa: E402,E501
 from utils.errors import UserError  # noqa: E402
@@ -156,8 +157,8 @@ def check_inputs(args: argparse.Namespace) -> None:
     for flag in ("--checkpoint", "--cluster_checkpoint"):
         path = getattr(args, flag[2:])
         if path:
-            ckpt = load_checkpoint(path, data=args.data, arch=args.arch, flag=flag)
-            check_data_settings(ckpt, data_settings(args), path, flag)
+            ckpt = checked_checkpoint(path, Expect(data=args.data, arch=args.arch, data_settings=data_settings(args),
+                                                   flag=flag))
             if flag == "--checkpoint" and args.arch is None:
                 args.arch = ckpt["arch"]
     if args.clusters and args.mode in ("prune", "all") and args.lambda_con_prune > 0:

@@ -15,15 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from cluster.features import extract_features
 from cluster.io import load_clusters, write_clusters
 from cluster.kmeans import ClusterFit, fit_kmeans, majority_label, select_k
 from cluster.report import format_summary, plot_clusters, summarize
 from data import SpuriousDataset, build_splits
-from models.factory import model_from_checkpoint
-from utils.checkpoint import load_checkpoint, plain_args
+from models.factory import Expect, load_model
+from utils.checkpoint import plain_args
 from utils.cli import int_at_least
 from utils.distributed import run_on_main
 from utils.errors import UserError
@@ -90,17 +89,6 @@ def _cluster_features(features: torch.Tensor, train_set: SpuriousDataset,
     return fit, summarize(fit.assign, train_set.y, train_set.a, per_class, silhouette)
 
 
-def load_reference(args: argparse.Namespace, train_set: SpuriousDataset) -> nn.Module:
-    """The model of ``--checkpoint``, checked against ``--data``/``--arch`` and the training images."""
-    ckpt = load_checkpoint(args.checkpoint, data=args.data, arch=args.arch)
-    shape = tuple(ckpt["arch_args"].get("input_shape", ()))
-    if shape != tuple(train_set.input_shape) or int(ckpt["n_classes"]) != train_set.n_classes:
-        raise UserError(f"--checkpoint {args.checkpoint} expects inputs {shape} and {ckpt['n_classes']} classes, "
-                        f"but --data {args.data} gives {tuple(train_set.input_shape)} and {train_set.n_classes}; "
-                        "pass the data flags it was trained with (see its args) or a matching checkpoint")
-    return model_from_checkpoint(ckpt)
-
-
 def prepare_output(out_dir: str, overwrite: bool) -> Path:
     """The output folder; a finished clustering there is kept unless ``--overwrite``.
 
@@ -123,7 +111,9 @@ def run(args: argparse.Namespace) -> dict:
     train = build_splits(args)["train"]
     features = None
     if args.checkpoint:
-        features = extract_features(load_reference(args, train), train, resolve_device(args.device),
+        model = load_model(args.checkpoint, Expect(data=args.data, arch=args.arch, input_shape=train.input_shape,
+                                                   n_classes=train.n_classes)).model
+        features = extract_features(model, train, resolve_device(args.device),
                                     args.eval_batch_size, num_workers=args.num_workers, amp=args.amp,
                                     channels_last=args.channels_last)
     if args.clusters:

@@ -14,8 +14,7 @@ from typing import Any
 
 from methods.base import Context, Fitted, Method
 from methods.runner import finish, make_context, method_result, run_methods
-from models.factory import model_from_checkpoint
-from utils.checkpoint import load_checkpoint
+from models.factory import Expect, load_model
 from utils.errors import UserError
 
 
@@ -50,10 +49,11 @@ class _Checkpoint(Method):
     group_labels = "as in the run that wrote the checkpoint"
 
     def fit(self, ctx: Context) -> Fitted:
-        ckpt = load_checkpoint(ctx.args.checkpoint, data=ctx.args.data, arch=ctx.args.arch)
-        ctx.args.arch = ckpt["arch"]
-        return Fitted(model_from_checkpoint(ckpt).to(ctx.device), info={"checkpoint": str(ctx.args.checkpoint)},
-                      save=False)
+        args = ctx.args
+        loaded = load_model(args.checkpoint, Expect(data=args.data, arch=args.arch, input_shape=ctx.train.input_shape,
+                                                    n_classes=ctx.train.n_classes))
+        args.arch = loaded.checkpoint["arch"]
+        return Fitted(loaded.model.to(ctx.device), info={"checkpoint": str(args.checkpoint)}, save=False)
 
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:

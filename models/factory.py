@@ -3,10 +3,16 @@
 A checkpoint stores ``arch`` and ``arch_args`` (the constructor's keyword arguments plus the input
 shape), so a model is rebuilt without the flags that made it; pretrained-weight options are not
 stored, since ``state_dict`` carries the weights.
+
+:func:`load_model` is the one way a checkpoint becomes a model: every check (the file, its content,
+the data set, architecture, data flags, input shape and classes it was made for, dense or pruned)
+is stated in an :class:`Expect` and fails as one line naming the flag and the fix.
 """
 from __future__ import annotations
 
 import argparse
+import os
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -14,7 +20,7 @@ from torch import nn
 from data.base import SpuriousDataset
 from models import build_model
 from models.masking import load_mask_logits, set_mask_mode, split_state
-from utils.checkpoint import plain_args
+from utils.checkpoint import check_data_settings, load_checkpoint, plain_args
 from utils.errors import UserError
 
 
@@ -39,20 +45,68 @@ def model_from_args(args: argparse.Namespace, train_set: SpuriousDataset) -> tup
     return model, rebuild
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the model stored in a checkpoint, with its fixed masks when it has ``mask_logits``."""
+def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> nn.Module:
+    """Rebuild the model stored in a checkpoint, with its fixed masks when it has ``mask_logits``;
+    ``source`` names the file in errors."""
     arch_args = dict(ckpt["arch_args"])
     input_shape = tuple(arch_args.pop("input_shape"))
     model = build_model(ckpt["arch"], input_shape, int(ckpt["n_classes"]), **arch_args)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise UserError(f"checkpoint weights do not fit architecture {ckpt['arch']!r} with {ckpt['arch_args']} "
+        raise UserError(f"{source} weights do not fit architecture {ckpt['arch']!r} with {ckpt['arch_args']} "
                         f"({str(exc).splitlines()[0]}); the file is damaged or was edited") from exc
     if ckpt.get("mask_logits"):
         load_mask_logits(model, ckpt["mask_logits"])
         set_mask_mode(model, "fixed")
     return model
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a checkpoint must have been made for; a check whose field is None (or False) is skipped."""
+
+    data: str | None = None  # the registered data set name (aliases resolved)
+    arch: str | None = None
+    data_settings: dict[str, Any] | None = None  # the run's data flags (``data.data_settings``)
+    input_shape: tuple[int, ...] | None = None  # of the data the model will see
+    n_classes: int | None = None
+    dense: bool = False  # refuse a pruned checkpoint (one with mask logits)
+    flag: str = "--checkpoint"  # the option that gave the path, named in errors
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, and the checkpoint dict (``arch``, ``arch_args``, ``args``...)."""
+
+    model: nn.Module
+    checkpoint: dict[str, Any]
+
+
+def checked_checkpoint(path: str | os.PathLike, expect: Expect) -> dict[str, Any]:
+    """The checkpoint at ``path`` after every check of ``expect`` that needs no model (run.py checks its
+    inputs with this before any work; :func:`load_model` then rebuilds the model)."""
+    flag = expect.flag
+    ckpt = load_checkpoint(path, data=expect.data, arch=expect.arch, flag=flag)
+    if expect.data_settings is not None:
+        check_data_settings(ckpt, expect.data_settings, path, flag)
+    shape = tuple(ckpt["arch_args"]["input_shape"])
+    wrong_shape = expect.input_shape is not None and shape != tuple(expect.input_shape)
+    if wrong_shape or (expect.n_classes is not None and int(ckpt["n_classes"]) != expect.n_classes):
+        data = f"--data {expect.data}" if expect.data else "the data"
+        raise UserError(f"{flag} {path} expects inputs {shape} and {ckpt['n_classes']} classes, but {data} gives "
+                        f"{tuple(expect.input_shape or shape)} and {expect.n_classes or ckpt['n_classes']}; pass the "
+                        "data flags it was trained with (see its args) or a matching checkpoint")
+    if expect.dense and ckpt.get("mask_logits"):
+        raise UserError(f"{flag} {path} is already pruned (it holds mask logits); "
+                        "PruSC starts from a dense ERM checkpoint written by --mode erm")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, expect: Expect = Expect()) -> LoadedModel:
+    """The model stored at ``path`` (with its fixed masks when pruned), after the checks of ``expect``."""
+    ckpt = checked_checkpoint(path, expect)
+    return LoadedModel(model_from_checkpoint(ckpt, f"{expect.flag} {path}"), ckpt)
 
 
 def checkpoint_content(model: nn.Module, args: argparse.Namespace, arch_args: dict[str, Any],

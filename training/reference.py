@@ -22,9 +22,7 @@ from cluster.kmeans import assign_nearest, majority_label
 from cluster.report import format_summary
 from data import SpuriousDataset
 from training.erm import train_and_save_erm
-from models.factory import model_from_checkpoint
-from utils.checkpoint import load_checkpoint
-from utils.errors import UserError
+from models.factory import Expect, load_model
 from utils.run_dir import StepState
 from utils.runtime import rng_state, set_rng_state
 
@@ -49,15 +47,6 @@ class Clusters:
     train_features: torch.Tensor  # L2-normalised features of the clustering model, training-split order
 
 
-def load_model(path: str, args: argparse.Namespace, allow_masked: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """A model from a checkpoint of ``args.data`` (and ``args.arch`` when given)."""
-    ckpt = load_checkpoint(path, data=args.data, arch=args.arch)
-    if ckpt.get("mask_logits") and not allow_masked:
-        raise UserError(f"{path} is already pruned (it holds mask logits); "
-                        "PruSC starts from a dense ERM checkpoint written by --mode erm")
-    return model_from_checkpoint(ckpt), ckpt
-
-
 def load_or_train_reference(args: argparse.Namespace, train_set: SpuriousDataset, device: torch.device,
                             generator: torch.Generator, out_dir: Path, allow_masked: bool = False,
                             resume: StepState | None = None) -> ReferenceModel:
@@ -68,7 +57,9 @@ def load_or_train_reference(args: argparse.Namespace, train_set: SpuriousDataset
     trained here, else the reference model itself.
     """
     if args.checkpoint:
-        model, ckpt = load_model(args.checkpoint, args, allow_masked)
+        loaded = load_model(args.checkpoint, Expect(data=args.data, arch=args.arch, input_shape=train_set.input_shape,
+                                                    n_classes=train_set.n_classes, dense=not allow_masked))
+        model, ckpt = loaded.model, loaded.checkpoint
         args.arch = ckpt["arch"]
         arch_args, ckpt_path, snapshot = dict(ckpt["arch_args"]), str(args.checkpoint), None
     else:
@@ -104,7 +95,9 @@ def make_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset], 
     if reference.cluster_checkpoint == reference.checkpoint:
         cluster_model = reference.model
     else:
-        cluster_model = load_model(reference.cluster_checkpoint, args, True)[0].to(device)
+        expect = Expect(data=args.data, arch=args.arch, input_shape=train.input_shape, n_classes=train.n_classes,
+                        flag="--cluster_checkpoint")
+        cluster_model = load_model(reference.cluster_checkpoint, expect).model.to(device)
     feats = extract_features(cluster_model, train, device, args.eval_batch_size, num_workers=args.num_workers)
     if args.clusters:
         assign = load_clusters(args.clusters, train)
