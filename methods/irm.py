@@ -1,18 +1,26 @@
 """IRMv1 (Arjovsky, Bottou, Gulrajani, Lopez-Paz, 2019) on annotation-free environments built from the
 representation clusters (Le, Seifert, Schlötterer, UniReps 2024, arXiv 2504.15686).
 
-The environments are read from the folders ``invariant_learning/environments.py`` writes
-(``--minority_env``, ``--balance_env``), or built here from the reference model's clusters with
-the same construction (:mod:`invariant_learning.construction`). The construction needs clusters
-that mix labels (a sample conflicts with its cluster's majority label), so per-class clusters are
-replaced by a global k-means on the same features (``--num_clusters`` clusters).
+This module is all of IRM: the ``irm`` method of run.py, and the training and environments that the
+``irm.py`` command (cli/irm.py) runs for each of its variants. ``--irm_envs`` says where the two
+training environments come from:
+
+- ``clusters``: built from the reference model's clusters with the construction of
+  :mod:`invariant_learning.construction`. It needs clusters that mix labels (a sample conflicts with
+  its cluster's majority label), so per-class clusters are replaced by a global k-means on the same
+  features (``--num_clusters`` clusters);
+- ``files``: the folders ``environments.py`` writes (``--minority_env``, ``--balance_env``), the
+  default when they are given;
+- ``random``: the samples of those cluster environments (from the files when given) partitioned at
+  random into two environments of the same sizes, the control that shows the clusters carry the signal;
+- ``true``: the data set's own environments (cmnist's ``env``): uses group labels.
 
 Training: ``--irm_steps`` Adam steps; each step takes ``--irm_batch_size`` samples per
 environment, drawn with replacement (or every environment whole when it is 0 — the IRM paper's
-full batch), any data set and any ``--arch``. Loss: mean environment risk + ``--l2_regularizer_weight``
-* squared weights + ``w`` * mean IRMv1 penalty, ``w = 1`` for ``--penalty_anneal_iters`` steps then
-``--penalty_weight``, the whole divided by ``w`` when ``w > 1``. The last step's model is reported
-(no model selection), as in the IRM paper.
+full batch; not given: run.py's ``--batch_size``), any data set and any ``--arch``. Loss: mean
+environment risk + ``--l2_regularizer_weight`` * squared weights + ``w`` * mean IRMv1 penalty,
+``w = 1`` for ``--penalty_anneal_iters`` steps then ``--penalty_weight``, the whole divided by ``w``
+when ``w > 1``. The last step's model is reported (no model selection), as in the IRM paper.
 """
 from __future__ import annotations
 
@@ -38,6 +46,22 @@ from utils.runtime import make_loader, progress, to_device
 
 FULL_BATCH_CHUNK = 4096
 SAVE_EVERY = 100  # IRM steps between resume states
+ENV_KINDS = ("clusters", "files", "random", "true")
+
+
+def add_training_args(group: argparse._ArgumentGroup) -> None:
+    """IRM's objective and optimisation flags, the same in run.py and irm.py."""
+    add_penalty_args(group)
+    group.add_argument("--irm_lr", type=non_negative(float), default=1e-3, help="IRM: Adam learning rate")
+    group.add_argument("--irm_steps", type=positive_int, default=501, help="IRM: optimisation steps")
+    group.add_argument("--irm_batch_size", type=non_negative(int), default=None,
+                       help="IRM: samples per environment per step, 0: every environment whole (run.py's default: "
+                            "its --batch_size; irm.py's: 0)")
+
+
+def irm_batch_size(args: argparse.Namespace) -> int:
+    """Samples per environment per step (0: whole environments); not given (None): ``--batch_size``."""
+    return args.batch_size if args.irm_batch_size is None else args.irm_batch_size
 
 
 def whole(dataset: SpuriousDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,13 +84,14 @@ def train_irm(model: nn.Module, envs: list[SpuriousDataset], args: argparse.Name
     """IRMv1 training of ``model`` in place (objective in the module docstring). With ``resume`` the
     state is saved every :data:`SAVE_EVERY` steps and a saved state is continued."""
     model.to(device).train()
-    full = [whole(env, device) for env in envs] if not args.irm_batch_size else None
+    batch_size = irm_batch_size(args)
+    full = [whole(env, device) for env in envs] if batch_size == 0 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.irm_lr)
     weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
     parts = {"model": model, "optimizer": optimizer}
     state = load_step(resume, parts, generator, desc, args.irm_steps, unit="step")
     for step in progress(range(state["epoch"] if state else 0, args.irm_steps), desc=desc):
-        batches = full or [environment_batch(env, args.irm_batch_size, generator, device) for env in envs]
+        batches = full or [environment_batch(env, batch_size, generator, device) for env in envs]
         weight = penalty_weight_at(step, penalty_weight, args.penalty_anneal_iters)
         logits = [model(x) for x, _ in batches]
         loss = torch.stack([nn.functional.cross_entropy(z, y) for z, (_, y) in zip(logits, batches)]).mean()
@@ -102,20 +127,30 @@ def accuracy_on(model: nn.Module, dataset: SpuriousDataset, args: argparse.Names
     return float((preds == dataset.y).double().mean())
 
 
+def env_kind(args: argparse.Namespace) -> str:
+    """``--irm_envs``; not given: ``files`` when environment folders are, else ``clusters``."""
+    if args.irm_envs is not None:
+        return args.irm_envs
+    return "files" if args.minority_env or args.balance_env else "clusters"
+
+
+def file_environments(args: argparse.Namespace, train: SpuriousDataset) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Training indices of the ``--minority_env`` and ``--balance_env`` folders, checked against ``train``."""
+    if not (args.minority_env and args.balance_env):
+        raise UserError("--minority_env and --balance_env go together: pass both folders of one environments.py "
+                        "run (with --irm_envs files or random), or neither to build the environments from the clusters")
+    minority = load_environment(args.minority_env, "--minority_env")
+    balanced = load_environment(args.balance_env, "--balance_env")
+    check_pair(minority, balanced)
+    check_against(minority, train, "--minority_env")
+    check_against(balanced, train, "--balance_env")
+    return [minority.indices, balanced.indices], {"source": "files", "minority": minority.summary,
+                                                  "balanced": balanced.summary}
+
+
 def cluster_environments(ctx: Context) -> tuple[list[torch.Tensor], dict[str, Any]]:
-    """Training indices of the minority and balanced environments, and a description of them."""
+    """Training indices of the minority and balanced environments built from the reference model's clusters."""
     args, train = ctx.args, ctx.train
-    if args.minority_env or args.balance_env:
-        if not (args.minority_env and args.balance_env):
-            raise UserError("--minority_env and --balance_env go together: pass both folders of one "
-                            "environments.py run, or neither to build the environments from the clusters")
-        minority = load_environment(args.minority_env, "--minority_env")
-        balanced = load_environment(args.balance_env, "--balance_env")
-        check_pair(minority, balanced)
-        check_against(minority, train, "--minority_env")
-        check_against(balanced, train, "--balance_env")
-        return [minority.indices, balanced.indices], {"source": "files", "minority": minority.summary,
-                                                      "balanced": balanced.summary}
     assign = ctx.clusters.train
     if bool((conflicting_mask(train.y, assign) == 0).all()):  # label-pure (e.g. per-class) clusters
         fit, _ = cluster_features(ctx.clusters.train_features, train,
@@ -124,8 +159,8 @@ def cluster_environments(ctx: Context) -> tuple[list[torch.Tensor], dict[str, An
     conflicting = conflicting_mask(train.y, assign)
     if not bool(conflicting.any()):
         raise MethodUnavailable("IRM: no training sample conflicts with its cluster's majority label, so no minority "
-                        "environment can be built; raise --num_clusters or cluster an earlier ERM snapshot "
-                        "(--cluster_epoch)")
+                                "environment can be built; raise --num_clusters or cluster an earlier ERM snapshot "
+                                "(--cluster_epoch)")
     members = split_environments(conflicting, args.balanced_fraction, args.minority_share, args.seed)
     summary: dict[str, Any] = {"source": "clusters"}
     for role, idx in members.items():
@@ -135,33 +170,72 @@ def cluster_environments(ctx: Context) -> tuple[list[torch.Tensor], dict[str, An
     return [members["minority"], members["balanced"]], summary
 
 
+def random_partition(envs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """The samples of ``envs`` shuffled (seeded) into environments of the same sizes."""
+    pooled = torch.cat(envs)
+    shuffled = pooled[torch.randperm(len(pooled), generator=torch.Generator().manual_seed(seed))]
+    return list(shuffled.split([len(e) for e in envs]))
+
+
+def true_environments(train: SpuriousDataset) -> list[torch.Tensor] | None:
+    """Training indices of each of the data set's own environments (None when it has fewer than two)."""
+    env = getattr(train, "env", None)
+    if env is None or len(torch.unique(env)) < 2:
+        return None
+    return [torch.nonzero(env == e).flatten() for e in torch.unique(env)]
+
+
+def irm_environments(ctx: Context, kind: str) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Training indices of each environment of ``--irm_envs kind``, and a description of them."""
+    if kind == "true":
+        envs = true_environments(ctx.train)
+        if envs is None:
+            raise MethodUnavailable(f"IRM: --irm_envs true needs a data set with its own training environments "
+                                    f"(cmnist has them), and {ctx.args.data!r} has none")
+        return envs, {"source": "true", "sizes": [len(e) for e in envs]}
+    folders = bool(ctx.args.minority_env or ctx.args.balance_env)
+    if kind == "clusters" and folders:
+        raise UserError("--irm_envs clusters builds the environments from the clusters; drop --minority_env/"
+                        "--balance_env, or pass --irm_envs files (or random) to use the folders")
+    from_files = kind == "files" or (kind == "random" and folders)
+    envs, summary = file_environments(ctx.args, ctx.train) if from_files else cluster_environments(ctx)
+    if kind != "random":
+        return envs, summary
+    envs = random_partition(envs, ctx.args.seed)
+    return envs, {"source": "random", "partitioned": summary, "sizes": [len(e) for e in envs]}
+
+
 @register
 class IRM(Method):
-    """IRMv1 on the two cluster environments, ``--arch`` trained from scratch."""
+    """IRMv1 on two environments (``--irm_envs``), ``--arch`` trained from scratch."""
 
     name = "irm"
     selection = "last step (--irm_steps), as in the IRM paper"
 
     @staticmethod
     def add_args(group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--minority_env", default=None, help="IRM: minority/ folder of environments.py "
-                           "(default: build the environments from the clusters)")
+        group.add_argument("--irm_envs", choices=ENV_KINDS, default=None,
+                           help="IRM: environments built from the clusters, read from --minority_env/--balance_env "
+                                "(files), those samples split at random, or the data set's own (true: uses group "
+                                "labels); default: files when the folders are given, else clusters")
+        group.add_argument("--minority_env", default=None, help="IRM: minority/ folder of environments.py")
         group.add_argument("--balance_env", default=None, help="IRM: balanced/ folder of environments.py")
         add_construction_args(group)
-        add_penalty_args(group)
-        group.add_argument("--irm_lr", type=non_negative(float), default=1e-3, help="IRM: Adam learning rate")
-        group.add_argument("--irm_steps", type=positive_int, default=501, help="IRM: optimisation steps")
-        group.add_argument("--irm_batch_size", type=non_negative(int), default=None,
-                           help="IRM: samples per environment per step (0: every environment whole; "
-                                "default: --batch_size)")
+        add_training_args(group)
+
+    def selection_facts(self, args: argparse.Namespace) -> dict[str, Any]:
+        facts = super().selection_facts(args)
+        if env_kind(args) == "true":
+            facts.update(uses_group_labels=True, group_labels="training (the true environments)")
+        return facts
 
     def fit(self, ctx: Context) -> Fitted:
-        args = ctx.args
-        if args.irm_batch_size is None:
-            args = argparse.Namespace(**{**vars(args), "irm_batch_size": args.batch_size})
-        indices, summary = cluster_environments(ctx)
-        for role in ("minority", "balanced"):
+        indices, summary = irm_environments(ctx, env_kind(ctx.args))
+        roles = [role for role in ("minority", "balanced") if role in summary]
+        for role in roles:
             print(describe(summary[role]))
-        model, arch_args = fit_irm(ctx, args, [ctx.train.subset(i) for i in indices], args.penalty_weight)
+        if not roles:
+            print(f"IRM {summary['source']} environments: {', '.join(str(len(i)) for i in indices)} samples")
+        model, arch_args = fit_irm(ctx, ctx.args, [ctx.train.subset(i) for i in indices], ctx.args.penalty_weight)
         return Fitted(model, arch_args=arch_args,
                       info={"environments": summary, "env_sizes": [len(i) for i in indices]})

@@ -1,3 +1,4 @@
+import argparse
 import json
 import re
 import subprocess
@@ -18,7 +19,7 @@ from invariant_learning.construction import rebuild_data_args
 from invariant_learning.penalty import irm_penalty, penalty_weight_at
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ("--steps", "40", "--penalty_anneal_iters", "10", "--hidden_dim", "32", "--device", "cpu")
+FAST = ("--irm_steps", "40", "--penalty_anneal_iters", "10", "--hidden_dim", "32", "--device", "cpu")
 
 
 def make_envs(folder: Path, data: str = "digits") -> Path:
@@ -85,7 +86,7 @@ def test_fast_digits_run_reports_every_variant(envs, tmp_path, capsys):
 
 
 def test_cluster_environments_beat_erm_and_random_ones_on_the_minority_groups(envs, tmp_path, capsys):
-    rc, _, _ = call(capsys, *env_args(envs), "--steps", "150", "--penalty_anneal_iters", "50", "--n_restarts", "1",
+    rc, _, _ = call(capsys, *env_args(envs), "--irm_steps", "150", "--penalty_anneal_iters", "50", "--n_restarts", "1",
                     "--random_irm", "--device", "cpu", "--out_dir", tmp_path)
     assert rc == 0
     worst = {k: v["test_worst_group_acc"]["mean"] for k, v in read_results(tmp_path)["methods"].items()}
@@ -94,7 +95,7 @@ def test_cluster_environments_beat_erm_and_random_ones_on_the_minority_groups(en
 
 def test_same_seed_same_numbers_and_mini_batches(envs, tmp_path, capsys):
     for name in ("a", "b"):
-        assert call(capsys, *env_args(envs), *FAST, "--n_restarts", "1", "--batch_size", "16",
+        assert call(capsys, *env_args(envs), *FAST, "--n_restarts", "1", "--irm_batch_size", "16",
                     "--out_dir", tmp_path / name)[0] == 0
     first, second = (read_results(tmp_path / n)["methods"] for n in ("a", "b"))
     assert json.dumps(first["irm_clusters"]["test_acc"]) == json.dumps(second["irm_clusters"]["test_acc"])
@@ -115,7 +116,7 @@ def test_true_environments_are_used_when_the_data_has_them(tmp_path, capsys, mon
 
 def test_runs_from_inside_invariant_learning(envs, tmp_path):
     proc = subprocess.run([sys.executable, "irm.py", f"--minority_env={envs / 'minority'}",
-                           f"--balance_env={envs / 'balanced' / 'environment.json'}", "--steps", "2",
+                           f"--balance_env={envs / 'balanced' / 'environment.json'}", "--irm_steps", "2",
                            "--n_restarts", "1", "--device", "cpu", "--out_dir", str(tmp_path)],
                           cwd=ROOT / "invariant_learning", capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -156,3 +157,52 @@ def test_n_restarts_below_one_is_refused(envs, tmp_path, capsys, value):
     with pytest.raises(SystemExit) as exc:
         irm.main([*env_args(envs), "--n_restarts", value, "--out_dir", str(tmp_path)])
     assert exc.value.code == 2 and "--n_restarts" in capsys.readouterr().err
+
+
+def test_former_flag_names_still_work_with_a_one_line_note(envs, tmp_path, capsys):
+    new = ("--irm_steps", "3", "--irm_lr", "0.01", "--irm_batch_size", "8")
+    old = ("--steps", "3", "--lr=0.01", "--batch_size", "8")
+    rest = (*env_args(envs), "--penalty_anneal_iters", "1", "--hidden_dim", "8", "--n_restarts", "1", "--device", "cpu")
+    assert call(capsys, *rest, *new, "--out_dir", tmp_path / "new")[0] == 0
+    rc, _, err = call(capsys, *rest, *old, "--out_dir", tmp_path / "old")
+    assert rc == 0
+    notes = err.strip().splitlines()
+    assert len(notes) == 3 and all(line.startswith("note: irm.py --") for line in notes)
+    assert "--steps is now --irm_steps" in err
+    first, second = (read_results(tmp_path / n)["methods"]["irm_clusters"]["test_acc"] for n in ("new", "old"))
+    assert first == second
+
+
+def irm_method(run_cli, tmp_path, *flags):
+    return run_cli("--mode", "all", "--methods", "irm", "--data", "digits", "--irm_steps", "5",
+                   "--penalty_anneal_iters", "2", "--hidden_dim", "8", "--device", "cpu", "--out_dir", tmp_path, *flags)
+
+
+def test_the_method_takes_environments_from_files_or_their_random_partition(envs, tmp_path, run_cli):
+    assert irm_method(run_cli, tmp_path / "files", *env_args(envs))[0] == 0
+    assert irm_method(run_cli, tmp_path / "random", *env_args(envs), "--irm_envs", "random")[0] == 0
+    files, random = (read_results(tmp_path / n)["methods"]["irm"] for n in ("files", "random"))
+    assert files["environments"]["source"] == "files" and random["environments"]["source"] == "random"
+    assert random["env_sizes"] == files["env_sizes"]
+    assert random["environments"]["partitioned"]["source"] == "files"
+    assert files["uses_group_labels"] is False and "--irm_steps" in files["selection"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (("--irm_envs", "true"), "--irm_envs true needs a data set with its own training environments"),
+    (("--irm_envs", "clusters", "--minority_env", "m", "--balance_env", "b"), "drop --minority_env"),
+    (("--irm_envs", "files"), "--minority_env and --balance_env go together"),
+])
+def test_the_method_refuses_environments_it_cannot_build_on_one_line(tmp_path, run_cli, flags, needle):
+    rc, _, err = irm_method(run_cli, tmp_path, *flags)
+    assert rc == 2 and needle in err and err.count("\n") == 1
+
+
+def test_true_environments_mark_the_method_as_using_group_labels():
+    from methods.irm import IRM
+
+    args = argparse.Namespace(irm_envs=None, minority_env=None, balance_env=None)
+    assert IRM().selection_facts(args)["uses_group_labels"] is False
+    args.irm_envs = "true"
+    facts = IRM().selection_facts(args)
+    assert facts["uses_group_labels"] is True and "true environments" in facts["group_labels"]

@@ -306,7 +306,7 @@ def test_bad_environment_indices_are_refused(environments, capsys, edit, needle)
     edit(pd.read_csv(path)).to_csv(path, index=False)
     capsys.readouterr()
     rc = irm.main(["--minority_env", str(environments / "minority"), "--balance_env",
-                   str(environments / "balanced"), "--steps", "1", "--n_restarts", "1"])
+                   str(environments / "balanced"), "--irm_steps", "1", "--n_restarts", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and one_line(err) and needle in err, err
 
