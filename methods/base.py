@@ -19,7 +19,7 @@ from data import SpuriousDataset
 from training.erm import train_erm
 from training.loops import Stateful
 from training.reference import Clusters, ReferenceModel, load_or_train_reference, reference_clusters
-from training.selection import BestEpoch, Selector, cells_of, selection_facts
+from training.selection import BestEpoch, Selector, cells_of, requested_selector, selection_facts
 from utils.errors import UserError
 from utils.run_dir import StepState
 from utils.runtime import seed_everything
@@ -77,6 +77,11 @@ class Context:
         self.steps.append(name)
         return StepState(self.out_dir, name, background=self.device.type == "cuda")
 
+    @property
+    def requested_selector(self) -> Selector:
+        """The selector ``--selection`` (and ``--min_cell_size``) ask for."""
+        return requested_selector(self.args.selection, self.args.min_cell_size)
+
     def generator(self, offset: int = 0) -> torch.Generator:
         """Reseed everything with ``--seed + offset``: each method starts from the same random state
         whatever ran before it, so a method's result does not depend on the ``--methods`` list."""
@@ -121,13 +126,14 @@ class Method:
     def add_args(group: argparse._ArgumentGroup) -> None:
         """Add the method's own flags (published defaults) to run.py's parser."""
 
-    def selector(self, args: argparse.Namespace) -> Selector | None:
-        """The rule that picks the reported model (training/selection.py); None when nothing is picked."""
+    def selector(self, requested: Selector) -> Selector | None:
+        """The rule that picks the reported model (training/selection.py), given the one ``--selection``
+        asks for; None when nothing is picked."""
         return None
 
-    def selection_facts(self, args: argparse.Namespace) -> dict[str, Any]:
+    def selection_facts(self, requested: Selector) -> dict[str, Any]:
         """The ``selection``, ``uses_group_labels`` and ``group_labels`` entries of the method's results."""
-        return selection_facts(self.selection, self.selector(args), self.uses_group_labels, self.group_labels)
+        return selection_facts(self.selection, self.selector(requested), self.uses_group_labels, self.group_labels)
 
     def unavailable(self, ctx: Context) -> str | None:
         """Why the method cannot run on this data (None when it can); checked before any training."""

@@ -21,8 +21,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from cluster.features import extract_features
-from methods import register
 from methods.base import Context, Fitted, Method
+from methods.registry import register
 from training.selection import Selector, WorstGroup, stratified_halves
 from utils.cli import positive_int
 from utils.errors import UserError
@@ -82,7 +82,7 @@ class DFR(Method):
         group.add_argument("--dfr_num_retrains", type=positive_int, default=20,
                            help="DFR: balanced fits averaged into the final layer (paper: 20)")
 
-    def selector(self, args: argparse.Namespace) -> Selector:
+    def selector(self, requested: Selector) -> Selector:
         return WorstGroup()
 
     def fit(self, ctx: Context) -> Fitted:
@@ -96,7 +96,7 @@ class DFR(Method):
         y, groups = val.y.numpy(), val.groups.numpy()
         if len(np.unique(groups[fit_idx])) < 2:
             raise UserError("DFR needs at least two (label, attribute) groups in the validation split")
-        selector, held_out = self.selector(args), val.subset(torch.as_tensor(select_idx))
+        selector, held_out = self.selector(ctx.requested_selector), val.subset(torch.as_tensor(select_idx))
         scores = {}
         for c in args.dfr_c_grid:
             w, b = averaged_fit(z[fit_idx], y[fit_idx], groups[fit_idx], c, 1, args.seed, val.n_classes)

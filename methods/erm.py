@@ -1,8 +1,8 @@
 """ERM: the reference model itself (trained here, or ``--checkpoint``), evaluated as it is."""
 from __future__ import annotations
 
-from methods import register
 from methods.base import Context, Fitted, Method
+from methods.registry import register
 
 
 @register

@@ -15,8 +15,8 @@ import argparse
 import torch
 from torch import nn
 
-from methods import register
 from methods.base import Context, Fitted, Method, train_and_select
+from methods.registry import register
 from models.factory import model_from_args
 from training.selection import Selector, WorstGroup
 from utils.cli import non_negative
@@ -70,7 +70,7 @@ class GroupDRO(Method):
         group.add_argument("--groupdro_adj", type=non_negative(float), default=0.0,
                            help="GroupDRO: group adjustment C, added as C/sqrt(group size) (paper default 0)")
 
-    def selector(self, args: argparse.Namespace) -> Selector:
+    def selector(self, requested: Selector) -> Selector:
         return WorstGroup()
 
     def fit(self, ctx: Context) -> Fitted:
@@ -78,7 +78,7 @@ class GroupDRO(Method):
         model, arch_args = model_from_args(args, train)
         loss = GroupDROLoss(train.groups, train.n_classes * train.n_attrs, args.groupdro_eta, args.groupdro_adj,
                             ctx.device)
-        best = train_and_select(ctx, "groupdro", model, train, self.selector(args), stateful={"loss": loss},
+        best = train_and_select(ctx, "groupdro", model, train, self.selector(ctx.requested_selector), stateful={"loss": loss},
                                 loss_fn=loss, desc="GroupDRO")
         return Fitted(model, arch_args=arch_args, info={"best_epoch": best.epoch, "selection_scores": best.scores,
                                                         "group_weights": loss.q.cpu().tolist()})

@@ -35,8 +35,8 @@ from data import SpuriousDataset
 from invariant_learning.construction import (add_construction_args, check_against, check_pair, conflicting_mask,
                                              describe, label_attr_agreement, load_environment, split_environments)
 from invariant_learning.penalty import add_penalty_args, irm_penalty, penalty_weight_at
-from methods import register
 from methods.base import Context, Fitted, Method, MethodUnavailable
+from methods.registry import register
 from models.factory import model_from_args
 from training.loops import check_finite, load_step, predict_logits, save_step
 from utils.cli import non_negative, positive_int
@@ -59,11 +59,6 @@ def add_training_args(group: argparse._ArgumentGroup) -> None:
                             "its --batch_size; irm.py's: 0)")
 
 
-def irm_batch_size(args: argparse.Namespace) -> int:
-    """Samples per environment per step (0: whole environments); not given (None): ``--batch_size``."""
-    return args.batch_size if args.irm_batch_size is None else args.irm_batch_size
-
-
 def whole(dataset: SpuriousDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """All images and labels of ``dataset`` on ``device`` (full-batch training)."""
     loader = make_loader(dataset, FULL_BATCH_CHUNK)
@@ -84,7 +79,7 @@ def train_irm(model: nn.Module, envs: list[SpuriousDataset], args: argparse.Name
     """IRMv1 training of ``model`` in place (objective in the module docstring). With ``resume`` the
     state is saved every :data:`SAVE_EVERY` steps and a saved state is continued."""
     model.to(device).train()
-    batch_size = irm_batch_size(args)
+    batch_size = args.batch_size if args.irm_batch_size is None else args.irm_batch_size  # not given: --batch_size
     full = [whole(env, device) for env in envs] if batch_size == 0 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.irm_lr)
     weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
@@ -127,20 +122,21 @@ def accuracy_on(model: nn.Module, dataset: SpuriousDataset, args: argparse.Names
     return float((preds == dataset.y).double().mean())
 
 
-def env_kind(args: argparse.Namespace) -> str:
+def env_kind(irm_envs: str | None, folders_given: bool) -> str:
     """``--irm_envs``; not given: ``files`` when environment folders are, else ``clusters``."""
-    if args.irm_envs is not None:
-        return args.irm_envs
-    return "files" if args.minority_env or args.balance_env else "clusters"
+    if irm_envs is not None:
+        return irm_envs
+    return "files" if folders_given else "clusters"
 
 
-def file_environments(args: argparse.Namespace, train: SpuriousDataset) -> tuple[list[torch.Tensor], dict[str, Any]]:
+def file_environments(minority_env: str | None, balance_env: str | None,
+                      train: SpuriousDataset) -> tuple[list[torch.Tensor], dict[str, Any]]:
     """Training indices of the ``--minority_env`` and ``--balance_env`` folders, checked against ``train``."""
-    if not (args.minority_env and args.balance_env):
+    if not (minority_env and balance_env):
         raise UserError("--minority_env and --balance_env go together: pass both folders of one environments.py "
                         "run (with --irm_envs files or random), or neither to build the environments from the clusters")
-    minority = load_environment(args.minority_env, "--minority_env")
-    balanced = load_environment(args.balance_env, "--balance_env")
+    minority = load_environment(minority_env, "--minority_env")
+    balanced = load_environment(balance_env, "--balance_env")
     check_pair(minority, balanced)
     check_against(minority, train, "--minority_env")
     check_against(balanced, train, "--balance_env")
@@ -198,7 +194,10 @@ def irm_environments(ctx: Context, kind: str) -> tuple[list[torch.Tensor], dict[
         raise UserError("--irm_envs clusters builds the environments from the clusters; drop --minority_env/"
                         "--balance_env, or pass --irm_envs files (or random) to use the folders")
     from_files = kind == "files" or (kind == "random" and folders)
-    envs, summary = file_environments(ctx.args, ctx.train) if from_files else cluster_environments(ctx)
+    if from_files:
+        envs, summary = file_environments(ctx.args.minority_env, ctx.args.balance_env, ctx.train)
+    else:
+        envs, summary = cluster_environments(ctx)
     if kind != "random":
         return envs, summary
     envs = random_partition(envs, ctx.args.seed)
@@ -223,19 +222,17 @@ class IRM(Method):
         add_construction_args(group)
         add_training_args(group)
 
-    def selection_facts(self, args: argparse.Namespace) -> dict[str, Any]:
-        facts = super().selection_facts(args)
-        if env_kind(args) == "true":
-            facts.update(uses_group_labels=True, group_labels="training (the true environments)")
-        return facts
-
     def fit(self, ctx: Context) -> Fitted:
-        indices, summary = irm_environments(ctx, env_kind(ctx.args))
+        args = ctx.args
+        kind = env_kind(args.irm_envs, bool(args.minority_env or args.balance_env))
+        indices, summary = irm_environments(ctx, kind)
         roles = [role for role in ("minority", "balanced") if role in summary]
         for role in roles:
             print(describe(summary[role]))
         if not roles:
             print(f"IRM {summary['source']} environments: {', '.join(str(len(i)) for i in indices)} samples")
-        model, arch_args = fit_irm(ctx, ctx.args, [ctx.train.subset(i) for i in indices], ctx.args.penalty_weight)
-        return Fitted(model, arch_args=arch_args,
-                      info={"environments": summary, "env_sizes": [len(i) for i in indices]})
+        model, arch_args = fit_irm(ctx, args, [ctx.train.subset(i) for i in indices], args.penalty_weight)
+        info: dict[str, Any] = {"environments": summary, "env_sizes": [len(i) for i in indices]}
+        if kind == "true":  # the environments are the data set's own groups of samples
+            info.update(uses_group_labels=True, group_labels="training (the true environments)")
+        return Fitted(model, arch_args=arch_args, info=info)

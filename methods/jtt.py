@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from data import SpuriousDataset
-from methods import register
 from methods.base import Context, Fitted, Method, train_and_select
+from methods.registry import register
 from models.factory import model_from_args
 from training.erm import train_erm
 from training.loops import predict_logits
-from training.selection import Selector, selector_from_args
+from training.selection import Selector
 from utils.cli import positive_int
 from utils.results import atomic_write_text
 from utils.runtime import make_loader
@@ -61,8 +61,8 @@ class JTT(Method):
         group.add_argument("--jtt_lambda_up", type=positive_int, default=50,
                            help="JTT: copies of each error-set sample (lambda_up; paper: 50 CelebA, 100 Waterbirds)")
 
-    def selector(self, args: argparse.Namespace) -> Selector:
-        return selector_from_args(args)
+    def selector(self, requested: Selector) -> Selector:
+        return requested
 
     def fit(self, ctx: Context) -> Fitted:
         args, train = ctx.args, ctx.train
@@ -72,7 +72,7 @@ class JTT(Method):
         errors = error_set(identifier, train, args, ctx.device)
         atomic_write_text(ctx.out_dir / ERROR_SET_NAME, pd.DataFrame({"index": errors.numpy()}).to_csv(index=False))
         model, arch_args = model_from_args(args, train)
-        best = train_and_select(ctx, "jtt", model, upsampled(train, errors, args.jtt_lambda_up), self.selector(args),
+        best = train_and_select(ctx, "jtt", model, upsampled(train, errors, args.jtt_lambda_up), self.selector(ctx.requested_selector),
                                 seed_offset=1, desc="JTT")
         return Fitted(model, arch_args=arch_args, info={
             "error_set_size": len(errors), "error_set_file": str(ctx.out_dir / ERROR_SET_NAME),

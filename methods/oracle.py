@@ -2,10 +2,8 @@
 true worst-group validation accuracy (the upper end of what balancing alone can do)."""
 from __future__ import annotations
 
-import argparse
-
-from methods import register
 from methods.base import Context, Fitted, Method, train_and_select
+from methods.registry import register
 from models.factory import model_from_args
 from training.selection import Selector, WorstGroup
 
@@ -20,7 +18,7 @@ class GroupBalancedOracle(Method):
     selection = "epoch with the best {score} on val"
     needs_attributes = True
 
-    def selector(self, args: argparse.Namespace) -> Selector:
+    def selector(self, requested: Selector) -> Selector:
         return WorstGroup()
 
     def unavailable(self, ctx: Context) -> str | None:
@@ -34,6 +32,6 @@ class GroupBalancedOracle(Method):
     def fit(self, ctx: Context) -> Fitted:
         args, train = ctx.args, ctx.train
         model, arch_args = model_from_args(args, train)
-        best = train_and_select(ctx, self.name, model, train, self.selector(args), cells=train.groups,
-                                desc="group-balanced ERM")
+        best = train_and_select(ctx, self.name, model, train, self.selector(ctx.requested_selector),
+                                cells=train.groups, desc="group-balanced ERM")
         return Fitted(model, arch_args=arch_args, info={"best_epoch": best.epoch, "selection_scores": best.scores})

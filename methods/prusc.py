@@ -11,11 +11,11 @@ import copy
 
 from torch import nn
 
-from methods import register
 from methods.base import Context, Fitted, Method
+from methods.registry import register
 from methods.retrain_only import recipe_data, retrain_fitted
 from training.prune import learn_masks
-from training.selection import Selector, selector_from_args
+from training.selection import Selector
 
 
 class PruSC(Method):
@@ -25,8 +25,8 @@ class PruSC(Method):
     selection = ("sparsest mask within --prune_tolerance of the best, then the best retraining epoch, both by {score} "
                  "on the selection samples")
 
-    def selector(self, args: argparse.Namespace) -> Selector:
-        return selector_from_args(args)
+    def selector(self, requested: Selector) -> Selector:
+        return requested
 
     def pruning_args(self, args: argparse.Namespace) -> argparse.Namespace:
         return args
@@ -35,7 +35,7 @@ class PruSC(Method):
         args = self.pruning_args(ctx.args)
         model = copy.deepcopy(ctx.reference.model)
         data = recipe_data(ctx)
-        selector = self.selector(args)
+        selector = self.selector(ctx.requested_selector)
 
         def score(masked: nn.Module) -> float:  # the retraining's selection rule, on its selection samples
             return selector.score_model(masked, data.select, data.select_cells, args, ctx.device)
@@ -43,7 +43,7 @@ class PruSC(Method):
         history = learn_masks(model, ctx.train, ctx.clusters.train, args, ctx.device, ctx.generator(),
                               save_to=ctx.out_dir / f"{self.name}_pruned.pt", arch_args=ctx.reference.arch_args,
                               score=score, resume=ctx.step(f"{self.name}_prune"))
-        fitted = retrain_fitted(model, ctx, data, f"{self.name}_retrain")
+        fitted = retrain_fitted(model, ctx, data, selector, f"{self.name}_retrain")
         fitted.info["pruning"] = history
         return fitted
 

@@ -5,15 +5,14 @@ annotation-free method (the lesson of DFR), so the mask has to earn its place ag
 """
 from __future__ import annotations
 
-import argparse
 import copy
 
 from torch import nn
 
-from methods import register
 from methods.base import Context, Fitted, Method
+from methods.registry import register
 from training.retrain import RetrainData, retrain, retrain_data
-from training.selection import Selector, selector_from_args
+from training.selection import Selector
 
 HELD_OUT_NOTE = "held-out half of val (the other half was used for retraining)"
 
@@ -23,11 +22,11 @@ def recipe_data(ctx: Context) -> RetrainData:
     return retrain_data(ctx.splits, ctx.clusters.train, ctx.clusters.val, ctx.args.retrain_split, ctx.args.seed)
 
 
-def retrain_fitted(model: nn.Module, ctx: Context, data: RetrainData, step: str) -> Fitted:
-    """Retrain ``model`` in place with the ``--retrain_*`` recipe on ``data`` and select the epoch;
-    ``step`` names the resume state."""
+def retrain_fitted(model: nn.Module, ctx: Context, data: RetrainData, selector: Selector, step: str) -> Fitted:
+    """Retrain ``model`` in place with the ``--retrain_*`` recipe on ``data`` and select the epoch with
+    ``selector``; ``step`` names the resume state."""
     args = ctx.args
-    info = retrain(model, data, args, ctx.device, ctx.generator(), resume=ctx.step(step))
+    info = retrain(model, data, selector, args, ctx.device, ctx.generator(), resume=ctx.step(step))
     on_val = args.retrain_split == "val"
     return Fitted(model, info=info, val=data.select if on_val else None, val_note=HELD_OUT_NOTE if on_val else None)
 
@@ -39,8 +38,9 @@ class RetrainOnly(Method):
     name = "retrain_only"
     selection = "epoch (before retraining included) with the best {score} on the selection samples"
 
-    def selector(self, args: argparse.Namespace) -> Selector:
-        return selector_from_args(args)
+    def selector(self, requested: Selector) -> Selector:
+        return requested
 
     def fit(self, ctx: Context) -> Fitted:
-        return retrain_fitted(copy.deepcopy(ctx.reference.model), ctx, recipe_data(ctx), f"{self.name}_retrain")
+        return retrain_fitted(copy.deepcopy(ctx.reference.model), ctx, recipe_data(ctx),
+                              self.selector(ctx.requested_selector), f"{self.name}_retrain")

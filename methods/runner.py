@@ -47,7 +47,7 @@ def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any
         splits["val"] = fitted.val
     result: dict[str, Any] = {
         "splits": evaluate_model(fitted.model, splits, ctx.args, ctx.device),
-        **method.selection_facts(ctx.args),
+        **method.selection_facts(ctx.requested_selector),
         "val_samples": fitted.val_note or "the whole val split",
     }
     if any(True for _ in iter_masks(fitted.model)):

@@ -1,4 +1,3 @@
-import argparse
 import json
 import re
 import subprocess
@@ -198,11 +197,16 @@ def test_the_method_refuses_environments_it_cannot_build_on_one_line(tmp_path, r
     assert rc == 2 and needle in err and err.count("\n") == 1
 
 
-def test_true_environments_mark_the_method_as_using_group_labels():
-    from methods.irm import IRM
+def test_the_method_trains_on_true_environments_and_says_it_uses_group_labels(tmp_path, run_cli, monkeypatch):
+    def build_with_envs(args):
+        splits = make_colored_digits(0.95, 0.0, args.data_seed)
+        splits["train"].env = torch.arange(len(splits["train"])) % 2
+        return splits
 
-    args = argparse.Namespace(irm_envs=None, minority_env=None, balance_env=None)
-    assert IRM().selection_facts(args)["uses_group_labels"] is False
-    args.irm_envs = "true"
-    facts = IRM().selection_facts(args)
-    assert facts["uses_group_labels"] is True and "true environments" in facts["group_labels"]
+    monkeypatch.setitem(data_registry.REGISTRY, "digits_envs", data_registry.DatasetSpec("digits_envs", build_with_envs))
+    rc, _, err = run_cli("--mode", "all", "--methods", "irm", "--data", "digits_envs", "--arch", "mlp", "--irm_envs",
+                         "true", "--irm_steps", "3", "--hidden_dim", "8", "--device", "cpu", "--out_dir", tmp_path)
+    assert rc == 0, err
+    entry = read_results(tmp_path)["methods"]["irm"]
+    assert entry["env_sizes"] == [449, 449] and entry["environments"]["source"] == "true"
+    assert entry["uses_group_labels"] is True and "true environments" in entry["group_labels"]

@@ -1,8 +1,6 @@
 """The label-free model-selection core (training/selection.py): every annotation-free number depends on it."""
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 from torch import nn
@@ -10,7 +8,7 @@ from torch import nn
 from data import TensorSpuriousDataset
 from methods import REGISTRY
 from training.reference import nearest_clusters
-from training.selection import (BestEpoch, WorstCell, WorstGroup, cells_of, selection_facts, selector_from_args,
+from training.selection import (BestEpoch, WorstCell, WorstGroup, cells_of, requested_selector, selection_facts,
                                 sparsest_within, stratified_halves, worst_cell_accuracy)
 
 
@@ -114,8 +112,7 @@ def test_selectors_score_cells_or_true_groups():
 
 
 def test_selector_from_the_flags_and_its_results_entry():
-    worst = selector_from_args(argparse.Namespace(selection="worst_cluster", min_cell_size=7))
-    oracle = selector_from_args(argparse.Namespace(selection="oracle", min_cell_size=7))
+    worst, oracle = requested_selector("worst_cluster", 7), requested_selector("oracle", 7)
     assert isinstance(worst, WorstCell) and worst.min_cell_size == 7 and isinstance(oracle, WorstGroup)
     facts = selection_facts("epoch with the best {score} on val", worst, False, "none")
     assert facts == {"uses_group_labels": False, "group_labels": "none",
@@ -131,11 +128,10 @@ def test_selector_from_the_flags_and_its_results_entry():
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_method_states_its_selection_from_its_selector(name):
-    args = argparse.Namespace(selection="oracle", min_cell_size=5)
     method = REGISTRY[name]()
-    facts = method.selection_facts(args)
+    facts = method.selection_facts(WorstGroup())
     assert "{" not in facts["selection"], "an unfilled {score}"
-    selector = method.selector(args)
+    selector = method.selector(WorstGroup())
     if selector is not None:
         assert selector.words in facts["selection"]
         assert facts["uses_group_labels"] is True  # the oracle selector reads group labels

@@ -7,9 +7,9 @@ Recipe (``--retrain_split``, ``--retrain_scope``, ``--retrain_balance``, ``--ret
   selection, so selection never scores samples the model was fitted on;
 - batches balanced over (label, cluster) cells (``cluster``), over labels (``class``), or plain;
 - parameters: every weight (``all``) or only the classifier head (``head``); mask logits stay fixed;
-- selection: after every epoch (and before the first) the ``--selection`` score on the selection
-  samples is computed (training/selection.py: worst-cluster accuracy, or the oracle's true
-  worst-group accuracy); the best epoch is kept.
+- selection: after every epoch (and before the first) the method's selector (training/selection.py:
+  the worst-cluster accuracy of ``--selection worst_cluster``, or the oracle's true worst-group
+  accuracy) scores the model on the selection samples; the best epoch is kept.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from data import SpuriousDataset
 from models.masking import mask_parameters
 from training.loops import make_optimizer, train_classifier
 from training.samplers import training_loader
-from training.selection import BestEpoch, cells_of, selector_from_args, stratified_halves
+from training.selection import BestEpoch, Selector, cells_of, stratified_halves
 from utils.run_dir import StepState
 
 
@@ -47,17 +47,17 @@ def retrain_data(splits: dict[str, SpuriousDataset], train_clusters: torch.Tenso
     return RetrainData(val.subset(fit_idx), val_cells[fit_idx], val.subset(select_idx), val_cells[select_idx])
 
 
-def retrain(model: nn.Module, data: RetrainData, args: argparse.Namespace, device: torch.device,
+def retrain(model: nn.Module, data: RetrainData, selector: Selector, args: argparse.Namespace, device: torch.device,
             generator: torch.Generator, resume: StepState | None = None) -> dict:
-    """Fine-tune ``model`` in place (mask fixed) and restore the best epoch by the selection score;
-    with ``resume``, saved after every epoch and continued when a saved state exists."""
+    """Fine-tune ``model`` in place (mask fixed) and restore the epoch ``selector`` scores best on the
+    selection samples; with ``resume``, saved after every epoch and continued when a saved state exists."""
     logits = {id(p) for p in mask_parameters(model)}
     scope = model.head.parameters() if args.retrain_scope == "head" else model.parameters()
     trainable = [p for p in scope if id(p) not in logits]
     trainable_ids = {id(p) for p in trainable}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable_ids)
-    selector, best = selector_from_args(args), BestEpoch(model)
+    best = BestEpoch(model)
 
     def select(epoch: int) -> None:  # epoch -1: before the first
         best.record(selector.score_model(model, data.select, data.select_cells, args, device), epoch + 1)

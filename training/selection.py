@@ -121,11 +121,11 @@ class WorstGroup(Selector):
         return compute_metrics(preds, data.y, data.a)["worst_group_acc"]
 
 
-def selector_from_args(args: argparse.Namespace) -> Selector:
-    """The selector of ``--selection`` (with ``--min_cell_size``)."""
-    if args.selection == WorstGroup.name:
+def requested_selector(selection: str, min_cell_size: int) -> Selector:
+    """The selector that ``--selection`` (and ``--min_cell_size``) ask for."""
+    if selection == WorstGroup.name:
         return WorstGroup()
-    return WorstCell(args.min_cell_size)
+    return WorstCell(min_cell_size)
 
 
 def selection_facts(sentence: str, selector: Selector | None, uses_group_labels: bool,

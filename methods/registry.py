@@ -1,0 +1,41 @@
+"""The method registry itself: ``--methods`` names map to :class:`methods.base.Method` classes.
+
+Method files import :func:`register` from here (not from the package, whose ``__init__`` imports
+them), so no module imports one that imports it back.
+"""
+from __future__ import annotations
+
+import argparse
+
+from methods.base import Method
+from utils.errors import UserError
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available as ``--methods cls.name``."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    """Every registered method, in the default order."""
+    return list(REGISTRY)
+
+
+def parse_methods(text: str) -> list[str]:
+    """``--methods``: a comma-separated list of registered names (``all`` for every one)."""
+    if text.strip() == "all":
+        return method_names()
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown or not names:
+        raise UserError(f"--methods {text!r}: unknown method(s) {unknown}; choose from {', '.join(REGISTRY)} or all")
+    return list(dict.fromkeys(names))
+
+
+def add_method_args(parser: argparse.ArgumentParser) -> None:
+    """Each registered method's own flags, in one argument group per method."""
+    for cls in REGISTRY.values():
+        cls.add_args(parser.add_argument_group(f"method {cls.name}"))
