@@ -75,14 +75,15 @@ VARIANT_ENVS = {"irm_clusters": "files", "irm_random": "random", "irm_true": "tr
 def variant_environments(ctx: Context) -> tuple[dict[str, list[torch.Tensor]], dict[str, Any]]:
     """Training-split indices of each environment of each variant (the method's ``--irm_envs`` kinds), and
     the description of the environment files."""
-    variants = {"erm": [torch.arange(len(ctx.train))]}
-    kinds = ["irm_clusters"] + ["irm_random"] * ctx.args.random_irm
-    kinds += ["irm_true"] * (true_environments(ctx.train) is not None)
-    files: dict[str, Any] = {}
-    for name in kinds:
-        variants[name], summary = irm_environments(ctx, VARIANT_ENVS[name])
-        files = files or summary
-    return variants, files
+    names = ["irm_clusters"]
+    if ctx.args.random_irm:
+        names.append("irm_random")
+    if true_environments(ctx.train) is not None:
+        names.append("irm_true")
+    variants, described = {"erm": [torch.arange(len(ctx.train))]}, {}
+    for name in names:
+        variants[name], described[name] = irm_environments(ctx, VARIANT_ENVS[name])
+    return variants, described["irm_clusters"]
 
 
 def stats(values: list[float]) -> dict[str, Any]:
