@@ -18,6 +18,7 @@ import importlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {"run": ("run", "run.py"), "irm": ("invariant_learning.irm", "invariant_learning/irm.py")}
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 INTERRUPTED_EXIT = 130
+MARK = "=== "  # the sweep's own lines in a job's log: the command, then the exit code and times
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def last_line(log: str | os.PathLike) -> str:
     except OSError:
         return "(no log)"
     lines = [line.rsplit("\r", 1)[-1].strip() for line in text.splitlines()]
-    return next((line for line in reversed(lines) if line), "(empty log)")
+    return next((line for line in reversed(lines) if line and not line.startswith(MARK)), "(empty log)")
 
 
 @contextlib.contextmanager
@@ -104,14 +106,20 @@ def _run_tool(job: Job) -> int:
     return importlib.import_module(TOOLS[job.tool][0]).main(list(job.argv))
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished subprocesses (a torchrun job's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def execute(job: Job) -> Outcome:
     """Run ``job`` here, its output appended to its log; never raises for a failing run."""
-    started = time.time()
+    started, cpu = time.time(), cpu_seconds()
     if job.threads:
         os.environ.update({var: str(job.threads // max(1, job.nproc) or 1) for var in THREAD_VARS})
     os.chdir(job.cwd)
     with output_to(Path(job.log)):
-        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.tool}: {' '.join(job.argv)}", flush=True)
+        print(f"{MARK}{time.strftime('%Y-%m-%d %H:%M:%S')} {job.tool}: {' '.join(job.argv)}", flush=True)
         try:
             code = _run_tool(job)
         except KeyboardInterrupt:
@@ -121,7 +129,8 @@ def execute(job: Job) -> Outcome:
         except BaseException:  # noqa: BLE001 - a bug in one job must not stop the others
             traceback.print_exc()
             code = 1
-    seconds = time.time() - started
+        seconds = time.time() - started
+        print(f"{MARK}exit {code}: {seconds:.1f} s wall, {cpu_seconds() - cpu:.1f} s CPU", flush=True)
     if code == 0:
         return Outcome(job, "finished", seconds=seconds)
     return Outcome(job, "failed", last_line(job.log), seconds)
