@@ -28,7 +28,6 @@ import json
 import os
 import re
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +72,18 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[Any]]]:
     return grid
 
 
+def toml_loads(text: str) -> Any:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        raise UserError("a .toml grid needs Python 3.11 or later; write the grid as .json") from None
+    return tomllib.loads(text)
+
+
 def grid_file(path: Path) -> list[tuple[str, list[Any]]]:
     try:
         text = path.read_text()
-        table = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        table = toml_loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise UserError(f"--grid {path} cannot be read ({exc}); it must map each flag to a list of values") from exc
     table = table.get("grid", table) if isinstance(table, dict) else table

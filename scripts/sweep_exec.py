@@ -71,23 +71,34 @@ def last_line(log: str | os.PathLike) -> str:
 
 @contextlib.contextmanager
 def output_to(log: Path) -> Iterator[None]:
-    """Send this process's stdout and stderr (file descriptors 1 and 2, so subprocesses too) to ``log``."""
+    """Send this process's output to ``log``: Python's ``sys.stdout``/``sys.stderr`` and file descriptors
+    1 and 2 (so subprocesses and C libraries too)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    with open(log, "a", buffering=1) as stream:
+        try:
+            os.dup2(stream.fileno(), 1)
+            os.dup2(stream.fileno(), 2)
+            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+                yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for handle in saved:
+                os.close(handle)
+
+
+@contextlib.contextmanager
+def in_folder(folder: str) -> Iterator[None]:
+    """Work in the sweep's folder (relative paths of the base command), then come back."""
+    here = os.getcwd()
+    os.chdir(folder)
     try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for handle in (fd, *saved):
-            os.close(handle)
+        os.chdir(here)
 
 
 def torchrun_command(job: Job) -> list[str]:
@@ -117,8 +128,7 @@ def execute(job: Job) -> Outcome:
     started, cpu = time.time(), cpu_seconds()
     if job.threads:
         os.environ.update({var: str(job.threads // max(1, job.nproc) or 1) for var in THREAD_VARS})
-    os.chdir(job.cwd)
-    with output_to(Path(job.log)):
+    with in_folder(job.cwd), output_to(Path(job.log)):
         print(f"{MARK}{time.strftime('%Y-%m-%d %H:%M:%S')} {job.tool}: {' '.join(job.argv)}", flush=True)
         try:
             code = _run_tool(job)
