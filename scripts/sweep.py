@@ -33,11 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.sweep_exec import TOOLS, Job, Outcome, run_local, run_submitit  # noqa: E402
+from scripts.sweep_exec import TOOLS, Job, Outcome, differences, run_local, run_submitit  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, positive_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import RESULTS_NAME  # noqa: E402
-from utils.run_dir import ARGS_NAME, SHOWN_DIFFERENCES, check_folder_path, differing_args, read_args  # noqa: E402
+from utils.run_dir import ARGS_NAME, SHOWN_DIFFERENCES, RunInterrupted, check_folder_path, read_args  # noqa: E402
 from utils.sweep_report import report  # noqa: E402
 
 SEED_FLAGS = {"run": ("seed", "data_seed"), "irm": ("seed",)}
@@ -146,10 +146,12 @@ def make_jobs(tool: str, base: list[str], grid: list[tuple[str, list[Any]]], see
 
 
 # -- reuse, continue or refuse ------------------------------------------------------------------
-def plan(jobs: list[Job], overwrite: bool) -> tuple[list[Job], list[Job]]:
-    """(jobs to run, finished jobs to reuse). A folder recorded with other arguments is refused (one line,
-    before any job starts) unless ``overwrite``, which reruns it."""
-    todo, reused, refused = [], [], []
+def plan(jobs: list[Job], overwrite: bool, here: bool = True) -> list[Job]:
+    """The jobs to run (finished runs with the same arguments are reused). A folder recorded with other
+    arguments is refused (one line, before any job starts) unless ``overwrite``, which reruns it. Jobs that run elsewhere (``here``
+    False) are compared without ``--device``, and those whose arguments cannot be resolved on this node
+    (e.g. ``--device cuda`` on a login node) are sent, to be checked where they run."""
+    todo, refused = [], []
     for job in jobs:
         folder = Path(job.folder)
         recorded = read_args(folder / ARGS_NAME)
@@ -157,13 +159,19 @@ def plan(jobs: list[Job], overwrite: bool) -> tuple[list[Job], list[Job]]:
         if not finished and (recorded is None or not any(p.name != ARGS_NAME for p in folder.iterdir())):
             todo.append(job)  # new, or a start that failed before writing anything
             continue
-        differ = (["(no readable run_args.json)"] if recorded is None
-                  else differing_args(recorded, tool_module(job.tool).requested_args(list(job.argv))))
+        try:
+            differ = differences(job, compare_device=here)
+        except UserError:
+            if here:
+                raise
+            todo.append(job)
+            continue
         state = "finished" if finished else "unfinished"
         if not differ:
             print(f"{folder}: {'reusing its finished run' if finished else 'continuing its unfinished run'} "
                   "(same arguments)")
-            (reused if finished else todo).append(job)
+            if not finished:
+                todo.append(job)
         elif overwrite:
             print(f"{folder}: rerunning, its {state} run had other arguments: {'; '.join(differ[:SHOWN_DIFFERENCES])}")
             todo.append(dataclasses.replace(job, argv=(*job.argv, "--overwrite")))
@@ -173,7 +181,7 @@ def plan(jobs: list[Job], overwrite: bool) -> tuple[list[Job], list[Job]]:
     if refused:
         more = f" (and {len(refused) - 1} more folder(s))" if len(refused) > 1 else ""
         raise UserError(f"{refused[0]}{more}; choose another --out_dir, or pass --overwrite to rerun them")
-    return todo, reused
+    return todo
 
 
 # -- executors ----------------------------------------------------------------------------------
@@ -260,7 +268,10 @@ def sweep(argv: list[str]) -> list[Path]:
     opts = build_parser().parse_args(own)
     if opts.tool == "run" and not any(a == "--mode" or a.startswith("--mode=") for a in base):
         base = ["--mode", "all", *base]
-    grid = parse_grid(opts.grid)
+    if not opts.out_dir.strip():
+        raise UserError("--out_dir is empty; pass a folder for the sweep")
+    opts.seeds = list(dict.fromkeys(opts.seeds))
+    grid = [(flag, list(dict.fromkeys(values))) for flag, values in parse_grid(opts.grid)]
     check_flags(opts.tool, grid, base)
     root = check_folder_path(Path(opts.out_dir))
     if (root / ARGS_NAME).exists() or (root / RESULTS_NAME).exists():
@@ -271,8 +282,12 @@ def sweep(argv: list[str]) -> list[Path]:
     else:
         threads = opts.cpus_per_job
     jobs = make_jobs(opts.tool, base, grid, opts.seeds, root, threads, opts.nproc_per_node)
-    todo, reused = plan(jobs, opts.overwrite)
-    outcomes = run_jobs(todo, opts, root, slots if opts.executor == "local" else [])
+    todo = plan(jobs, opts.overwrite, here=opts.executor == "local")
+    try:
+        outcomes = run_jobs(todo, opts, root, slots if opts.executor == "local" else [])
+    except KeyboardInterrupt:
+        raise RunInterrupted("interrupted; finished jobs are kept and interrupted ones keep their last epoch: "
+                             "rerun the same command to finish the sweep") from None
     failed = [o for o in outcomes if o.status != "finished"]
     finished = [Path(j.folder) for j in jobs if (Path(j.folder) / RESULTS_NAME).exists()]
     if finished:

@@ -29,6 +29,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from utils.errors import UserError  # noqa: E402
+from utils.results import RESULTS_NAME  # noqa: E402
+from utils.run_dir import ARGS_NAME, NOT_COMPARED, differing_args, read_args  # noqa: E402
+
 TOOLS = {"run": ("run", "run.py"), "irm": ("invariant_learning.irm", "invariant_learning/irm.py")}
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 INTERRUPTED_EXIT = 130
@@ -123,6 +129,27 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def differences(job: Job, compare_device: bool = True) -> list[str]:
+    """The flags whose values recorded in the job's folder differ from the job's (empty: the same run).
+    The tool resolves ``--device auto`` where this runs, so a submitting node compares without it."""
+    recorded = read_args(Path(job.folder) / ARGS_NAME)
+    if recorded is None:
+        return ["(no readable run_args.json)"]
+    requested = importlib.import_module(TOOLS[job.tool][0]).requested_args(list(job.argv))
+    return differing_args(recorded, requested, NOT_COMPARED if compare_device else (*NOT_COMPARED, "device"))
+
+
+def reusable(job: Job) -> bool:
+    """The job's folder holds its finished run (checked again where the job runs: a submitting node
+    may not have resolved its arguments)."""
+    if "--overwrite" in job.argv or not (Path(job.folder) / RESULTS_NAME).exists():
+        return False
+    try:
+        return not differences(job)
+    except UserError:
+        return False
+
+
 def execute(job: Job) -> Outcome:
     """Run ``job`` here, its output appended to its log; never raises for a failing run."""
     started, cpu = time.time(), cpu_seconds()
@@ -131,7 +158,7 @@ def execute(job: Job) -> Outcome:
     with in_folder(job.cwd), output_to(Path(job.log)):
         print(f"{MARK}{time.strftime('%Y-%m-%d %H:%M:%S')} {job.tool}: {' '.join(job.argv)}", flush=True)
         try:
-            code = _run_tool(job)
+            code = 0 if reusable(job) else _run_tool(job)
         except KeyboardInterrupt:
             code = INTERRUPTED_EXIT
         except SystemExit as exc:  # argparse refusing a flag (it printed why)
