@@ -70,7 +70,8 @@ def main() -> None:
         print(f"{workers} worker(s): {results[workers][0]:7.1f} s wall, {results[workers][1]:7.1f} s CPU", flush=True)
     files = sorted(p.relative_to(serial) for p in serial.glob("*/seed*/results.json"))
     same = len(files) == 8 and all(comparable(serial / f, serial) == comparable(parallel / f, parallel) for f in files)
-    print(f"{cores} CPU(s); 8 jobs; wall ratio 1 / {args.workers} workers: {results[1][0] / results[args.workers][0]:.2f}x; "
+    ratio = results[1][0] / results[args.workers][0]
+    print(f"{cores} CPU(s); 8 jobs; wall ratio 1 / {args.workers} workers: {ratio:.2f}x; "
           f"results identical to the 1-worker run: {same}")
 
 

@@ -148,9 +148,9 @@ def make_jobs(tool: str, base: list[str], grid: list[tuple[str, list[Any]]], see
 # -- reuse, continue or refuse ------------------------------------------------------------------
 def plan(jobs: list[Job], overwrite: bool, here: bool = True) -> list[Job]:
     """The jobs to run (finished runs with the same arguments are reused). A folder recorded with other
-    arguments is refused (one line, before any job starts) unless ``overwrite``, which reruns it. Jobs that run elsewhere (``here``
-    False) are compared without ``--device``, and those whose arguments cannot be resolved on this node
-    (e.g. ``--device cuda`` on a login node) are sent, to be checked where they run."""
+    arguments is refused (one line, before any job starts) unless ``overwrite``, which reruns it. Jobs
+    that run elsewhere (``here`` False) are compared without ``--device``, and those whose arguments
+    cannot be resolved on this node (``--device cuda`` on a login node) are sent, to be checked there."""
     todo, refused = [], []
     for job in jobs:
         folder = Path(job.folder)
