@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.sweep_exec import TOOLS, Job, Outcome, differences, run_local, run_submitit  # noqa: E402
-from utils.cli import OneLineErrorParser, exit_code, positive_int  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import RESULTS_NAME  # noqa: E402
 from utils.run_dir import ARGS_NAME, SHOWN_DIFFERENCES, RunInterrupted, check_folder_path, read_args  # noqa: E402
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "the slurm code path run on this machine (a dry run of a cluster sweep)")
     parser.add_argument("--nproc_per_node", type=positive_int, default=1,
                         help="processes per job: >1 makes each job a torchrun (DDP) job")
-    parser.add_argument("--gpus_per_job", type=int, default=None,
+    parser.add_argument("--gpus_per_job", type=non_negative(int), default=None,
                         help="GPUs per job (local default: 1 where GPUs are visible, else 0; slurm default: "
                              "max(1, --nproc_per_node))")
     local = parser.add_argument_group("local executor")
@@ -280,11 +280,11 @@ def sweep(argv: list[str]) -> list[Path]:
         slots = local_slots(opts.workers, opts.gpus_per_job, opts.nproc_per_node)
         threads = opts.threads_per_job or max(1, cpu_count() // len(slots))
     else:
-        threads = opts.cpus_per_job
+        slots, threads = [], opts.cpus_per_job
     jobs = make_jobs(opts.tool, base, grid, opts.seeds, root, threads, opts.nproc_per_node)
     todo = plan(jobs, opts.overwrite, here=opts.executor == "local")
     try:
-        outcomes = run_jobs(todo, opts, root, slots if opts.executor == "local" else [])
+        outcomes = run_jobs(todo, opts, root, slots)
     except KeyboardInterrupt:
         raise RunInterrupted("interrupted; finished jobs are kept and interrupted ones keep their last epoch: "
                              "rerun the same command to finish the sweep") from None

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import resource
 import subprocess
@@ -180,11 +181,27 @@ def _local_child(job: Job, environment: dict[str, str]) -> None:
     sys.exit(0 if execute(job).status == "finished" else 1)
 
 
+def start_fork_server() -> None:
+    """Start the fork server with one thread per library: a thread pool started by its imports would be
+    inherited broken by every forked job (OpenMP hangs at the job's first parallel region)."""
+    saved = {var: os.environ.get(var) for var in THREAD_VARS}
+    os.environ.update({var: "1" for var in THREAD_VARS})
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
 def run_local(jobs: list[Job], slots: list[dict[str, str]], done: Callable[[Outcome], None]) -> list[Outcome]:
     """Run ``jobs`` on this machine, one per slot at a time (a slot is the environment a job gets on top
     of its own, e.g. its ``CUDA_VISIBLE_DEVICES``); ``done`` is told of each outcome as it comes."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__, *(module for module, _ in TOOLS.values())])
+    start_fork_server()
     pending, free = deque(jobs), list(slots)
     running: dict[Any, tuple[Any, Job, dict[str, str], float]] = {}
     outcomes = []
@@ -219,15 +236,27 @@ def _death(exitcode: int | None) -> str:
     return ""
 
 
+def make_executor(folder: Path, cluster: str, parameters: dict[str, Any]) -> Any:
+    """A submitit executor for ``cluster`` (slurm or local); its jobs import this repository's modules."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--executor slurm/submitit_local need submitit: pip install submitit") from None
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as exc:  # no srun here
+        raise UserError(f"--executor slurm: {exc} Submit from a node of the cluster, or use --executor local "
+                        "(or submitit_local to try the sweep here)") from None
+    executor.update_parameters(**parameters)
+    return executor
+
+
 def run_submitit(jobs: list[Job], folder: Path, cluster: str, parameters: dict[str, Any],
                  done: Callable[[Outcome], None]) -> list[Outcome]:
     """Submit ``jobs`` as one job array through submitit (``cluster`` slurm, or local to run them here the
     same way) and wait for them; a job that submitit itself reports failed is listed with its last line."""
-    import submitit
-
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    executor.update_parameters(**parameters)
+    executor = make_executor(folder, cluster, parameters)
     submitted = executor.map_array(execute, jobs)
     print(f"submitted {len(submitted)} job(s) to {cluster} (submitit files: {folder})", flush=True)
     outcomes = []

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from scripts import sweep
-from scripts.sweep_exec import Job, execute, torchrun_command
+from scripts.sweep_exec import Job, execute, make_executor, torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data", "digits", "--epochs", "1", "--hidden_dim", "8", "--device", "cpu"]
@@ -71,6 +71,27 @@ def test_local_slots_share_the_gpus_or_the_cpus(monkeypatch):
     job = Job("p/seed0", "run", ("--seed", "0"), "f", "l", ".", threads=4, nproc=2)
     assert torchrun_command(job)[2:6] == ["torch.distributed.run", "--standalone", "--nproc_per_node=2",
                                           str(ROOT / "run.py")]
+
+
+def test_the_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch, capsys):
+    opts = sweep.build_parser().parse_args(["--out_dir", str(tmp_path / "s"), "--executor", "slurm", "--partition",
+                                            "gpu", "--time", "90", "--cpus_per_job", "8", "--nproc_per_node", "2",
+                                            "--array_parallelism", "4", "--slurm", "account=lab", "qos=high"])
+    parameters = sweep.submitit_parameters(opts, tmp_path / "s")
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # restored after the test
+    monkeypatch.setenv("PATH", "")  # no srun: one line
+    assert sweep.main(["--out_dir", str(tmp_path / "s"), "--executor", "slurm", "--", *TINY]) == 2
+    assert "Submit from a node of the cluster" in capsys.readouterr().err
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    executor = make_executor(tmp_path / "submitit", "slurm", parameters)
+    script = executor._executor._make_submission_file_text("COMMAND", "0")  # submitit's sbatch text
+    for line in ("--partition=gpu", "--time=90", "--cpus-per-task=8", "--gpus-per-node=2", "--account=lab",
+                 "--qos=high", f"export PYTHONPATH={ROOT}:"):
+        assert line in script
+    assert executor._executor.parameters["array_parallelism"] == 4
 
 
 def test_a_job_with_a_bad_flag_fails_with_its_one_line(tmp_path):
