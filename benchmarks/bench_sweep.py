@@ -1,8 +1,9 @@
 """Sweep parallelism on one machine: 8 jobs of ``run.py --mode all`` on the embedded Colored Digits
-(4 seeds × 2 values of ``--lambda_sparse``) through the local executor, 1 worker (every CPU thread
-for the one job) against N workers (the threads divided among them).
+(4 seeds × 2 values of ``--lambda_sparse``) through the local executor, 1 worker against N workers,
+each job with the same ``--threads`` (so that the results can be identical: a float sum over 2
+threads differs in its last bits from one over 1).
 
-    python3 benchmarks/bench_sweep.py --out_dir /tmp/bench_sweep          # 1 vs 2 workers
+    python3 benchmarks/bench_sweep.py --out_dir /tmp/bench_sweep          # 1 vs 2 workers, 1 thread each
 
 Prints, for each, the wall seconds and the total CPU seconds (the sweep process, from wait4, plus
 every job, from the last line of its log), the wall ratio, and whether every results.json equals the
@@ -38,7 +39,8 @@ def comparable(path: Path, root: Path) -> object:
 def run_sweep(folder: Path, workers: int, args: argparse.Namespace) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one sweep."""
     command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--out_dir", str(folder),
-               "--grid", "lambda_sparse=1e-8,5e-8", "--seeds", "0", "1", "2", "3", "--workers", str(workers), "--",
+               "--grid", "lambda_sparse=1e-8,5e-8", "--seeds", "0", "1", "2", "3", "--workers", str(workers),
+               "--threads_per_job", str(args.threads), "--",
                "--data", "digits", "--device", "cpu", "--epochs", str(args.epochs), "--pruning_ep",
                str(args.pruning_ep), "--retrain_ep", str(args.retrain_ep), "--methods", "erm,retrain_only,prusc"]
     started = time.perf_counter()
@@ -55,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", required=True, help="a new folder for the two sweeps")
     parser.add_argument("--workers", type=int, default=2, help="workers of the parallel sweep")
+    parser.add_argument("--threads", type=int, default=1, help="threads per job, in both sweeps")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--pruning_ep", type=int, default=5)
     parser.add_argument("--retrain_ep", type=int, default=5)
@@ -71,7 +74,7 @@ def main() -> None:
     files = sorted(p.relative_to(serial) for p in serial.glob("*/seed*/results.json"))
     same = len(files) == 8 and all(comparable(serial / f, serial) == comparable(parallel / f, parallel) for f in files)
     ratio = results[1][0] / results[args.workers][0]
-    print(f"{cores} CPU(s); 8 jobs; wall ratio 1 / {args.workers} workers: {ratio:.2f}x; "
+    print(f"{cores} CPU(s); 8 jobs, {args.threads} thread(s) each; wall ratio 1 / {args.workers} workers: {ratio:.2f}x; "
           f"results identical to the 1-worker run: {same}")
 
 
