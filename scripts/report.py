@@ -1,58 +1,40 @@
-"""Compare methods across finished runs: a Markdown table (mean ± std) and a picture of per-group accuracy.
+"""Compare methods across finished runs: per setting and method, mean ± std over seeds and paired differences.
 
-    python3 scripts/report.py runs/digits_5seeds                  # a multi_seed.py folder (seed*/results.json)
-    python3 scripts/report.py runs/a/results.json runs/b --png comparison.png
+    python3 scripts/report.py runs/sweep_lambda                       # a sweep (any depth of run folders)
+    python3 scripts/report.py runs/a runs/b/results.json --reference erm --out reports/ab
 
-Each argument is a results.json, a run folder holding one, or a folder of such run folders.
+Each argument is a results.json, a run folder or a folder of run folders (searched at any depth).
+Runs are grouped by configuration (data, architecture and every argument but the seeds); each
+group and method gets mean ± sample std over seeds of test average and worst-group accuracy and
+density, and the paired difference by seed against ``--reference`` with a 95% t-interval.
+Unfinished folders are named and skipped, a file given twice counts once, and runs of different
+configurations are pooled only with ``--pool`` (with a warning). The Markdown table is printed;
+``--out DIR`` also writes report.md, report.csv, worst_group.png and (where masks were learned)
+density.png there (never into a run folder).
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.cli import OneLineErrorParser, exit_code  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-from utils.report import markdown_table, write_report  # noqa: E402
-from utils.results import RESULTS_NAME  # noqa: E402
-
-
-def results_files(target: Path) -> list[Path]:
-    """The results.json files a command-line argument stands for."""
-    if target.is_file():
-        return [target]
-    if (target / RESULTS_NAME).is_file():
-        return [target / RESULTS_NAME]
-    found = sorted(target.glob(f"*/{RESULTS_NAME}")) if target.is_dir() else []
-    if not found:
-        raise UserError(f"{target} is neither a results.json, a run folder holding one, nor a folder of run folders")
-    return found
-
-
-def load(path: Path) -> dict:
-    """One results.json, checked to have the per-method results this report needs."""
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path} as JSON ({exc})") from exc
-    if not isinstance(payload, dict) or "methods" not in payload:
-        raise UserError(f"{path} has no 'methods' entry; it was not written by run.py or irm.py of this toolkit")
-    return payload
+from utils.sweep_report import report  # noqa: E402
 
 
 def run(argv: list[str] | None = None) -> None:
     parser = OneLineErrorParser(prog="report.py", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="results.json files, run folders or folders of run folders")
-    parser.add_argument("--png", default=None, help="picture path (default: report.png beside the first run)")
+    parser.add_argument("--reference", default="retrain_only",
+                        help="method the others are compared with, seed by seed (e.g. erm)")
+    parser.add_argument("--pool", action="store_true",
+                        help="treat all runs as one configuration (warns, naming the arguments that differ)")
+    parser.add_argument("--out", default=None, help="folder for report.md, report.csv and the pictures")
     args = parser.parse_args(argv)
-    files = [f for target in args.runs for f in results_files(Path(target))]
-    payloads = [load(f) for f in files]
-    print(markdown_table(payloads))
-    first = Path(args.runs[0])
-    png = Path(args.png) if args.png else (first if first.is_dir() else first.parent) / "report.png"
-    print(f"picture: {write_report(png, payloads)}")
+    print(report(args.runs, args.reference, args.pool, Path(args.out) if args.out else None))
+    if args.out is None:
+        print("(pass --out DIR to save report.md, report.csv and the pictures)")
 
 
 def main(argv: list[str] | None = None) -> int:

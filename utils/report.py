@@ -1,9 +1,9 @@
-"""Comparison of methods across one or several results.json files: a printed table, a Markdown table
-(mean ± std over runs) and a picture of per-group test accuracy.
+"""One run's methods side by side (printed tables) and a picture of per-group test accuracy over one or
+several runs. Reports over many runs (grouped by configuration, paired differences) are in
+``utils/sweep_report.py``.
 
 Standard deviations are *sample* standard deviations (n - 1 in the denominator) over runs
-(seeds or restarts). A method found in one run only has no std: its Markdown cells show the value
-alone, and the table says for each method how many runs it is averaged over.
+(seeds or restarts); one run has none.
 """
 from __future__ import annotations
 
@@ -49,20 +49,6 @@ def collect(payloads: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             for group, g in test["groups"].items():
                 row["groups"].setdefault(group, []).append(100 * g["acc"])
     return table
-
-
-def markdown_table(payloads: list[dict[str, Any]]) -> str:
-    """One row per method: its number of runs, and mean ± std over them of test avg / worst-group /
-    mean-group accuracy and density (the value alone when the method ran once)."""
-    table = collect(payloads)
-    lines = ["| method | runs | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " | density % |",
-             "|---" * (len(METRICS) + 3) + "|"]
-    for name, row in table.items():
-        runs = len(row["avg_acc"])
-        cells = [f"{m:.1f} ± {s:.1f}" if runs > 1 else f"{m:.1f}"
-                 for m, s in (mean_std(row[k]) for k in (*METRICS, "density"))]
-        lines.append(f"| {display_name(name, row)} | {runs} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def format_comparison(methods: dict[str, dict[str, Any]], title: str = "") -> str:

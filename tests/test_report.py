@@ -1,0 +1,110 @@
+"""scripts/report.py and utils/sweep_report.py on hand-written results files (no training): the paired
+difference and its t-interval against a hand computation, grouping by configuration, pooling only
+on request, unfinished folders named, duplicates counted once, and no report written into a run."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from scripts import report as report_cli
+from utils.sweep_report import find_runs, group_runs, paired_interval, summarise
+
+T_975_DF2 = 4.302652729749464  # Student t, 97.5% quantile, 2 degrees of freedom (printed tables: 4.303)
+
+
+def write_run(folder: Path, seed: int, methods: dict[str, tuple[float, float, float]], **args) -> Path:
+    """A results.json as run.py writes it, with test (avg, worst-group, density) per method."""
+    folder.mkdir(parents=True)
+    recorded = {"mode": "all", "seed": seed, "data_seed": seed, "data": "digits", "arch": "mlp",
+                "out_dir": str(folder), "device": "cpu", "lambda_sparse": 5e-8, **args}
+    payload = {"mode": "all", "data": recorded["data"], "arch": "mlp", "seed": seed, "args": recorded,
+               "methods": {name: {"splits": {"test": {"avg_acc": a, "worst_group_acc": w, "mean_group_acc": w,
+                                                      "groups": {}}},
+                                  "uses_group_labels": False, "density": {"overall": d}}
+                           for name, (a, w, d) in methods.items()}}
+    (folder / "run_args.json").write_text(json.dumps({"tool": "run.py", "args": recorded}))
+    (folder / "results.json").write_text(json.dumps(payload))
+    return folder
+
+
+REFERENCE_WORST = [0.50, 0.60, 0.70]
+PRUSC_WORST = [0.55, 0.62, 0.78]  # differences 5, 2, 8 points: mean 5, sample std 3
+
+
+def three_seeds(root: Path, **args) -> Path:
+    for seed, (ref, prusc) in enumerate(zip(REFERENCE_WORST, PRUSC_WORST)):
+        write_run(root / f"seed{seed}", seed, {"retrain_only": (0.90, ref, 1.0), "prusc": (0.88, prusc, 0.4)}, **args)
+    return root
+
+
+def test_the_paired_difference_and_interval_match_a_hand_computation(tmp_path):
+    groups, warnings = group_runs(find_runs([three_seeds(tmp_path / "sweep")]).results)
+    assert len(groups) == 1 and not warnings
+    rows = {r.method: r for r in summarise(groups, "retrain_only")}
+    half = T_975_DF2 * 3 / math.sqrt(3)  # t * s / sqrt(n)
+    mean, lo, hi = rows["prusc"].d_worst
+    assert (mean, lo, hi) == pytest.approx((5.0, 5.0 - half, 5.0 + half))
+    assert rows["prusc"].paired_n == 3 and rows["prusc"].d_avg == pytest.approx((-2.0, -2.0, -2.0))
+    assert rows["retrain_only"].paired_n == 0
+    assert paired_interval([4.0])[0] == 4.0 and math.isnan(paired_interval([4.0])[1])
+
+
+def test_the_cli_prints_markdown_and_writes_csv_and_pictures_outside_the_runs(tmp_path, capsys):
+    three_seeds(tmp_path / "sweep")
+    assert report_cli.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "| digits (mlp) | prusc | 3 | 88.0 ± 0.0 | 65.0 ± 11.8 | 40.0 ± 0.0 | +5.0 [-2.5, +12.5] (n=3) |" in out
+    assert "95% t-interval over seeds" in out
+    row = next(r for r in csv.DictReader(io.StringIO((tmp_path / "out" / "report.csv").read_text()))
+               if r["method"] == "prusc")
+    assert float(row["d_worst_lo"]) == pytest.approx(5 - T_975_DF2 * math.sqrt(3), abs=1e-3)
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"report.md", "report.csv", "worst_group.png",
+                                                               "density.png"}
+
+
+def test_a_report_never_writes_into_a_run_folder(tmp_path, capsys):
+    run = three_seeds(tmp_path / "sweep") / "seed0"
+    before = sorted(p.name for p in run.iterdir())
+    assert report_cli.main([str(run), "--out", str(run)]) == 2
+    assert report_cli.main([str(run), "--out", str(run / "pictures")]) == 2
+    err = capsys.readouterr().err
+    assert "a report never writes into a run" in err and err.count("\n") == 2
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_configurations_are_reported_apart_and_pooled_only_with_a_warning(tmp_path, capsys):
+    three_seeds(tmp_path / "a", lambda_sparse=1e-8)
+    three_seeds(tmp_path / "b", lambda_sparse=5e-8)
+    groups, warnings = group_runs(find_runs([tmp_path]).results)
+    assert [g.label for g in groups] == ["lambda_sparse=1e-08", "lambda_sparse=5e-08"] and not warnings
+    assert all(len(g.runs) == 3 for g in groups)
+    assert report_cli.main([str(tmp_path), "--pool"]) == 0
+    captured = capsys.readouterr()
+    assert "pooling runs of 2 different configurations (differing: --lambda_sparse)" in captured.err
+    assert "| pooled | prusc | 3 |" in captured.out  # the same seeds twice: counted once each
+    assert captured.err.count("repeats seed") == 3
+
+
+def test_unfinished_folders_are_named_and_a_file_given_twice_counts_once(tmp_path, capsys):
+    root = three_seeds(tmp_path / "sweep")
+    (root / "seed3").mkdir()
+    (root / "seed3" / "run_args.json").write_text("{}")
+    (root / ".seed0.replaced").mkdir()  # an --overwrite backup: not a run to count
+    (root / ".seed0.replaced" / "results.json").write_text("not json")
+    assert report_cli.main([str(root), str(root / "seed1" / "results.json")]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped unfinished run folder {root / 'seed3'}" in captured.err
+    assert f"{root / 'seed1' / 'results.json'} was given twice; counted once" in captured.err
+    assert "| digits (mlp) | prusc | 3 |" in captured.out
+
+
+def test_a_path_without_runs_is_one_line(tmp_path, capsys):
+    assert report_cli.main([str(tmp_path / "missing")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert report_cli.main([str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.count("\n") == 2

@@ -1,0 +1,374 @@
+"""The report of many finished runs (a sweep, or any folders): runs grouped by configuration, per
+method mean ± sample std over seeds, paired differences by seed against a reference method with a
+95% t-interval, as Markdown, CSV and two pictures.
+
+Why paired: seeds move every method of a run together (same data split, same reference model), so
+"is PruSC above retrain-only beyond seed noise?" is answered by the per-seed differences, whose
+spread is much smaller than that of either method alone.
+
+Rules that keep numbers honest: runs of different configurations (data, architecture, any
+argument but the seeds and those that do not change results) are never pooled unless asked, and
+then with a warning naming what differs; unfinished run folders are named; a results file given
+twice, or two runs of one configuration and seed, count once (the dropped one is named).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from utils.errors import UserError
+from utils.report import density_of, display_name
+from utils.results import RESULTS_NAME, atomic_write, atomic_write_text
+from utils.run_dir import ARGS_NAME
+
+SEED_ARGS = ("seed", "data_seed")
+NOT_CONFIG = ("out_dir", "overwrite", "device", "num_workers", "methods", "skip_image_check", "cache_dir",
+              "no_cache", "cache_max_gb", "plot", "eval_batch_size")  # where and how fast, not what
+LEVEL = 0.95
+REPORT_FILES = ("report.md", "report.csv", "worst_group.png", "density.png")
+
+
+@dataclass
+class Found:
+    """What a set of paths holds: finished results files, unfinished run folders, files given twice."""
+
+    results: list[Path] = field(default_factory=list)
+    unfinished: list[Path] = field(default_factory=list)
+    repeated: list[Path] = field(default_factory=list)
+
+
+def find_runs(targets: list[str | os.PathLike]) -> Found:
+    """Every results.json under ``targets`` (files, run folders, folders of run folders at any depth;
+    hidden folders such as an ``--overwrite`` backup are not entered)."""
+    found, seen = Found(), set()
+
+    def add(path: Path) -> None:
+        real = path.resolve()
+        if real in seen:
+            found.repeated.append(path)
+        else:
+            seen.add(real)
+            found.results.append(path)
+
+    for target in map(Path, targets):
+        if target.is_file():
+            add(target)
+            continue
+        if not target.is_dir():
+            raise UserError(f"{target} does not exist; pass results.json files, run folders or folders of them")
+        for folder, subfolders, files in os.walk(target):
+            subfolders[:] = sorted(s for s in subfolders if not s.startswith(".") and s != "resume")
+            if RESULTS_NAME in files:
+                add(Path(folder) / RESULTS_NAME)
+                subfolders[:] = []
+            elif ARGS_NAME in files:
+                found.unfinished.append(Path(folder))
+                subfolders[:] = []
+    if not found.results:
+        raise UserError(f"no results.json under {', '.join(map(str, targets))}"
+                        + (f" ({len(found.unfinished)} unfinished run folder(s))" if found.unfinished else ""))
+    return found
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """One results.json, checked to hold the per-method results a report needs."""
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path} as JSON ({exc})") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("methods"), dict):
+        raise UserError(f"{path} has no 'methods' entry; it was not written by run.py or irm.py of this toolkit")
+    return payload
+
+
+def configuration(payload: dict[str, Any]) -> dict[str, Any]:
+    """What a run computed, without its seeds: mode, data, architecture and the arguments that change results."""
+    args = payload.get("args", {})
+    kept = {k: v for k, v in args.items() if k not in SEED_ARGS and k not in NOT_CONFIG}
+    return {"mode": payload.get("mode"), "data": payload.get("data"), "arch": payload.get("arch"), **kept}
+
+
+def seed_of(payload: dict[str, Any]) -> tuple:
+    """The seeds a run was started with; runs are paired by it."""
+    args = payload.get("args", {})
+    return (payload.get("seed", args.get("seed")), args.get("data_seed"))
+
+
+@dataclass(eq=False)
+class Group:
+    """Runs of one configuration (or pooled ones): ``label`` names what sets it apart from the others."""
+
+    label: str
+    settings: dict[str, Any]
+    runs: list[tuple[Path, dict[str, Any]]]
+
+
+def group_runs(files: list[Path], pool: bool = False) -> tuple[list[Group], list[str]]:
+    """Runs grouped by configuration, in first-seen order, and the warnings to print."""
+    warnings: list[str] = []
+    by_config: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for path in files:
+        payload = load_results(path)
+        config = configuration(payload)
+        key = json.dumps(config, sort_keys=True, default=str)
+        configs.setdefault(key, config)
+        by_config.setdefault(key, []).append((path, payload))
+    varying = sorted({k for c in configs.values() for k in c
+                      if len({json.dumps(o.get(k), default=str) for o in configs.values()}) > 1},
+                     key=lambda k: (k not in ("mode", "data", "arch"), k))
+    if pool and len(configs) > 1:
+        warnings.append(f"pooling runs of {len(configs)} different configurations (differing: "
+                        f"{', '.join('--' + k for k in varying)}); their mean ± std mixes settings")
+        merged = [run for runs in by_config.values() for run in runs]
+        groups = [Group("pooled", {}, merged)]
+    else:
+        groups = []
+        for key, runs in by_config.items():
+            settings = {k: configs[key].get(k) for k in varying}
+            first = configs[key]
+            label = ", ".join(f"{k}={v}" for k, v in settings.items()) or f"{first['data']} ({first['arch']})"
+            groups.append(Group(label, settings, runs))
+    for group in groups:
+        group.runs = _one_per_seed(group, warnings)
+    return groups, warnings
+
+
+def _one_per_seed(group: Group, warnings: list[str]) -> list[tuple[Path, dict[str, Any]]]:
+    kept: dict[tuple, tuple[Path, dict[str, Any]]] = {}
+    for path, payload in group.runs:
+        seed = seed_of(payload)
+        if seed in kept:
+            warnings.append(f"{path} repeats seed {seed[0]} of {kept[seed][0]} in '{group.label}'; only the first "
+                            "is counted")
+        else:
+            kept[seed] = (path, payload)
+    return list(kept.values())
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; NaN for one value)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student-t quantile (scipy comes with scikit-learn, a requirement)."""
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def paired_interval(differences: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean of paired differences and its two-sided t-interval over seeds (NaN bounds for one pair)."""
+    mean, std = mean_std(differences)
+    n = len(differences)
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = t_quantile(0.5 + level / 2, n - 1) * std / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+@dataclass
+class Row:
+    """One method in one group: per-seed test metrics (in %) and the paired comparison."""
+
+    group: Group
+    method: str
+    uses_group_labels: bool
+    avg: list[float]
+    worst: list[float]
+    density: list[float]
+    paired_n: int = 0
+    d_worst: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    d_avg: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+
+
+def summarise(groups: list[Group], reference: str) -> list[Row]:
+    """One row per group and method (first-seen order), paired by seed with ``reference`` where both ran."""
+    rows = []
+    for group in groups:
+        per_seed: dict[str, dict[tuple, dict[str, Any]]] = {}
+        for _, payload in group.runs:
+            for name, result in payload["methods"].items():
+                per_seed.setdefault(name, {})[seed_of(payload)] = result
+        ref = per_seed.get(reference, {})
+        for name, results in per_seed.items():
+            tests = [r["splits"]["test"] for r in results.values()]
+            row = Row(group, name, any(r.get("uses_group_labels") for r in results.values()),
+                      [100 * t["avg_acc"] for t in tests], [100 * t["worst_group_acc"] for t in tests],
+                      [100 * density_of(r) for r in results.values()])
+            shared = [s for s in results if s in ref]
+            if name != reference and shared:
+                row.paired_n = len(shared)
+                for metric, attr in (("worst_group_acc", "d_worst"), ("avg_acc", "d_avg")):
+                    diffs = [100 * (results[s]["splits"]["test"][metric] - ref[s]["splits"]["test"][metric])
+                             for s in shared]
+                    setattr(row, attr, paired_interval(diffs))
+            rows.append(row)
+    return rows
+
+
+def _cell(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def _delta(row: Row, attr: str, reference: str) -> str:
+    if row.method == reference:
+        return "reference"
+    if not row.paired_n:
+        return "—"
+    mean, lo, hi = getattr(row, attr)
+    interval = "" if math.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]"
+    return f"{mean:+.1f}{interval} (n={row.paired_n})"
+
+
+def markdown(rows: list[Row], reference: str) -> str:
+    """The report table, with a line saying what the numbers are."""
+    lines = [f"| setting | method | seeds | test avg % | test worst-group % | density % | "
+             f"Δ worst-group vs {reference} | Δ avg vs {reference} |", "|---" * 8 + "|"]
+    for row in rows:
+        lines.append(f"| {row.group.label} | {display_name(row.method, {'uses_group_labels': row.uses_group_labels})}"
+                     f" | {len(row.worst)} | {_cell(row.avg)} | {_cell(row.worst)} | {_cell(row.density)} | "
+                     f"{_delta(row, 'd_worst', reference)} | {_delta(row, 'd_avg', reference)} |")
+    lines.append(f"\nmean ± sample std (n − 1) over seeds; Δ: paired difference by seed against {reference} "
+                 f"(percentage points), mean [{LEVEL:.0%} t-interval over seeds, n − 1 degrees of freedom], "
+                 "n paired seeds; no interval from one seed")
+    missing = [g.label for g in dict.fromkeys(r.group for r in rows) if not _has(rows, g, reference)]
+    if missing:
+        lines.append(f"{reference} did not run in: {'; '.join(missing)} (choose another --reference)")
+    return "\n".join(lines)
+
+
+def _has(rows: list[Row], group: Group, method: str) -> bool:
+    return any(r.group is group and r.method == method for r in rows)
+
+
+def csv_text(rows: list[Row], reference: str) -> str:
+    """The report as CSV: one column per setting that varies, then the statistics (NaN where undefined)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r.group.settings))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["setting", *keys, "method", "uses_group_labels", "seeds", "avg_mean", "avg_std",
+                     "worst_mean", "worst_std", "density_mean", "density_std", "reference", "paired_seeds",
+                     "d_worst_mean", "d_worst_lo", "d_worst_hi", "d_avg_mean", "d_avg_lo", "d_avg_hi"])
+    for r in rows:
+        stats = [x for values in (r.avg, r.worst, r.density) for x in mean_std(values)]
+        writer.writerow([r.group.label, *(r.group.settings.get(k) for k in keys), r.method, r.uses_group_labels,
+                         len(r.worst), *(f"{x:.4f}" for x in stats), reference, r.paired_n,
+                         *(f"{x:.4f}" for x in (*r.d_worst, *r.d_avg))])
+    return out.getvalue()
+
+
+def worst_group_figure(rows: list[Row]) -> Figure:
+    """Bars of test worst-group accuracy per setting and method, sample std as error bars."""
+    groups = list(dict.fromkeys(r.group.label for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
+    figure = Figure(figsize=(max(6.0, 0.35 * len(groups) * len(methods) + 2.5), 4.5), dpi=120)
+    axes = figure.subplots()
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
+        xs, means, stds = [], [], []
+        for i, label in enumerate(groups):
+            for r in rows:
+                if r.group.label == label and r.method == method:
+                    mean, std = mean_std(r.worst)
+                    xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                    means.append(mean)
+                    stds.append(0.0 if math.isnan(std) else std)
+        axes.bar(xs, means, width, yerr=stds, capsize=2, label=method)
+    axes.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 3 else 0, ha="right" if len(groups) > 3
+                    else "center", fontsize=7)
+    axes.set_ylim(0, 100)
+    axes.set_ylabel("test worst-group accuracy (%)")
+    axes.set_title("worst-group accuracy, mean ± sample std over seeds")
+    axes.legend(fontsize=7, ncol=2)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def density_figure(rows: list[Row]) -> Figure | None:
+    """Worst-group accuracy against density for the methods that learned a mask (None when none did);
+    the points of one method are joined in order of density, a curve over the grid."""
+    masked = [r for r in rows if statistics.mean(r.density) < 100]
+    if not masked:
+        return None
+    figure = Figure(figsize=(6.5, 4.5), dpi=120)
+    axes = figure.subplots()
+    for method in dict.fromkeys(r.method for r in masked):
+        points = sorted((mean_std(r.density), mean_std(r.worst), r.group.label) for r in masked if r.method == method)
+        xs, ys = [p[0][0] for p in points], [p[1][0] for p in points]
+        axes.errorbar(xs, ys, xerr=[0 if math.isnan(p[0][1]) else p[0][1] for p in points],
+                      yerr=[0 if math.isnan(p[1][1]) else p[1][1] for p in points], marker="o", capsize=2,
+                      label=method)
+        if len(points) > 1:
+            for x, y, (_, _, label) in zip(xs, ys, points):
+                axes.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    axes.set_xlabel("density (% of weights kept)")
+    axes.set_ylabel("test worst-group accuracy (%)")
+    axes.set_title("worst-group accuracy against density, mean ± sample std over seeds")
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def check_report_folder(folder: Path) -> Path:
+    """Refuse to write a report into a run folder (or below one): it would replace that run's own files."""
+    folder = Path(folder).expanduser().absolute()
+    for place in (folder, *folder.parents):
+        if (place / ARGS_NAME).is_file() or (place / RESULTS_NAME).is_file():
+            raise UserError(f"report folder {folder} is {'inside ' if place != folder else ''}the run folder "
+                            f"{place}; a report never writes into a run, pass another folder")
+    return folder
+
+
+def write_report_files(folder: Path, rows: list[Row], reference: str) -> list[str]:
+    """report.md, report.csv, worst_group.png and, where masks were learned, density.png in ``folder``;
+    the lines saying what was written (and what an earlier report there had, now replaced)."""
+    folder = check_report_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    said = []
+
+    def note(path: Path) -> None:
+        said.append(f"{'replaced' if path.exists() else 'wrote'} {path}")
+
+    figures = {"worst_group.png": worst_group_figure(rows), "density.png": density_figure(rows)}
+    texts = {"report.md": markdown(rows, reference) + "\n", "report.csv": csv_text(rows, reference)}
+    for name, text in texts.items():
+        note(folder / name)
+        atomic_write_text(folder / name, text)
+    for name, figure in figures.items():
+        if figure is None:
+            continue
+        note(folder / name)
+        atomic_write(folder / name, lambda tmp, fig=figure: fig.savefig(tmp, format="png"))
+    return said
+
+
+def report(targets: list[str | os.PathLike], reference: str = "retrain_only", pool: bool = False,
+           out: Path | None = None) -> str:
+    """Find, group and summarise the runs under ``targets``; print notes and warnings on stderr; write the
+    files into ``out`` when given; return the Markdown table (and what was written)."""
+    found = find_runs(targets)
+    notes = [f"note: {p} was given twice; counted once" for p in found.repeated]
+    notes += [f"note: skipped unfinished run folder {p} (no results.json)" for p in found.unfinished]
+    groups, warnings = group_runs(found.results, pool)
+    rows = summarise(groups, reference)
+    for line in [*notes, *(f"warning: {w}" for w in warnings)]:
+        print(line, file=sys.stderr)
+    text = markdown(rows, reference)
+    if out is not None:
+        text += "\n" + "\n".join(write_report_files(out, rows, reference))
+    return text
