@@ -35,9 +35,14 @@ from cluster.features import extract_features  # noqa: E402
 from data import TensorSpuriousDataset, build_splits  # noqa: E402
 from models import build_model  # noqa: E402
 from training.loops import make_optimizer, train_classifier  # noqa: E402
-from utils.runtime import collate_batch, make_loader, to_device  # noqa: E402
+from utils.runtime import Runtime, collate_batch, make_loader, to_device  # noqa: E402
 
 GOALS = {"end-to-end ERM epoch / model-only ERM step": (">=", 0.85), "pruning step / ERM step (time)": ("<=", 1.25)}
+
+
+def runtime_of(args) -> Runtime:
+    """The loops' runtime of this benchmark's flags (bf16 as asked, on any device)."""
+    return Runtime(torch.device(args.device), bf16=args.amp, channels_last=args.channels_last)
 
 
 def timed_rate(n_images: int, fn) -> float:
@@ -74,7 +79,7 @@ def loop_rate(model: torch.nn.Module, args, device: torch.device) -> float:
     optimizer = make_optimizer(model.parameters(), "adam", 1e-4)
 
     def epoch() -> None:
-        train_classifier(model, loader, optimizer, device, 1, "ERM", amp=args.amp, channels_last=args.channels_last)
+        train_classifier(model, loader, optimizer, runtime_of(args), 1, "ERM")
         sync(device)
     epoch()
     return timed_rate(n, epoch)
@@ -167,8 +172,7 @@ def main() -> None:
         features()
         rows["feature extraction, model only"] = timed_rate(b * args.steps, features)
     rows["feature extraction through the data path"] = timed_rate(len(train), lambda: extract_features(
-        feature_model, train, device, batch_size=512, num_workers=args.workers, amp=args.amp,
-        channels_last=args.channels_last))
+        feature_model, train, runtime_of(args), batch_size=512, num_workers=args.workers))
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"\n{name}, torch {torch.__version__}, {args.arch} {s}x{s}, batch {b}, amp {args.amp}, "

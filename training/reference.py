@@ -26,7 +26,7 @@ from models.factory import model_from_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.run_dir import StepState
-from utils.runtime import rng_state, set_rng_state
+from utils.runtime import rng_state, runtime_from_args, set_rng_state
 
 
 @dataclass
@@ -105,7 +105,8 @@ def make_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset], 
         cluster_model = reference.model
     else:
         cluster_model = load_model(reference.cluster_checkpoint, args, True)[0].to(device)
-    feats = extract_features(cluster_model, train, device, args.eval_batch_size, num_workers=args.num_workers)
+    runtime = runtime_from_args(args, device)
+    feats = extract_features(cluster_model, train, runtime, args.eval_batch_size, num_workers=args.num_workers)
     if args.clusters:
         assign = load_clusters(args.clusters, train)
         clusters_file = str(args.clusters)
@@ -116,7 +117,7 @@ def make_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset], 
         print(format_summary(summary))
         assign = fit.assign
         clusters_file = str(write_clusters(out_dir / "clusters.csv", train, assign))
-    val_feats = extract_features(cluster_model, val, device, args.eval_batch_size, num_workers=args.num_workers)
+    val_feats = extract_features(cluster_model, val, runtime, args.eval_batch_size, num_workers=args.num_workers)
     return Clusters(assign, nearest_clusters(feats, assign, train.y, val_feats, val.y), clusters_file, feats)
 
 

@@ -26,7 +26,7 @@ from training.loops import BestEpoch, make_optimizer, predict_logits, train_clas
 from training.samplers import training_loader
 from utils.metrics import compute_metrics
 from utils.run_dir import StepState
-from utils.runtime import make_loader
+from utils.runtime import make_loader, runtime_from_args
 
 SELECTION_LABELS = {
     "worst_cluster": "worst-cluster val accuracy (no group labels)",
@@ -89,7 +89,7 @@ def selection_score(model: nn.Module, dataset: SpuriousDataset, cells: torch.Ten
     """The ``--selection`` score of ``model`` on ``dataset``: worst-cell accuracy over ``cells``
     (e.g. (label, cluster) pairs; no group labels), or with ``oracle`` the true worst-group accuracy."""
     loader = make_loader(dataset, args.eval_batch_size, num_workers=args.num_workers)
-    preds = predict_logits(model, loader, device, amp=args.amp, desc="selection").argmax(1)
+    preds = predict_logits(model, loader, runtime_from_args(args, device), desc="selection").argmax(1)
     if args.selection == "oracle":
         return compute_metrics(preds, dataset.y, dataset.a)["worst_group_acc"]
     return worst_cell_accuracy(preds, dataset.y, cells, args.min_cell_size)
@@ -116,8 +116,8 @@ def retrain(model: nn.Module, data: RetrainData, args: argparse.Namespace, devic
         cells = {"cluster": data.fit_cells, "class": data.fit.y, "none": None}[args.retrain_balance]
         loader = training_loader(data.fit, args.batch_size, generator, args.num_workers, cells)
         optimizer = make_optimizer(trainable, args.optimizer, args.lr_main, args.weight_decay)
-        losses = train_classifier(model, loader, optimizer, device, args.retrain_ep, "retrain", amp=args.amp,
-                                  on_epoch_end=select, train_mode=args.retrain_scope == "all", resume=resume,
+        losses = train_classifier(model, loader, optimizer, runtime_from_args(args, device), args.retrain_ep,
+                                  "retrain", on_epoch_end=select, train_mode=args.retrain_scope == "all", resume=resume,
                                   generator=generator, stateful={"best": best})
     best.restore()
     for p in model.parameters():
