@@ -70,7 +70,7 @@ def train_irm(model: nn.Module, envs: list[SpuriousDataset], args: argparse.Name
         batches = full or [environment_batch(env, args.irm_batch_size, generator, device) for env in envs]
         weight = penalty_weight_at(step, penalty_weight, args.penalty_anneal_iters)
         with runtime.autocast():
-            logits = [model(x).float() for x, _ in batches]
+            logits = [model(runtime.batch(x)).float() for x, _ in batches]
         loss = torch.stack([nn.functional.cross_entropy(z, y) for z, (_, y) in zip(logits, batches)]).mean()
         loss = loss + args.l2_regularizer_weight * sum(w.pow(2).sum() for w in weights)
         if weight:

@@ -83,6 +83,7 @@ def resolve_device(name: str) -> torch.device:
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # x86 /proc/cpuinfo flags of native bf16 arithmetic
 AMP_FORCE = "force"
+CPUINFO = Path("/proc/cpuinfo")  # Linux: the CPU's feature flags
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,9 +91,8 @@ def cpu_bf16_support() -> str | None:
     """The CPU feature that gives native bf16 arithmetic (``amx_bf16``, ``avx512_bf16``, arm64 ``bf16``),
     or None. Without one, bf16 convolutions fall back to emulated kernels that are far slower than fp32
     (docs/performance_bf16.md), so ``--amp`` is only worth it when this names a feature."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
+    if CPUINFO.exists():
+        for line in CPUINFO.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
             if key.strip().lower() in ("flags", "features"):  # x86 and arm64 spellings
                 found = set(value.split())
