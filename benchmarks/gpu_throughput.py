@@ -10,7 +10,7 @@ training loop (``train_classifier``, its bookkeeping included); the photo data p
 (the time between its epoch-2 and epoch-4 log lines), saving the resume state after every epoch as
 usual and, to show what that costs, with ``--resume_every 100`` (only the last epoch's); the PruSC
 pruning step against the ERM step, each in channels-last and in NCHW (timed in alternating blocks),
-including the pair the library runs with ``--channels_last`` on CUDA (pruning in NCHW, ERM in
+including the pair the library runs with ``--channels_last`` (pruning in NCHW, ERM in
 channels-last); and feature extraction (model only, and through the data path). Ends with the goal table.
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ def step_formats(base: torch.nn.Module, args, device: torch.device) -> tuple[dic
 
     Returns the best seconds per step of each and the ratios of pruning step to ERM step (median over
     the repeats, each ratio within one repeat): per memory format, and as ``run.py`` runs them (ERM in
-    ``--channels_last`` when given; pruning as ``--prune_memory_format auto`` picks: NCHW on CUDA).
+    ``--channels_last`` when given; pruning in NCHW, the default ``--prune_memory_format``).
     """
     b, s = args.batch_size, args.image_size
     y = torch.arange(b, device=device) % 2
@@ -144,11 +144,10 @@ def step_formats(base: torch.nn.Module, args, device: torch.device) -> tuple[dic
     def ratio(prune: str, erm: str) -> float:
         return statistics.median(p / e for p, e in zip(times[f"PruSC pruning step, {prune}"], times[f"ERM step, {erm}"]))
     run_erm = "channels-last" if args.channels_last else "NCHW"
-    run_prune = "channels-last" if args.channels_last and device.type != "cuda" else "NCHW"
     ratios = {"pruning step / ERM step (time), both channels-last": ratio("channels-last", "channels-last"),
               "pruning step / ERM step (time), both NCHW": ratio("NCHW", "NCHW"),
-              "pruning step / ERM step (time, as run.py runs them)": ratio(run_prune, run_erm)}
-    print(f"run.py runs ERM in {run_erm} and pruning in {run_prune} with these flags on {device.type}", flush=True)
+              "pruning step / ERM step (time, as run.py runs them)": ratio("NCHW", run_erm)}
+    print(f"run.py runs ERM in {run_erm} and pruning in NCHW with these flags", flush=True)
     return {name: min(t) for name, t in times.items()}, ratios
 
 

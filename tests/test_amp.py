@@ -167,15 +167,16 @@ def test_bad_amp_value_and_resume_every_are_one_line(tmp_path, run_cli, capsys):
     assert rc == 2 and "--resume_every" in err and len(err.strip().splitlines()) == 1
 
 
-def test_pruning_memory_format_defaults_to_nchw_on_cuda_only():
-    def prune_cl(*flags: str, device: str = "cpu") -> bool:
-        args = run.parse_args([*TINY, *flags, "--out_dir", "unused"])
-        return runtime_from_args(args, torch.device(device)).for_pruning().channels_last
+def test_pruning_runs_in_nchw_unless_asked_otherwise():
+    def runtime(*flags: str, device: str = "cpu") -> Runtime:
+        return runtime_from_args(run.parse_args([*TINY, *flags, "--out_dir", "unused"]), torch.device(device))
 
-    assert prune_cl("--channels_last") and not prune_cl()
-    assert not prune_cl("--channels_last", device="cuda")
-    assert prune_cl("--channels_last", "--prune_memory_format", "channels_last", device="cuda")
-    assert not prune_cl("--channels_last", "--prune_memory_format", "nchw")
+    for device in ("cpu", "cuda"):
+        with_cl = runtime("--channels_last", device=device)
+        assert with_cl.channels_last and not with_cl.for_pruning().channels_last
+        assert "(pruning NCHW)" in with_cl.describe()
+        assert runtime("--channels_last", "--prune_memory_format", "channels_last", device=device).for_pruning().channels_last
+    assert not runtime().for_pruning().channels_last
 
 
 def masks_learned(model: nn.Module, *flags: str) -> list[torch.Tensor]:

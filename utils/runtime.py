@@ -197,9 +197,9 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                              "elsewhere it falls back to fp32 with one line; '--amp force' runs bf16 on any CPU")
     parser.add_argument("--channels_last", action="store_true",
                         help="channels-last memory format of 4-D batches and convolution weights")
-    parser.add_argument("--prune_memory_format", choices=["auto", "nchw", "channels_last"], default="auto",
-                        help="memory format of PruSC's mask-learning step (auto: NCHW on CUDA, where the masked "
-                             "step is faster so, else as --channels_last)")
+    parser.add_argument("--prune_memory_format", choices=["nchw", "channels_last"], default="nchw",
+                        help="memory format of PruSC's mask-learning step, whatever --channels_last says: the masked "
+                             "step measured faster in NCHW on an H200 and on the CPU (docs/performance_bf16.md)")
     parser.add_argument("--resume_every", type=int, default=1,
                         help="epochs between resume-state saves of long steps (the last one is always saved)")
 
@@ -210,8 +210,7 @@ def runtime_from_args(args: argparse.Namespace, device: torch.device | str | Non
     device = resolve_device(args.device) if device is None else torch.device(device)
     bf16, note = choose_bf16(device, getattr(args, "amp", False))
     channels_last = bool(getattr(args, "channels_last", False))
-    prune_format = getattr(args, "prune_memory_format", "auto")
-    prune_cl = channels_last and device.type != "cuda" if prune_format == "auto" else prune_format == "channels_last"
+    prune_cl = getattr(args, "prune_memory_format", "nchw") == "channels_last"
     every = getattr(args, "resume_every", 1)
     if every < 1:
         raise UserError(f"--resume_every {every}: give a positive number of epochs")
