@@ -113,9 +113,9 @@ def _sysctl_flag(name: str) -> bool:
 class Runtime:
     """How models run: device, bf16 autocast, memory format, how often long steps save their resume state.
 
-    Built once from the flags (:func:`runtime_from_args`) and handed to every training and inference
-    loop in place of a bare device, so no call site can drop ``--amp`` or ``--channels_last``. A bare
-    ``torch.device`` given to a loop means the plain runtime (fp32, the batch's own memory format).
+    Made from the flags by one function (:func:`runtime_from_args`) and handed to every training and
+    inference loop in place of a bare device, so no call site passes ``--amp`` or ``--channels_last`` by
+    hand (or can drop them). A bare ``torch.device`` given to a loop means the plain fp32 runtime.
     """
 
     device: torch.device
