@@ -22,10 +22,11 @@ from models import ARCHS  # noqa: E402
 from models.factory import Expect, checked_checkpoint  # noqa: E402
 from utils.checkpoint import plain_args  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_float, positive_int  # noqa: E402
-from utils.distributed import fail_together, init_from_env, is_main, quiet_unless_main, run_on_main, shutdown  # noqa: E402,E501
+from utils.distributed import (fail_together, init_from_env, is_main, main_print, quiet_unless_main,  # noqa: E402
+                               run_on_main, shutdown)
 from utils.errors import UserError  # noqa: E402
 from utils.run_dir import RESULTS_RUN, open_run  # noqa: E402
-from utils.runtime import resolve_device  # noqa: E402
+from utils.runtime import add_runtime_args, resolve_device, runtime_from_args  # noqa: E402
 
 MODES = {
     "erm": modes.run_erm,
@@ -55,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="allow replacing a finished result in --out_dir")
     parser.add_argument("--seed", type=int, default=0, help="seed of model initialisation and batch order")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--amp", action="store_true", help="bf16 mixed precision on CUDA")
-    parser.add_argument("--channels_last", action="store_true", help="channels-last memory format on CUDA")
+    add_runtime_args(parser)
     add_data_args(parser)
     cluster_fit.add_cluster_args(parser)
 
@@ -172,6 +172,7 @@ def run(argv: list[str] | None = None) -> None:
     try:
         args.out_dir = run_on_main(lambda: args.out_dir)  # the time-stamped default differs between ranks
         check_inputs(args)
+        main_print(runtime_from_args(args).describe(), flush=True)
         kind = cluster_fit.RUN_KIND if args.mode == "cluster" else RESULTS_RUN
         inputs = (args.checkpoint, args.cluster_checkpoint, args.clusters, args.pretrained_path)
         with fail_together("while opening --out_dir"):  # rank 0 holds the folder's lock and writes

@@ -25,6 +25,7 @@ from cluster.kmeans import fit_kmeans  # noqa: E402
 from data.cmnist import (DEFAULT_LABEL_NOISE, DEFAULT_SPURIOUS_RATIO, agreement_rates,  # noqa: E402
                          colour_split, load_idx_pair)
 from models import build_model  # noqa: E402
+from utils.runtime import Runtime  # noqa: E402
 
 BUDGET_S = 60.0
 
@@ -48,7 +49,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(arch, data.input_shape, 2, **arch_args)
         start = time.perf_counter()
-        features = extract_features(model, data, torch.device("cpu"), args.batch_size, channels_last=True)
+        features = extract_features(model, data, Runtime(torch.device("cpu"), channels_last=True), args.batch_size)
         extracted = time.perf_counter()
         for labels in (None, data.y):
             begin = time.perf_counter()

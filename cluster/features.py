@@ -6,27 +6,27 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from utils.distributed import ShardSampler, gather_in_order, together
-from utils.runtime import autocast, make_loader, progress, to_device
+from utils.runtime import Runtime, as_runtime, make_loader, progress
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512,
-                     normalize: bool = True, num_workers: int = 0, amp: bool = False,
-                     channels_last: bool = False) -> torch.Tensor:
+def extract_features(model: nn.Module, dataset: Dataset, runtime: Runtime | torch.device, batch_size: int = 512,
+                     normalize: bool = True, num_workers: int = 0) -> torch.Tensor:
     """``model.features`` of every sample, in dataset order, as a float CPU tensor (N, D).
 
     With ``normalize`` each row has unit L2 norm, so Euclidean k-means works in cosine geometry.
-    ``channels_last`` puts model and images in that memory format (faster convolutions, CPU included).
+    ``runtime`` gives device, precision and memory format (with channels-last the model is put in it too).
     Under ``torchrun`` each rank extracts a contiguous share and every rank gets all rows.
     """
-    model.eval().to(device)
-    if channels_last:
+    runtime = as_runtime(runtime)
+    model.eval().to(runtime.device)
+    if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     loader = make_loader(dataset, batch_size, sampler=ShardSampler(len(dataset)), num_workers=num_workers)
     indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, model.feature_dim)]
     for x, _y, _a, idx in together(progress(loader, desc="features"), "while extracting features"):
-        with autocast(device, amp):
-            rows.append(model.features(to_device(x, device, channels_last)).float().cpu())
+        with runtime.autocast():
+            rows.append(model.features(runtime.batch(x)).float().cpu())
         indices.append(idx)
     out = gather_in_order(torch.cat(indices), torch.cat(rows), len(dataset))
     return nn.functional.normalize(out, dim=1) if normalize else out

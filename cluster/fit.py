@@ -28,7 +28,7 @@ from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.results import atomic_write_text
 from utils.run_dir import RunKind, prepare_out_dir
-from utils.runtime import resolve_device, seed_everything
+from utils.runtime import runtime_from_args, seed_everything
 
 CLUSTERS_NAME = "clusters.csv"
 SUMMARY_NAME = "cluster_summary"
@@ -113,9 +113,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.checkpoint:
         model = load_model(args.checkpoint, Expect(data=args.data, arch=args.arch, input_shape=train.input_shape,
                                                    n_classes=train.n_classes)).model
-        features = extract_features(model, train, resolve_device(args.device),
-                                    args.eval_batch_size, num_workers=args.num_workers, amp=args.amp,
-                                    channels_last=args.channels_last)
+        features = extract_features(model, train, runtime_from_args(args), args.eval_batch_size,
+                                    num_workers=args.num_workers)
     if args.clusters:
         assign = load_clusters(args.clusters, train)
         summary = summarize(assign, train.y, train.a, per_class=None)

@@ -26,6 +26,7 @@ from methods.registry import register
 from training.selection import Selector, WorstGroup, stratified_halves
 from utils.cli import positive_int
 from utils.errors import UserError
+from utils.runtime import runtime_from_args
 
 HELD_OUT_NOTE = "held-out half of val (the other half was used for the last-layer fit; this half chose C)"
 
@@ -88,8 +89,8 @@ class DFR(Method):
     def fit(self, ctx: Context) -> Fitted:
         args, val = ctx.args, ctx.splits["val"]
         model = copy.deepcopy(ctx.reference.model)
-        feats = extract_features(model, val, ctx.device, args.eval_batch_size, normalize=False,
-                                 num_workers=args.num_workers, amp=args.amp).numpy()
+        feats = extract_features(model, val, runtime_from_args(args, ctx.device), args.eval_batch_size,
+                                 normalize=False, num_workers=args.num_workers).numpy()
         fit_idx, select_idx = (i.numpy() for i in stratified_halves(val.groups, args.seed))
         mean, std = feats[fit_idx].mean(0), feats[fit_idx].std(0) + 1e-8
         z = (feats - mean) / std

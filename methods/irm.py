@@ -42,7 +42,7 @@ from training.loops import check_finite, load_step, predict_logits, save_step
 from utils.cli import non_negative, positive_int
 from utils.errors import UserError
 from utils.run_dir import StepState
-from utils.runtime import make_loader, progress, to_device
+from utils.runtime import make_loader, progress, runtime_from_args, to_device
 
 FULL_BATCH_CHUNK = 4096
 SAVE_EVERY = 100  # IRM steps between resume states
@@ -79,6 +79,7 @@ def train_irm(model: nn.Module, envs: list[SpuriousDataset], args: argparse.Name
     """IRMv1 training of ``model`` in place (objective in the module docstring). With ``resume`` the
     state is saved every :data:`SAVE_EVERY` steps and a saved state is continued."""
     model.to(device).train()
+    runtime = runtime_from_args(args, device)
     batch_size = args.batch_size if args.irm_batch_size is None else args.irm_batch_size  # not given: --batch_size
     full = [whole(env, device) for env in envs] if batch_size == 0 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.irm_lr)
@@ -88,7 +89,8 @@ def train_irm(model: nn.Module, envs: list[SpuriousDataset], args: argparse.Name
     for step in progress(range(state["epoch"] if state else 0, args.irm_steps), desc=desc):
         batches = full or [environment_batch(env, batch_size, generator, device) for env in envs]
         weight = penalty_weight_at(step, penalty_weight, args.penalty_anneal_iters)
-        logits = [model(x) for x, _ in batches]
+        with runtime.autocast():
+            logits = [model(runtime.batch(x)).float() for x, _ in batches]
         loss = torch.stack([nn.functional.cross_entropy(z, y) for z, (_, y) in zip(logits, batches)]).mean()
         loss = loss + args.l2_regularizer_weight * sum(w.pow(2).sum() for w in weights)
         if weight:
@@ -118,7 +120,7 @@ def fit_irm(ctx: Context, args: argparse.Namespace, envs: list[SpuriousDataset],
 def accuracy_on(model: nn.Module, dataset: SpuriousDataset, args: argparse.Namespace, device: torch.device) -> float:
     """Plain accuracy of ``model`` on ``dataset`` (e.g. the pooled training environments)."""
     loader = make_loader(dataset, args.eval_batch_size, num_workers=args.num_workers)
-    preds = predict_logits(model, loader, device, amp=args.amp, desc="train accuracy").argmax(1)
+    preds = predict_logits(model, loader, runtime_from_args(args, device), desc="train accuracy").argmax(1)
     return float((preds == dataset.y).double().mean())
 
 

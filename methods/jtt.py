@@ -28,7 +28,7 @@ from training.loops import predict_logits
 from training.selection import Selector
 from utils.cli import positive_int
 from utils.results import atomic_write_text
-from utils.runtime import make_loader
+from utils.runtime import make_loader, runtime_from_args
 
 ERROR_SET_NAME = "jtt_error_set.csv"
 
@@ -37,8 +37,7 @@ def error_set(model: nn.Module, train: SpuriousDataset, args: argparse.Namespace
               device: torch.device) -> torch.Tensor:
     """Sorted training positions the model classifies wrongly."""
     loader = make_loader(train, args.eval_batch_size, num_workers=args.num_workers)
-    preds = predict_logits(model, loader, device, amp=args.amp, channels_last=args.channels_last,
-                           desc="JTT error set").argmax(1)
+    preds = predict_logits(model, loader, runtime_from_args(args, device), desc="JTT error set").argmax(1)
     return torch.nonzero(preds != train.y).flatten()
 
 

@@ -16,6 +16,7 @@ from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 from utils.run_dir import StepState
+from utils.runtime import runtime_from_args
 
 
 @dataclass
@@ -42,9 +43,8 @@ def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Names
     mean cross-entropy (per-sample weights, group losses); ``epochs`` overrides ``--epochs``.
     ``resume`` and ``stateful``: per-epoch saving and continuing (:func:`training.loops.train_classifier`).
     """
-    model.to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+    runtime = runtime_from_args(args, device)
+    runtime.place(model)
     loader = training_loader(train_set, args.batch_size, generator, args.num_workers, cells)
     optimizer = make_optimizer(model.parameters(), args.optimizer, args.lr, args.weight_decay)
 
@@ -55,8 +55,8 @@ def train_erm(model: nn.Module, train_set: SpuriousDataset, args: argparse.Names
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
-    return train_classifier(model, loader, optimizer, device, args.epochs if epochs is None else epochs, desc,
-                            amp=args.amp, channels_last=args.channels_last, on_epoch_end=after_epoch,
+    return train_classifier(model, loader, optimizer, runtime, args.epochs if epochs is None else epochs, desc,
+                            on_epoch_end=after_epoch,
                             loss_fn=loss_fn, resume=resume, generator=generator, stateful=stateful)
 
 

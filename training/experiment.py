@@ -12,7 +12,7 @@ from data import SpuriousDataset
 from training.loops import predict_logits
 from utils.checkpoint import plain_args
 from utils.metrics import compute_metrics, group_counts
-from utils.runtime import make_loader
+from utils.runtime import make_loader, runtime_from_args
 
 
 def evaluate_model(model: nn.Module, splits: dict[str, SpuriousDataset], args: argparse.Namespace,
@@ -20,12 +20,11 @@ def evaluate_model(model: nn.Module, splits: dict[str, SpuriousDataset], args: a
     """Per-group metrics on each named split, weighted-average weights from the training groups."""
     train = splits["train"]
     train_counts = group_counts(train.y, train.a)
-    out = {}
+    out, runtime = {}, runtime_from_args(args, device)
     for name in names:
         ds = splits[name]
         loader = make_loader(ds, args.eval_batch_size, num_workers=args.num_workers)
-        logits = predict_logits(model, loader, device, amp=args.amp, channels_last=args.channels_last,
-                                desc=f"evaluate {name}")
+        logits = predict_logits(model, loader, runtime, desc=f"evaluate {name}")
         out[name] = compute_metrics(logits.argmax(1), ds.y, ds.a, train_counts)
     return out
 

@@ -23,7 +23,7 @@ from utils.distributed import (ShardSampler, all_gather_cat, all_gather_with_gra
                                together)
 from utils.errors import UserError
 from utils.run_dir import StepState
-from utils.runtime import autocast, make_loader, progress, rng_state, set_rng_state, to_device
+from utils.runtime import Runtime, as_runtime, make_loader, progress, rng_state, set_rng_state
 
 CHECK_EVERY = 50  # steps between NaN/inf checks of the running loss (each check syncs with the device)
 EXPLOSION = 1e3  # a mean loss this many times its first value (and above 1) means training diverged
@@ -114,11 +114,9 @@ def train_classifier(
     model: nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
-    device: torch.device,
+    runtime: Runtime | torch.device,
     epochs: int,
     desc: str,
-    amp: bool = False,
-    channels_last: bool = False,
     on_epoch_end: Callable[[int], None] | None = None,
     train_mode: bool = True,
     loss_fn: LossFn = mean_cross_entropy,
@@ -133,8 +131,11 @@ def train_classifier(
     then ``loss_fn`` sees the logits (gathered with gradient), labels and indices of the whole
     global batch on every rank, so every method's loss means what it means for one process.
     With ``resume``, the state is saved after every epoch and a saved state is continued (module
-    docstring); ``generator`` is the loader's and ``stateful`` what ``on_epoch_end`` or ``loss_fn`` keep.
+    docstring; every ``runtime.resume_every`` epochs and the last); ``generator`` is the loader's and
+    ``stateful`` what ``on_epoch_end`` or ``loss_fn`` keep. ``runtime`` says device, precision and memory format.
     """
+    runtime = as_runtime(runtime)
+    device = runtime.device
     parts = {"model": model, "optimizer": optimizer, **(stateful or {})}
     state = load_step(resume, parts, generator, desc, epochs)
     history: list[float] = list(state["history"]) if state else []
@@ -148,8 +149,8 @@ def train_classifier(
         where = f"in {desc} epoch {epoch + 1}"
         batches = together(progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}"), where)
         for step, (x, y, _a, idx) in enumerate(batches):
-            x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
-            with autocast(device, amp):
+            x, y = runtime.batch(x), y.to(device, non_blocking=True)
+            with runtime.autocast():
                 logits = net(x)[1]
             logits, y = all_gather_with_grad(logits.float()), all_gather_cat(y)
             loss = loss_fn(logits, y, all_gather_cat(idx.to(device, non_blocking=True)))
@@ -165,26 +166,28 @@ def train_classifier(
                    flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-        if resume is not None:
+        if resume is not None and ((epoch + 1) % runtime.resume_every == 0 or epoch + 1 == epochs):
             save_step(resume, epoch + 1, epoch + 1 == epochs, parts, generator, history=history,
                       loss_baseline=watch.baseline)
     return history
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
-                   channels_last: bool = False, desc: str = "predict") -> torch.Tensor:
-    """Logits for every sample of the loader's data set, in dataset order (uses the index field).
+def predict_logits(model: nn.Module, loader: DataLoader, runtime: Runtime | torch.device,
+                   desc: str = "predict") -> torch.Tensor:
+    """Logits for every sample of the loader's data set, in dataset order (uses the index field), as
+    fp32 on the CPU; batches in ``runtime``'s memory format and precision (the model is left as it is).
 
     Under ``torchrun`` each rank predicts a contiguous share and every rank gets all rows.
     """
+    runtime = as_runtime(runtime)
     model.eval()
     dataset = loader.dataset
     loader = make_loader(dataset, loader.batch_size or 1, sampler=ShardSampler(len(dataset)),
                          num_workers=loader.num_workers)
     indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dataset.n_classes)]
     for x, _y, _a, idx in together(progress(loader, desc=desc), f"in {desc}"):
-        with autocast(device, amp):
-            rows.append(model(to_device(x, device, channels_last)).float().cpu())
+        with runtime.autocast():
+            rows.append(model(runtime.batch(x)).float().cpu())
         indices.append(idx)
     return gather_in_order(torch.cat(indices), torch.cat(rows), len(dataset))

@@ -52,7 +52,7 @@ from training.selection import cells_of, sparsest_within
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
 from utils.run_dir import StepState
-from utils.runtime import autocast, progress, to_device
+from utils.runtime import progress, runtime_from_args
 
 REFERENCE_WEIGHTS = 23_459_008  # Conv2d + Linear weights of a two-class torchvision ResNet-50
 PATIENCE = 3
@@ -97,7 +97,8 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
     optimizer, checks, random states) is saved after every epoch and a saved state is continued.
     """
     attach_masks(model, args.prune_layers, args.mask_init, args.mask_temperature)
-    model.to(device).eval()
+    runtime = runtime_from_args(args, device).for_pruning()
+    runtime.place(model).eval()
     logits = mask_parameters(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -156,8 +157,8 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
         batches = together(progress(loader, desc=f"prune epoch {epoch + 1}/{args.pruning_ep}"), where)
         total, count = torch.zeros((), device=device), 0
         for x, y, _a, idx in batches:
-            x, y = to_device(x, device, args.channels_last), y.to(device)
-            with autocast(device, args.amp):
+            x, y = runtime.batch(x), y.to(device)
+            with runtime.autocast():
                 feats, scores = net(x)
             # the losses of the whole global batch on every rank (rows of all ranks, with gradient)
             feats, scores = all_gather_with_grad(feats.float()), all_gather_with_grad(scores.float())
@@ -184,8 +185,9 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
                     print(f"pruning stopped early at step {step}: the score fell below the best for {PATIENCE} checks")
                     break
         watch.check(total, count, f"{where}{last_good(save_to)}")
-        if resume is not None:
-            save_step(resume, epoch + 1, stop or epoch + 1 == args.pruning_ep, parts, generator, step=step,
+        last = stop or epoch + 1 == args.pruning_ep
+        if resume is not None and (last or (epoch + 1) % runtime.resume_every == 0):
+            save_step(resume, epoch + 1, last, parts, generator, step=step,
                       stop=stop, n=n, sums=sums, checks=checks, candidates=candidates, loss_baseline=watch.baseline)
     chosen = sparsest_within(checks, args.prune_tolerance)
     checks[chosen]["kept"] = True

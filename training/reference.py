@@ -24,7 +24,7 @@ from data import SpuriousDataset
 from training.erm import train_and_save_erm
 from models.factory import Expect, load_model
 from utils.run_dir import StepState
-from utils.runtime import rng_state, set_rng_state
+from utils.runtime import rng_state, runtime_from_args, set_rng_state
 
 
 @dataclass
@@ -98,7 +98,8 @@ def make_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset], 
         expect = Expect(data=args.data, arch=args.arch, input_shape=train.input_shape, n_classes=train.n_classes,
                         flag="--cluster_checkpoint")
         cluster_model = load_model(reference.cluster_checkpoint, expect).model.to(device)
-    feats = extract_features(cluster_model, train, device, args.eval_batch_size, num_workers=args.num_workers)
+    runtime = runtime_from_args(args, device)
+    feats = extract_features(cluster_model, train, runtime, args.eval_batch_size, num_workers=args.num_workers)
     if args.clusters:
         assign = load_clusters(args.clusters, train)
         clusters_file = str(args.clusters)
@@ -109,7 +110,7 @@ def make_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset], 
         print(format_summary(summary))
         assign = fit.assign
         clusters_file = str(write_clusters(out_dir / "clusters.csv", train, assign))
-    val_feats = extract_features(cluster_model, val, device, args.eval_batch_size, num_workers=args.num_workers)
+    val_feats = extract_features(cluster_model, val, runtime, args.eval_batch_size, num_workers=args.num_workers)
     return Clusters(assign, nearest_clusters(feats, assign, train.y, val_feats, val.y), clusters_file, feats)
 
 

@@ -25,6 +25,7 @@ from training.loops import make_optimizer, train_classifier
 from training.samplers import training_loader
 from training.selection import BestEpoch, Selector, cells_of, stratified_halves
 from utils.run_dir import StepState
+from utils.runtime import runtime_from_args
 
 
 @dataclass
@@ -68,8 +69,8 @@ def retrain(model: nn.Module, data: RetrainData, selector: Selector, args: argpa
         cells = {"cluster": data.fit_cells, "class": data.fit.y, "none": None}[args.retrain_balance]
         loader = training_loader(data.fit, args.batch_size, generator, args.num_workers, cells)
         optimizer = make_optimizer(trainable, args.optimizer, args.lr_main, args.weight_decay)
-        losses = train_classifier(model, loader, optimizer, device, args.retrain_ep, "retrain", amp=args.amp,
-                                  on_epoch_end=select, train_mode=args.retrain_scope == "all", resume=resume,
+        losses = train_classifier(model, loader, optimizer, runtime_from_args(args, device), args.retrain_ep,
+                                  "retrain", on_epoch_end=select, train_mode=args.retrain_scope == "all", resume=resume,
                                   generator=generator, stateful={"best": best})
     best.restore()
     for p in model.parameters():

@@ -27,7 +27,7 @@ from torch import nn
 from data import SpuriousDataset
 from training.loops import predict_logits
 from utils.metrics import compute_metrics
-from utils.runtime import make_loader
+from utils.runtime import make_loader, runtime_from_args
 
 ORACLE_GROUP_LABELS = "model selection (--selection oracle)"
 
@@ -82,7 +82,7 @@ class Selector:
                     args: argparse.Namespace, device: torch.device) -> float:
         """The score of ``model``'s predictions on ``data``."""
         loader = make_loader(data, args.eval_batch_size, num_workers=args.num_workers)
-        preds = predict_logits(model, loader, device, amp=args.amp, desc="selection").argmax(1)
+        preds = predict_logits(model, loader, runtime_from_args(args, device), desc="selection").argmax(1)
         return self.score(preds, data, cells)
 
 
