@@ -36,7 +36,7 @@ from utils.errors import UserError  # noqa: E402
 from utils.results import RESULTS_NAME  # noqa: E402
 from utils.run_dir import ARGS_NAME, NOT_COMPARED, differing_args, read_args  # noqa: E402
 
-TOOLS = {"run": ("run", "run.py"), "irm": ("invariant_learning.irm", "invariant_learning/irm.py")}
+TOOLS = {"run": ("run", "run.py"), "irm": ("cli.irm", "invariant_learning/irm.py")}
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 INTERRUPTED_EXIT = 130
 MARK = "=== "  # the sweep's own lines in a job's log: the command, then the exit code and times

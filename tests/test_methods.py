@@ -214,12 +214,12 @@ def test_layers_import_only_downwards():
 def test_report_script_prints_the_table_and_draws_the_picture(all_run, tmp_path, capsys):
     from scripts import report
 
-    assert report.main([str(all_run), "--png", str(tmp_path / "r.png")]) == 0
+    assert report.main([str(all_run), "--out", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
-    assert "| prusc |" in out and "| dfr [group labels] |" in out
-    assert (tmp_path / "r.png").stat().st_size > 10_000
+    assert "prusc" in out and "dfr [group labels]" in out
+    assert (tmp_path / "report" / "worst_group.png").stat().st_size > 10_000
     assert report.main([str(tmp_path)]) == 2  # nothing to report: one line, exit code 2
-    assert "neither a results.json" in capsys.readouterr().err
+    assert "no results.json under" in capsys.readouterr().err
 
 
 def test_methods_that_train_their_own_model_build_the_checkpoints_backbone(run_cli, tmp_path):
