@@ -35,6 +35,8 @@ MODES = {
     "all": modes.run_all,
 }
 DEFAULT_MODE = "all"
+INPUT_FLAGS = ("metadata", "train_root_dir", "val_root_dir", "checkpoint", "cluster_checkpoint", "clusters",
+               "pretrained_path")  # fingerprinted with the run; never inside a folder --overwrite replaces
 
 
 def cluster_epoch(text: str) -> int | str:
@@ -172,7 +174,7 @@ def run(argv: list[str] | None = None) -> None:
         args.out_dir = run_on_main(lambda: args.out_dir)  # the time-stamped default differs between ranks
         check_inputs(args)
         kind = cluster_fit.RUN_KIND if args.mode == "cluster" else RESULTS_RUN
-        inputs = (args.checkpoint, args.cluster_checkpoint, args.clusters, args.pretrained_path)
+        inputs = {f"--{name}": getattr(args, name, None) for name in INPUT_FLAGS}
         with fail_together("while opening --out_dir"):  # rank 0 holds the folder's lock and writes
             folder = (open_run(args.out_dir, plain_args(args), args.overwrite, kind, inputs, tool="run.py")
                       if is_main() else contextlib.nullcontext())

@@ -23,8 +23,8 @@ from utils.checkpoint import plain_args, save_checkpoint
 from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.report import format_comparison, format_group_table, write_report
-from utils.results import prepare_out_dir, write_results
-from utils.run_dir import StepState
+from utils.results import write_results
+from utils.run_dir import StepState, prepare_out_dir
 from utils.runtime import resolve_device, seed_everything
 
 PRIMARY_ORDER = ("prusc", "prusc_no_con", "retrain_only")  # top-level ``splits``: the first of these that ran

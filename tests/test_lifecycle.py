@@ -30,8 +30,8 @@ ERM = ("--mode", "erm", "--data", "digits", "--device", "cpu", "--epochs", "1")
 HOLD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from utils.run_dir import RunKind, open_run
-with open_run({folder!r}, {{}}, overwrite=False, kind=RunKind(args_name="held.json")):
+from utils.run_dir import open_run
+with open_run({folder!r}, {{}}, overwrite=False):
     print("locked", flush=True)
     time.sleep(60)
 """
