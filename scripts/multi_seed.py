@@ -29,7 +29,7 @@ from utils.cli import exit_code  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.report import collect, markdown_table, write_report  # noqa: E402
 from utils.results import RESULTS_NAME, atomic_write_text  # noqa: E402
-from utils.run_dir import ARGS_NAME, differing_args, read_args  # noqa: E402
+from utils.run_dir import ARGS_NAME, INTERRUPTED_EXIT, check_folder_path, differing_args, read_args  # noqa: E402
 
 
 class Tool(NamedTuple):
@@ -61,7 +61,10 @@ def reuse_or_run(tool: Tool, argv: list[str], seed_dir: Path, overwrite: bool) -
                             "choose another --out_dir, or pass --overwrite to rerun those seeds")
         print(f"{seed_dir}: rerunning, its finished run had other arguments: {'; '.join(differ[:6])}")
         argv = [*argv, "--overwrite"]
-    if tool.main(argv) != 0:
+    code = tool.main(argv)
+    if code == INTERRUPTED_EXIT:  # Ctrl-C: its own line is printed; multi_seed stops the same way
+        raise KeyboardInterrupt
+    if code != 0:
         raise UserError(f"the run in {seed_dir} failed (its message is above)")
 
 
@@ -75,6 +78,7 @@ def multi_seed(argv: list[str]) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="rerun the seeds whose finished runs had other arguments (else they are refused)")
     opts = parser.parse_args(own)
+    check_folder_path(opts.out_dir)
     tool = TOOLS[opts.tool]
     if opts.tool == "run" and "--mode" not in passthrough:
         passthrough = ["--mode", "all", *passthrough]

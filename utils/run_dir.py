@@ -382,10 +382,9 @@ class RunDir:
             return
         if any(read_record(self.path / name) is not None for name in RECORD_NAMES):
             return
-        states = (self.path / STATE_DIR).is_dir()
-        what = (f"resume states ({STATE_DIR}/) but no readable {self.kind.args_name}" if states
-                else f"files but no readable {self.kind.args_name}, so it is not a run of this toolkit")
-        raise UserError(f"--out_dir {self.path} holds {what}; nothing was changed; choose a new or empty "
+        what = f"resume states ({STATE_DIR}/*.pt)" if any((self.path / STATE_DIR).glob("*.pt")) else "files"
+        raise UserError(f"--out_dir {self.path} holds {what} but no readable {self.kind.args_name}, so it is not "
+                        "a run of this toolkit; nothing was changed; choose a new or empty "
                         "--out_dir (or delete that folder yourself if it is a run you no longer need)")
 
     def _recover_interrupted_overwrite(self) -> None:
