@@ -159,7 +159,8 @@ def check_inputs(args: argparse.Namespace) -> None:
         path = getattr(args, flag[2:])
         if path:
             ckpt = load_checkpoint(path, data=args.data, arch=args.arch, flag=flag)
-            check_data_settings(ckpt, data_settings(args), path, flag)
+            recorded = data_settings(argparse.Namespace(**(ckpt.get("args") or {})))  # defaults resolved
+            check_data_settings(recorded, data_settings(args), path, flag)
             if flag == "--checkpoint" and args.arch is None:
                 args.arch = ckpt["arch"]
     if args.clusters and args.mode in ("prune", "all") and args.lambda_con_prune > 0:

@@ -9,6 +9,7 @@ whose ``splits`` and ``density`` are repeated at the top level, and the referenc
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
     for method in methods:
         reason = method.unavailable(ctx)
         if reason:
-            print(f"warning: skipping method {method.name}: {reason}")
+            print(f"warning: skipping method {method.name}: {reason}", file=sys.stderr)
         else:
             runnable.append(method)
     if not runnable:
@@ -91,7 +92,7 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
         except MethodUnavailable as exc:
             if len(runnable) == 1:
                 raise
-            print(f"warning: skipping method {method.name}: {exc}")
+            print(f"warning: skipping method {method.name}: {exc}", file=sys.stderr)
             continue
         results[method.name] = method_result(method, fitted, ctx)
         results[method.name]["time_s"] = round(time.time() - fit_started, 1)  # fit and evaluation (and shared steps it ran)

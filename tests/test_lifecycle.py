@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 import run
 from cluster.io import load_clusters
 from conftest import read_results
+from data import build_splits
 from data.digits import make_colored_digits
 from data.images import check_images_open, to_rgb
 from fixtures import write_custom_csv
@@ -670,3 +672,57 @@ def test_a_pruning_that_empties_the_model_exits_2(run_cli, erm_dir, tmp_path):
 def test_multi_seed_reports_ctrl_c_as_130(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(multi_seed.TOOLS, "run", multi_seed.TOOLS["run"]._replace(main=lambda argv: 130))
     assert multi_seed.main(["--seeds", "0", "--out_dir", str(tmp_path / "m"), "--", *ERM]) == 130
+
+
+# --- mistakes in data and flags, each one line before any training (issue 19, items 9, 11) -----------
+
+def csv_argv(folder: Path, *extra: str) -> list[str]:
+    return ["--data", "csv", "--metadata", str(folder / "labels.csv"), "--image_col", "path", "--label_col", "target",
+            "--attr_col", "bg", "--split_col", "fold", *extra, "--out_dir", "unused"]
+
+
+@pytest.mark.parametrize("column, value, needle", [
+    ("target", 7, "column 'target' holds ids [0, 1, 2, 7] but never 3, so the ids above it look like typos (line 5)"),
+    ("bg", 5, "column 'bg' holds ids [0, 1, 5] but never 2, so the ids above it look like typos (line 5)"),
+    ("target", None, "column 'target' holds an empty cell on line 5; expected class ids"),
+])
+def test_label_and_attribute_typos_are_named_by_line(tmp_path, column, value, needle):
+    write_custom_csv(tmp_path)
+    table = pd.read_csv(tmp_path / "labels.csv")
+    table[column] = table[column].astype(object)
+    table.loc[3, column] = value
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.raises(UserError) as exc:
+        build_splits(run.parse_args(csv_argv(tmp_path)))
+    assert needle in str(exc.value) and "np.float64" not in str(exc.value)
+
+
+def test_a_header_only_metadata_file_is_named_as_such(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,target,bg,fold\n")
+    with pytest.raises(UserError, match="has a header but no rows; check --metadata"):
+        build_splits(run.parse_args(csv_argv(tmp_path)))
+
+
+def test_an_explicit_default_data_flag_matches_a_checkpoint_trained_with_the_default(run_cli, erm_dir, tmp_path):
+    argv = ("--mode", "evaluate", "--device", "cpu", "--checkpoint", erm_dir / "erm.pt")
+    assert run_cli(*argv, "--spurious_ratio", "0.95", "--out_dir", tmp_path / "a")[0] == 0
+    rc, _, err = run_cli(*argv, "--spurious_ratio", "0.9", "--out_dir", tmp_path / "b")
+    assert rc == 2 and "was trained with --spurious_ratio 0.95, but this run has --spurious_ratio 0.9" in err, err
+
+
+def test_a_plain_pickle_as_checkpoint_is_one_line_without_a_torch_warning(run_cli, tmp_path):
+    import pickle
+    (tmp_path / "model.pt").write_bytes(pickle.dumps(object, protocol=4))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        rc, _, err = run_cli("--mode", "evaluate", "--checkpoint", tmp_path / "model.pt", "--out_dir", tmp_path / "o")
+    assert rc == 2 and one_line(err) and "could not be read as a checkpoint" in err, err
+    assert not [w for w in seen if "pickle" in str(w.message)]
+
+
+def test_resume_states_left_beside_a_finished_result_are_dropped(run_cli, tmp_path):
+    out = finished_run(tmp_path / "out", *ERM)
+    (out / "resume").mkdir()
+    (out / "resume" / "erm.pt").write_bytes(b"a state the kill left behind")
+    rc, _, err = run_cli(*ERM, "--out_dir", out)
+    assert rc == 2 and "already holds results.json" in err and not (out / "resume").exists()

@@ -315,6 +315,7 @@ class RunDir:
         try:
             self._recover_interrupted_overwrite()
             self._refuse_foreign_folder()
+            self._drop_states_of_finished_run()
             self.inputs = fingerprint_inputs(inputs)
             if self.overwrite and self.kind.replace_folder and self._has_content() and not self._continues():
                 self._check_replaceable(inputs)
@@ -386,6 +387,11 @@ class RunDir:
         raise UserError(f"--out_dir {self.path} holds {what} but no readable {self.kind.args_name}, so it is not "
                         "a run of this toolkit; nothing was changed; choose a new or empty "
                         "--out_dir (or delete that folder yourself if it is a run you no longer need)")
+
+    def _drop_states_of_finished_run(self) -> None:
+        """A kill between writing the result and cleaning up leaves resume states nothing will use."""
+        if self.kind.replace_folder and (self.path / self.kind.finished).exists():
+            shutil.rmtree(self.path / STATE_DIR, ignore_errors=True)
 
     def _recover_interrupted_overwrite(self) -> None:
         """An earlier ``--overwrite`` was killed: keep one run of the two, never both."""
