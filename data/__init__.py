@@ -147,7 +147,8 @@ from data import celeba, cmnist, custom_csv, digits, images, isic, waterbirds  #
 register(DatasetSpec("digits", digits.build, digits.add_args, default_arch="mlp", image_files=False,
                     defaults={"spurious_ratio": digits.DEFAULT_SPURIOUS_RATIO, "label_noise": 0.0}))
 register(DatasetSpec("cmnist", cmnist.build, cmnist.add_args, default_arch="mlp", image_files=False,
-                    defaults={"spurious_ratio": cmnist.DEFAULT_SPURIOUS_RATIO, "label_noise": cmnist.DEFAULT_LABEL_NOISE}))
+                    defaults={"spurious_ratio": cmnist.DEFAULT_SPURIOUS_RATIO,
+                              "label_noise": cmnist.DEFAULT_LABEL_NOISE}))
 register(DatasetSpec("celebA", celeba.build, celeba.add_args, aliases=("celeba",)))
 register(DatasetSpec("waterbirds", waterbirds.build, aliases=("cub",)))
 register(DatasetSpec("isic", isic.build))

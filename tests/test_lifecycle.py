@@ -593,8 +593,11 @@ def test_a_state_of_another_shape_is_one_line(tmp_path):
     state = run_dir.StepState(tmp_path, "erm")
     state.save({"epoch": 1, "finished": False, "parts": {"model": torch.nn.Linear(8, 2).state_dict()},
                 "rng": {}})
-    with pytest.raises(UserError, match="does not fit ERM \\(model: .*size mismatch.*delete it"):
+    with pytest.raises(UserError, match="does not fit ERM \\(RuntimeError: .*size mismatch.*delete it"):
         load_step(state, {"model": torch.nn.Linear(4, 2)}, None, "ERM", 3)
+    run_dir.StepState(tmp_path, "methods").save({"results": {}})
+    with pytest.raises(UserError, match="methods.pt does not fit ERM \\(KeyError: 'parts'\\)"):
+        load_step(run_dir.StepState(tmp_path, "methods"), {"model": torch.nn.Linear(4, 2)}, None, "ERM", 3)
 
 
 def test_a_state_without_an_argument_record_is_refused(run_cli, tmp_path):

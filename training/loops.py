@@ -128,15 +128,16 @@ def load_step(resume: StepState | None, parts: Mapping[str, Any], generator: tor
     state = resume.load() if resume is not None else None
     if state is None:
         return None
-    for name, part in parts.items():
-        if name in state["parts"]:
-            try:
+    try:
+        for name, part in parts.items():
+            if name in state["parts"]:
                 part.load_state_dict(state["parts"][name])
-            except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # another model shape or another step
-                reason = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:200] or type(exc).__name__
-                raise UserError(f"resume state {resume.path} does not fit {desc} ({name}: {reason}); delete it to "  # type: ignore[union-attr]
-                                f"run {desc} again from its start") from None
-    set_rng_state(state["rng"], generator)
+        set_rng_state(state["rng"], generator)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # another model shape or another step's state
+        reason = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:200] or type(exc).__name__
+        where = resume.path  # type: ignore[union-attr]
+        raise UserError(f"resume state {where} does not fit {desc} ({type(exc).__name__}: {reason}); "
+                        f"delete it to run {desc} again from its start") from None
     word = "reusing the finished" if state["finished"] else "resuming"
     print(f"{word} {desc} after {unit} {state['epoch']}/{total} ({resume.path})", flush=True)  # type: ignore[union-attr]
     return state
