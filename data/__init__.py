@@ -127,6 +127,9 @@ def build_splits(args: argparse.Namespace) -> dict[str, SpuriousDataset]:
             raise UserError(f"data set {spec.name!r} has no samples in split {split!r}; check its split column/files")
     if spec.image_files and not args.no_cache:
         images.cache_splits(splits, args)
+    uncached = {split: ds for split, ds in splits.items() if getattr(ds, "cache", False) is None}
+    if uncached and not args.skip_image_check:  # decoded at every batch: a damaged image must show now
+        images.check_images_open(uncached, args.metadata or "the data set's metadata", decode=True)
     return splits
 
 

@@ -103,25 +103,28 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _image_mode(path: Path) -> tuple[str | None, str | None]:
-    """(mode, None) when the image's header reads, else (None, why)."""
+def _image_mode(path: Path, decode: bool = False) -> tuple[str | None, str | None]:
+    """(mode, None) when the image's header (with ``decode``, all of it) reads, else (None, why)."""
     try:
         with Image.open(path) as image:
+            if decode:
+                image.load()
             return image.mode, None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError or its own types on bad files
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def check_images_open(splits: Mapping[str, ImageFileDataset], metadata: Path) -> None:
-    """Read the header of every image of every split, in parallel, before any training.
+def check_images_open(splits: Mapping[str, ImageFileDataset], metadata: Path | str, decode: bool = False) -> None:
+    """Read the header (with ``decode``, the whole image) of every image of every split, in parallel,
+    before any training.
 
     A file that does not open is an error naming it; modes that lose information on the way to
-    8-bit RGB (16-bit grey, alpha, CMYK, float) are warned about once.
+    8-bit RGB (16-bit grey, alpha, CMYK, float) are warned about once (by the header pass).
     """
     items = [(split, ds.image_dir / name) for split, ds in splits.items() for name in ds.filenames]
     with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
-        found = list(progress(pool.map(_image_mode, [path for _, path in items]), desc="check images",
-                              total=len(items)))
+        found = list(progress(pool.map(_image_mode, [path for _, path in items], [decode] * len(items)),
+                              desc="decode images" if decode else "check images", total=len(items)))
     broken = [(split, path, why) for (split, path), (_, why) in zip(items, found) if why is not None]
     if broken:
         split, path, why = broken[0]
@@ -129,7 +132,7 @@ def check_images_open(splits: Mapping[str, ImageFileDataset], metadata: Path) ->
                         f"{metadata} ({len(broken)} of {len(items)} images unreadable; --skip_image_check skips "
                         "this check)")
     lossy = Counter(mode for mode, _ in found if mode in LOSSY_MODES)
-    if lossy:
+    if lossy and not decode:
         what = ", ".join(f"{n} {LOSSY_MODES[mode]} (mode {mode})" for mode, n in lossy.items())
         print(f"warning: {sum(lossy.values())} of {len(items)} images lose information when converted to 8-bit "
               f"RGB: {what}", file=sys.stderr)

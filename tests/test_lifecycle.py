@@ -729,3 +729,11 @@ def test_resume_states_left_beside_a_finished_result_are_dropped(run_cli, tmp_pa
     (out / "resume" / "erm.pt").write_bytes(b"a state the kill left behind")
     rc, _, err = run_cli(*ERM, "--out_dir", out)
     assert rc == 2 and "already holds results.json" in err and not (out / "resume").exists()
+
+
+def test_a_damaged_image_with_a_good_header_is_found_before_training_without_a_cache(tmp_path):
+    samples = write_custom_csv(tmp_path)
+    damaged = tmp_path / samples[3].filename
+    damaged.write_bytes(damaged.read_bytes()[:-40])  # the header still reads, the pixels do not
+    with pytest.raises(UserError, match=f"image {damaged} \\(.* split\\) cannot be opened"):
+        build_splits(run.parse_args(csv_argv(tmp_path, "--no_cache")))
