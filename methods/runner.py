@@ -25,7 +25,7 @@ from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.report import format_comparison, format_group_table, write_report
 from utils.results import write_results
-from utils.run_dir import StepState, prepare_out_dir
+from utils.run_dir import StepState, prepare_out_dir, record_splits
 from utils.runtime import resolve_device, seed_everything
 
 PRIMARY_ORDER = ("prusc", "prusc_no_con", "retrain_only")  # top-level ``splits``: the first of these that ran
@@ -38,7 +38,9 @@ def make_context(args: argparse.Namespace, allow_masked_reference: bool = False)
     out_dir = prepare_out_dir(args.out_dir, args.overwrite)
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    return Context(args, build_splits(args), device, out_dir, allow_masked_reference, resumable=True), started
+    splits = build_splits(args)
+    record_splits({name: len(split) for name, split in splits.items()})
+    return Context(args, splits, device, out_dir, allow_masked_reference, resumable=True), started
 
 
 def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any]:

@@ -737,3 +737,17 @@ def test_a_damaged_image_with_a_good_header_is_found_before_training_without_a_c
     damaged.write_bytes(damaged.read_bytes()[:-40])  # the header still reads, the pixels do not
     with pytest.raises(UserError, match=f"image {damaged} \\(.* split\\) cannot be opened"):
         build_splits(run.parse_args(csv_argv(tmp_path, "--no_cache")))
+
+
+def test_a_continued_run_whose_splits_changed_is_refused(tmp_path):
+    opened = run_dir.open_run(tmp_path / "out", {"a": 1}, False)
+    run_dir.record_splits({"train": 10, "val": 4, "test": 4})
+    (opened.path / "erm_epoch1.pt").write_bytes(b"trained on 10 samples")
+    opened.close()  # killed before it finished
+    again = run_dir.open_run(tmp_path / "out", {"a": 1}, False)
+    try:
+        with pytest.raises(UserError, match="changed since it started \\(samples per split: train 10 -> 9\\)"):
+            run_dir.record_splits({"train": 9, "val": 4, "test": 4})
+        run_dir.record_splits({"train": 10, "val": 4, "test": 4})
+    finally:
+        again.close()

@@ -305,6 +305,7 @@ class RunDir:
         self.tool = tool
         self.backup = sibling(path, ".replaced")
         self.inputs: dict[str, str] = {}
+        self.previous_splits: dict[str, int] | None = None
         self.lock: FolderLock | None = None
 
     # -- opening ---------------------------------------------------------------------------------
@@ -317,21 +318,37 @@ class RunDir:
             self._refuse_foreign_folder()
             self._drop_states_of_finished_run()
             self.inputs = fingerprint_inputs(inputs)
+            self.previous_splits = (self._record() or {}).get("splits") if self._holds_outputs() else None
             if self.overwrite and self.kind.replace_folder and self._has_content() and not self._continues():
                 self._check_replaceable(inputs)
                 self.path.rename(self.backup)
+                self.previous_splits = None
             elif not self.overwrite:
                 self._refuse_finished_or_other_run()
             self._check_states()
             make_folder(self.path, min_free_bytes=min_free_bytes)
             remove_orphans(self.path)
-            atomic_write_text(self.path / self.kind.args_name,
-                              json.dumps({"tool": self.tool, "args": self.args, "inputs": self.inputs}, indent=2)
-                              + "\n")
+            self._write_record(self.previous_splits)
         except BaseException:
             self.lock.release()
             raise
         return self
+
+    def _write_record(self, splits: dict[str, int] | None) -> None:
+        record = {"tool": self.tool, "args": self.args, "inputs": self.inputs}
+        if splits is not None:
+            record["splits"] = splits
+        atomic_write_text(self.path / self.kind.args_name, json.dumps(record, indent=2) + "\n")
+
+    def record_splits(self, sizes: dict[str, int]) -> None:
+        """The split sizes, once the data is built: recorded, and compared with those of the run continued."""
+        if self.previous_splits is not None and self.previous_splits != sizes:
+            changes = ", ".join(f"{split} {self.previous_splits.get(split)} -> {n}" for split, n in sizes.items()
+                                if self.previous_splits.get(split) != n)
+            raise UserError(f"the data of the unfinished run in {self.path} changed since it started (samples per "
+                            f"split: {changes}); its finished steps used the old data; {afresh(self.path)}")
+        self.previous_splits = sizes
+        self._write_record(sizes)
 
     def _check_writable(self) -> None:
         """Before the lock is created: the folder, or the nearest existing folder above it, is writable."""
@@ -496,6 +513,13 @@ class RunDir:
                                  "the same command to continue from there") from None
 
 
+def record_splits(sizes: dict[str, int]) -> None:
+    """Record the split sizes with the open run (rank 0 under ``torchrun``); a continued run whose
+    data now gives other sizes is refused (:meth:`RunDir.record_splits`). Nothing outside a run."""
+    run_on_main(lambda: _ACTIVE.record_splits(sizes) if _ACTIVE is not None else None,
+                where="while checking the data against the run's record")
+
+
 def refuse_mismatched_state(path: Path, args: dict[str, Any], inputs: dict[str, str]) -> None:
     """Refuse a resume state whose recorded arguments (seed included) or inputs are not the run's."""
     try:
@@ -503,6 +527,11 @@ def refuse_mismatched_state(path: Path, args: dict[str, Any], inputs: dict[str, 
     except Exception as exc:  # a save is atomic, so this is damage from outside
         raise UserError(f"resume state {path} is unreadable ({type(exc).__name__}); delete it to run "
                         f"step {path.stem} again from its start") from exc
+    written_by = state.get("world_size", 1) if isinstance(state, dict) else 1
+    if written_by != world_size():
+        raise UserError(f"resume states in {path.parent} were written by {written_by} process(es), this run has "
+                        f"{world_size()}; continue with {written_by}, or delete {path.parent} to run the unfinished "
+                        "steps again from their start")
     run = state.get("run") if isinstance(state, dict) else None
     if not isinstance(run, dict) or not isinstance(run.get("args"), dict):
         raise UserError(f"resume state {path} holds no record of the arguments that shaped it; delete it to run "
