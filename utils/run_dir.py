@@ -473,7 +473,7 @@ class RunDir:
     def _check_states(self) -> None:
         """Every resume state that a continued run would use was shaped by the same arguments and inputs."""
         folder = self.path / STATE_DIR
-        if not folder.is_dir():
+        if not self.kind.replace_folder or not folder.is_dir():  # a tool sharing the folder keeps no states
             return
         for path in sorted(folder.glob("*.pt")):
             refuse_mismatched_state(path, self.args, self.inputs)
