@@ -751,3 +751,10 @@ def test_a_continued_run_whose_splits_changed_is_refused(tmp_path):
         run_dir.record_splits({"train": 10, "val": 4, "test": 4})
     finally:
         again.close()
+
+
+def test_clustering_into_an_unfinished_erm_folder_leaves_its_states_alone(tmp_path):
+    from cluster.fit import RUN_KIND
+    state = state_of_run(tmp_path / "erm", *ERM)
+    run_dir.open_run(tmp_path / "erm", {"mode": "cluster"}, False, kind=RUN_KIND).close()
+    assert state.exists() and (tmp_path / "erm" / "cluster_args.json").exists()
