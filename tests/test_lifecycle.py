@@ -758,3 +758,10 @@ def test_clustering_into_an_unfinished_erm_folder_leaves_its_states_alone(tmp_pa
     state = state_of_run(tmp_path / "erm", *ERM)
     run_dir.open_run(tmp_path / "erm", {"mode": "cluster"}, False, kind=RUN_KIND).close()
     assert state.exists() and (tmp_path / "erm" / "cluster_args.json").exists()
+
+
+def test_the_results_writer_does_not_import_the_run_folder_owner():
+    import ast
+    tree = ast.parse((ROOT / "utils" / "results.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "utils.run_dir" not in imported and not hasattr(__import__("utils.results").results, "prepare_out_dir")
