@@ -16,7 +16,7 @@ from invariant_learning.construction import (ROLES, WEAK_CONTRAST, add_construct
                                              build_environments, data_flags, describe, label_attr_agreement,
                                              summarize, write_environments)
 from utils.cli import OneLineErrorParser, exit_code  # noqa: E402
-from utils.run_dir import check_folder_path, make_folder  # noqa: E402
+from utils.run_dir import check_folder_path, check_writable  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     """Build, write and describe the two environments."""
     args.data = canonical_name(args.data)
-    make_folder(check_folder_path(args.output_dir, "--output_dir"), "--output_dir")  # before any work
+    check_writable(check_folder_path(args.output_dir, "--output_dir"), "--output_dir")  # before any work
     train = build_splits(args)["train"]
     tables = build_environments(train, args.clusters, args.balanced_fraction, args.minority_share, args.seed)
     source = {"data": args.data, "data_flags": data_flags(args), "n_train": len(train),

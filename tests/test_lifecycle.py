@@ -545,10 +545,11 @@ def test_environments_output_dir_under_a_file_or_read_only_is_one_line(tmp_path,
     (tmp_path / "file").write_text("x")
     assert envs_cli.main(["--clusters", "c.csv", "--output_dir", str(tmp_path / "file" / "envs")]) == 2
     assert "lies under" in capsys.readouterr().err
-    monkeypatch.setattr(run_dir, "atomic_write_text", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    no_write_access(monkeypatch, tmp_path)
     assert envs_cli.main(["--clusters", "c.csv", "--output_dir", str(tmp_path / "envs")]) == 2
     err = capsys.readouterr().err
-    assert one_line(err) and "--output_dir" in err and "cannot be written" in err, err
+    assert one_line(err) and f"--output_dir {tmp_path / 'envs'} cannot be created: {tmp_path} is not writable" in err
+    assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
 # --- resume states and inputs: never mixed (issue 19, items 3, 4) ----------------------------------

@@ -115,6 +115,16 @@ def make_folder(path: Path, flag: str = "--out_dir", min_free_bytes: int = MIN_F
     return path
 
 
+def check_writable(path: Path, flag: str = "--out_dir") -> None:
+    """Without creating anything: ``path``, or the nearest existing folder above it, can be written."""
+    place = path
+    while not place.exists():
+        place = place.parent
+    if not os.access(place, os.W_OK | os.X_OK):
+        what = "is not writable" if place == path else f"cannot be created: {place} is not writable"
+        raise UserError(f"{flag} {path} {what}; pass a folder you can write to")
+
+
 def require_free_space(path: Path, needed: int, flag: str = "--out_dir") -> None:
     """Refuse to start when the device of ``path`` has less than ``needed`` bytes free."""
     free = shutil.disk_usage(path).free
@@ -351,14 +361,9 @@ class RunDir:
         self._write_record(sizes)
 
     def _check_writable(self) -> None:
-        """Before the lock is created: the folder, or the nearest existing folder above it, is writable."""
-        place = self.path
-        while not place.exists():
-            place = place.parent
-        if not os.access(place, os.W_OK | os.X_OK):
-            what = "is not writable" if place == self.path else f"cannot be created: {place} is not writable"
-            raise UserError(f"--out_dir {self.path} {what}; pass a folder you can write to")
-        if place != self.path:
+        """Before the lock is created: the folder can be written (created first when it is new)."""
+        check_writable(self.path)
+        if not self.path.exists():
             make_folder(self.path)
 
     def _entries(self) -> list[Path]:
