@@ -431,19 +431,19 @@ def test_every_tool_refuses_an_empty_out_dir(run_cli, tmp_path, monkeypatch, cap
 @pytest.mark.parametrize("live", [False, True])
 def test_overwrite_refuses_a_folder_holding_other_runs(run_cli, tmp_path, live):
     parent = finished_run(tmp_path / "parent", *ERM)
-    proc = holder(parent / "child") if live else None
-    if not live:
+    child = run_dir.RunDir(parent / "child", {}, run_dir.RESULTS_RUN, False, "")
+    if live:  # a running run: its lock is held (a flock taken here conflicts with any other open of the file)
+        child.open((), 0)
+    else:
         finished_run(parent / "child", *ERM)
     try:
         before = files_of(tmp_path)
         rc, _, err = run_cli(*ERM, "--seed", "1", "--overwrite", "--out_dir", parent)
         assert rc == 2 and one_line(err) and "nothing was changed" in err, err
         assert ("a live run holds" in err or "holds another run" in err) if live else "holds another run" in err
-        assert files_of(tmp_path) == before and (proc is None or proc.poll() is None)
+        assert files_of(tmp_path) == before
     finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait()
+        child.close()
 
 
 @pytest.mark.parametrize("flag", ["--metadata", "--train_root_dir", "--val_root_dir"])
@@ -495,14 +495,13 @@ def test_an_overwrite_job_killed_and_started_again_resumes(tmp_path):
 
 def test_a_symlink_shares_the_lock_of_its_folder_and_overwrite_follows_it(run_cli, tmp_path):
     real = tmp_path / ("r" * 250)  # lock and backup names beside it would pass 255 bytes unshortened
-    proc = holder(real)
+    first = run_dir.open_run(real, {}, overwrite=False)  # the first run, still running
     (tmp_path / "link").symlink_to(real)
     try:
         rc, _, err = run_cli(*ERM, "--out_dir", tmp_path / "link" / ".." / "link")
     finally:
-        proc.kill()
-        proc.wait()
-    assert rc == 2 and one_line(err) and f"{real} is in use by another run" in err, err
+        first.close()
+    assert rc == 2 and one_line(err) and f"{real} is in use by another run (pid {os.getpid()}" in err, err
     finished_run(real, *ERM)
     rc, _, err = run_cli(*ERM, "--seed", "2", "--overwrite", "--out_dir", tmp_path / "link")
     assert rc == 0, err
