@@ -37,6 +37,8 @@ MODES = {
     "all": modes.run_all,
 }
 DEFAULT_MODE = "all"
+INPUT_FLAGS = ("metadata", "train_root_dir", "val_root_dir", "checkpoint", "cluster_checkpoint", "clusters",
+               "pretrained_path")  # fingerprinted with the run; never inside a folder --overwrite replaces
 
 
 def cluster_epoch(text: str) -> int | str:
@@ -165,6 +167,11 @@ def check_inputs(args: argparse.Namespace) -> None:
         warn_single_cluster_classes(args.clusters)
 
 
+def run_inputs(args: argparse.Namespace) -> dict[str, str | None]:
+    """The files and folders a run reads, by flag (:func:`utils.run_dir.open_run` fingerprints them)."""
+    return {f"--{name}": getattr(args, name, None) for name in INPUT_FLAGS}
+
+
 def run(argv: list[str] | None = None) -> None:
     """Parse, join the ``torchrun`` process group when launched by it, run the mode, leave the group."""
     args = parse_args(argv)
@@ -174,7 +181,7 @@ def run(argv: list[str] | None = None) -> None:
         check_inputs(args)
         main_print(runtime_from_args(args).describe(), flush=True)
         kind = cluster_fit.RUN_KIND if args.mode == "cluster" else RESULTS_RUN
-        inputs = (args.checkpoint, args.cluster_checkpoint, args.clusters, args.pretrained_path)
+        inputs = run_inputs(args)
         with fail_together("while opening --out_dir"):  # rank 0 holds the folder's lock and writes
             folder = (open_run(args.out_dir, plain_args(args), args.overwrite, kind, inputs, tool="run.py")
                       if is_main() else contextlib.nullcontext())

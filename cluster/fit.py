@@ -90,7 +90,8 @@ def _cluster_features(features: torch.Tensor, train_set: SpuriousDataset,
 
 
 def prepare_output(out_dir: str, overwrite: bool) -> Path:
-    """The output folder; a finished clustering there is kept unless ``--overwrite``.
+    """The output folder (prepared by rank 0 under ``torchrun``); a finished clustering there is kept
+    unless ``--overwrite``.
 
     Only ``clusters.csv`` counts as finished: clustering may share a folder with its ERM run.
     """
@@ -105,8 +106,7 @@ def run(args: argparse.Namespace) -> dict:
                         "or --clusters FILE to report on an existing clusters file")
     if not args.checkpoint and args.plot:
         raise UserError("--plot needs --checkpoint: the picture projects the model's features")
-    out_dir = run_on_main(prepare_output, args.out_dir, args.overwrite or bool(args.clusters),
-                          where="while preparing --out_dir")
+    out_dir = prepare_output(args.out_dir, args.overwrite or bool(args.clusters))  # by rank 0 under torchrun
     seed_everything(args.seed)
     train = build_splits(args)["train"]
     features = None

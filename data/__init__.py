@@ -24,6 +24,7 @@ class DatasetSpec:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     default_arch: str = "resnet18"  # used when neither --arch nor --checkpoint names one
     image_files: bool = True  # read from image files (False: built in memory, like digits and cmnist)
+    defaults: dict = field(default_factory=dict)  # what a data flag left at None means for this data set
 
 
 REGISTRY: dict[str, DatasetSpec] = {}
@@ -109,7 +110,10 @@ def data_settings(args: argparse.Namespace) -> dict:
     parser = argparse.ArgumentParser(add_help=False)
     add_data_args(parser)
     names = [a.dest for a in parser._actions if a.dest not in NOT_DATA_SETTINGS]
-    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+    spec = REGISTRY.get(canonical_name(args.data)) if getattr(args, "data", None) else None
+    defaults = spec.defaults if spec is not None else {}
+    settings = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return {name: defaults.get(name) if value is None else value for name, value in settings.items()}
 
 
 def build_splits(args: argparse.Namespace) -> dict[str, SpuriousDataset]:
@@ -123,6 +127,9 @@ def build_splits(args: argparse.Namespace) -> dict[str, SpuriousDataset]:
             raise UserError(f"data set {spec.name!r} has no samples in split {split!r}; check its split column/files")
     if spec.image_files and not args.no_cache:
         images.cache_splits(splits, args)
+    uncached = {split: ds for split, ds in splits.items() if getattr(ds, "cache", False) is None}
+    if uncached and not args.skip_image_check:  # decoded at every batch: a damaged image must show now
+        images.check_images_open(uncached, args.metadata or "the data set's metadata", decode=True)
     return splits
 
 
@@ -140,8 +147,11 @@ def probability(text: str) -> float:
 # registration needs the helpers above
 from data import celeba, cmnist, custom_csv, digits, images, isic, waterbirds  # noqa: E402
 
-register(DatasetSpec("digits", digits.build, digits.add_args, default_arch="mlp", image_files=False))
-register(DatasetSpec("cmnist", cmnist.build, cmnist.add_args, default_arch="mlp", image_files=False))
+register(DatasetSpec("digits", digits.build, digits.add_args, default_arch="mlp", image_files=False,
+                    defaults={"spurious_ratio": digits.DEFAULT_SPURIOUS_RATIO, "label_noise": 0.0}))
+register(DatasetSpec("cmnist", cmnist.build, cmnist.add_args, default_arch="mlp", image_files=False,
+                    defaults={"spurious_ratio": cmnist.DEFAULT_SPURIOUS_RATIO,
+                              "label_noise": cmnist.DEFAULT_LABEL_NOISE}))
 register(DatasetSpec("celebA", celeba.build, celeba.add_args, aliases=("celeba",)))
 register(DatasetSpec("waterbirds", waterbirds.build, aliases=("cub",)))
 register(DatasetSpec("isic", isic.build))

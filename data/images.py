@@ -103,25 +103,28 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _image_mode(path: Path) -> tuple[str | None, str | None]:
-    """(mode, None) when the image's header reads, else (None, why)."""
+def _image_mode(path: Path, decode: bool = False) -> tuple[str | None, str | None]:
+    """(mode, None) when the image's header (with ``decode``, all of it) reads, else (None, why)."""
     try:
         with Image.open(path) as image:
+            if decode:
+                image.load()
             return image.mode, None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError or its own types on bad files
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def check_images_open(splits: Mapping[str, ImageFileDataset], metadata: Path) -> None:
-    """Read the header of every image of every split, in parallel, before any training.
+def check_images_open(splits: Mapping[str, ImageFileDataset], metadata: Path | str, decode: bool = False) -> None:
+    """Read the header (with ``decode``, the whole image) of every image of every split, in parallel,
+    before any training.
 
     A file that does not open is an error naming it; modes that lose information on the way to
-    8-bit RGB (16-bit grey, alpha, CMYK, float) are warned about once.
+    8-bit RGB (16-bit grey, alpha, CMYK, float) are warned about once (by the header pass).
     """
     items = [(split, ds.image_dir / name) for split, ds in splits.items() for name in ds.filenames]
     with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
-        found = list(progress(pool.map(_image_mode, [path for _, path in items]), desc="check images",
-                              total=len(items)))
+        found = list(progress(pool.map(_image_mode, [path for _, path in items], [decode] * len(items)),
+                              desc="decode images" if decode else "check images", total=len(items)))
     broken = [(split, path, why) for (split, path), (_, why) in zip(items, found) if why is not None]
     if broken:
         split, path, why = broken[0]
@@ -129,7 +132,7 @@ def check_images_open(splits: Mapping[str, ImageFileDataset], metadata: Path) ->
                         f"{metadata} ({len(broken)} of {len(items)} images unreadable; --skip_image_check skips "
                         "this check)")
     lossy = Counter(mode for mode, _ in found if mode in LOSSY_MODES)
-    if lossy:
+    if lossy and not decode:
         what = ", ".join(f"{n} {LOSSY_MODES[mode]} (mode {mode})" for mode, n in lossy.items())
         print(f"warning: {sum(lossy.values())} of {len(items)} images lose information when converted to 8-bit "
               f"RGB: {what}", file=sys.stderr)
@@ -171,9 +174,12 @@ def read_table(path: Path, flag: str, **read_csv_args) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"metadata file {path} does not exist; check {flag}")
     try:
-        return pd.read_csv(path, **read_csv_args)
+        table = pd.read_csv(path, **read_csv_args)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"cannot read {path} as a table ({type(exc).__name__}: {exc}); check {flag}") from exc
+    if table.empty:
+        raise UserError(f"metadata file {path} has a header but no rows; check {flag}")
+    return table
 
 
 def require_columns(table: pd.DataFrame, path: Path, fixes: Mapping[str, str]) -> None:
@@ -216,14 +222,35 @@ def parse_codes(values: pd.Series, codes: Mapping[str, int], path: Path, column:
     return text.map(codes).to_numpy(dtype=np.int64)
 
 
+def csv_lines(index: pd.Index) -> str:
+    """The file lines of table rows (the header is line 1), at most five named."""
+    lines = [str(int(i) + 2) for i in index[:5]]
+    more = f" and {len(index) - 5} more" if len(index) > 5 else ""
+    return f"line{'s' if len(index) > 1 else ''} {', '.join(lines)}{more}"
+
+
+def shown_cell(value: object) -> str:
+    """A cell as a user wrote it: ``an empty cell`` for NaN, else its text quoted."""
+    return "an empty cell" if pd.isna(value) else repr(_as_text(value) if isinstance(value, float) else str(value))
+
+
 def parse_class_ids(values: pd.Series, path: Path, column: str, flag: str) -> np.ndarray:
-    """Cells that must be class ids 0, 1, 2, ... (integers, possibly written as 1.0)."""
+    """Cells that must be class ids 0, 1, 2, ... (integers, possibly written as 1.0), each id up to the
+    largest present: a gap (labels 0, 1, 7) is a typo that would silently add empty classes."""
     numbers = pd.to_numeric(values, errors="coerce")
     bad = values[numbers.isna() | (numbers < 0) | (numbers % 1 != 0)]
     if len(bad):
-        raise UserError(f"{path} column {column!r} holds {bad.iloc[0]!r}; expected class ids 0, 1, 2, ... "
-                        f"(or name another column with {flag})")
-    return numbers.to_numpy(dtype=np.int64)
+        raise UserError(f"{path} column {column!r} holds {shown_cell(bad.iloc[0])} on {csv_lines(bad.index)}; "
+                        f"expected class ids 0, 1, 2, ... (or name another column with {flag})")
+    ids = numbers.to_numpy(dtype=np.int64)
+    present = np.unique(ids)
+    if len(present) and present[-1] != len(present) - 1:
+        gap = next(i for i, value in enumerate(present) if value != i)  # the smallest id that never appears
+        above = values.index[ids > gap]
+        raise UserError(f"{path} column {column!r} holds ids {present.tolist()[:10]} but never {gap}, so the ids "
+                        f"above it look like typos ({csv_lines(above)}); fix those rows or renumber the ids "
+                        "0, 1, 2, ... without gaps")
+    return ids
 
 
 def split_codes(table: pd.DataFrame, path: Path, column: str | None, seed: int) -> np.ndarray:

@@ -9,6 +9,7 @@ whose ``splits`` and ``density`` are repeated at the top level, and the referenc
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from utils.checkpoint import plain_args, save_checkpoint
 from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.report import format_comparison, format_group_table, write_report
-from utils.results import prepare_out_dir, write_results
-from utils.run_dir import StepState
+from utils.results import write_results
+from utils.run_dir import StepState, prepare_out_dir, record_splits
 from utils.runtime import resolve_device, seed_everything
 
 PRIMARY_ORDER = ("prusc", "prusc_no_con", "retrain_only")  # top-level ``splits``: the first of these that ran
@@ -37,7 +38,9 @@ def make_context(args: argparse.Namespace, allow_masked_reference: bool = False)
     out_dir = prepare_out_dir(args.out_dir, args.overwrite)
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    return Context(args, build_splits(args), device, out_dir, allow_masked_reference, resumable=True), started
+    splits = build_splits(args)
+    record_splits({name: len(split) for name, split in splits.items()})
+    return Context(args, splits, device, out_dir, allow_masked_reference, resumable=True), started
 
 
 def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any]:
@@ -70,7 +73,7 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
     for method in methods:
         reason = method.unavailable(ctx)
         if reason:
-            print(f"warning: skipping method {method.name}: {reason}")
+            print(f"warning: skipping method {method.name}: {reason}", file=sys.stderr)
         else:
             runnable.append(method)
     if not runnable:
@@ -89,7 +92,7 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
         except MethodUnavailable as exc:
             if len(runnable) == 1:
                 raise
-            print(f"warning: skipping method {method.name}: {exc}")
+            print(f"warning: skipping method {method.name}: {exc}", file=sys.stderr)
             continue
         results[method.name] = method_result(method, fitted, ctx)
         results[method.name]["time_s"] = round(time.time() - fit_started, 1)  # fit and evaluation (and shared steps it ran)

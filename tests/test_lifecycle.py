@@ -1,12 +1,14 @@
 """The run lifecycle: one writer per folder, recorded arguments, --overwrite without mixing, orphan
 clean-up, Ctrl-C and a full disk on one line, and inputs checked before any training."""
 import errno
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,15 @@ from PIL import Image
 import run
 from cluster.io import load_clusters
 from conftest import read_results
+from data import build_splits
 from data.digits import make_colored_digits
 from data.images import check_images_open, to_rgb
+from fixtures import write_custom_csv
+from invariant_learning import environments as envs_cli
 from invariant_learning import irm
+from scripts import multi_seed
+from training.loops import LossWatch, check_contrastive, cross_entropy_limit, load_step
+from utils.fingerprint import fingerprint
 from utils import run_dir
 from utils.checkpoint import plain_args
 from utils.errors import UserError
@@ -30,8 +38,8 @@ ERM = ("--mode", "erm", "--data", "digits", "--device", "cpu", "--epochs", "1")
 HOLD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from utils.run_dir import RunKind, open_run
-with open_run({folder!r}, {{}}, overwrite=False, kind=RunKind(args_name="held.json")):
+from utils.run_dir import open_run
+with open_run({folder!r}, {{}}, overwrite=False):
     print("locked", flush=True)
     time.sleep(60)
 """
@@ -97,9 +105,21 @@ def test_a_killed_run_leaves_no_stuck_lock(tmp_path):
     assert not (tmp_path / ".out.lock").exists()
 
 
-def unfinished_run(folder: Path, *argv: str) -> None:
-    """What a run killed after opening ``folder`` leaves: the folder with its recorded arguments."""
-    run_dir.open_run(folder, plain_args(run.parse_args([*argv, "--out_dir", str(folder)])), overwrite=False).close()
+def unfinished_run(folder: Path, *argv: str) -> run_dir.RunDir:
+    """What a run killed after opening ``folder`` leaves: the folder with its recorded arguments and inputs."""
+    args = run.parse_args([*map(str, argv), "--out_dir", str(folder)])
+    run.check_inputs(args)
+    opened = run_dir.open_run(folder, plain_args(args), overwrite=False, inputs=run.run_inputs(args))
+    opened.close()
+    return opened
+
+
+def finished_run(folder: Path, *argv: str) -> Path:
+    """A folder as a finished run leaves it (its files' contents do not matter to the lifecycle)."""
+    unfinished_run(folder, *argv)
+    (folder / "results.json").write_text("{}")
+    (folder / "erm.pt").write_bytes(b"weights")
+    return folder
 
 
 def test_rerun_with_other_arguments_is_refused_naming_them(run_cli, tmp_path):
@@ -351,3 +371,397 @@ def test_a_background_save_writes_the_state_as_it_was_when_saved(tmp_path):
     state.save({"epoch": 1, "parts": {"model": {"w": weights}}})
     weights.zero_()  # training goes on changing the tensors in place while the thread writes
     assert torch.equal(state.load()["parts"]["model"]["w"], torch.arange(1_000_000, dtype=torch.float32))
+
+
+# --- --overwrite replaces one run folder and nothing else (issue 19, items 1, 2, 6, 7, 8) -----------
+
+def files_of(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones included) with the SHA-256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def user_folder(folder: Path) -> Path:
+    """A folder of a user's own files, none of them a run of this toolkit."""
+    (folder / "resume").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("chapter 1")
+    (folder / "resume" / "cv.pdf").write_bytes(b"%PDF cv")
+    (folder / ".notes.tmp").write_text("draft")
+    (folder / "results.json").write_text('{"mine": true}')
+    return folder
+
+
+@pytest.mark.parametrize("overwrite", [(), ("--overwrite",)])
+def test_a_folder_that_is_not_a_run_is_never_touched(run_cli, tmp_path, overwrite):
+    folder = user_folder(tmp_path / "docs")
+    before = files_of(tmp_path)
+    rc, _, err = run_cli(*ERM, *overwrite, "--out_dir", folder)
+    assert rc == 2 and one_line(err) and "not a run of this toolkit" in err and "nothing was changed" in err, err
+    assert files_of(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["docs"]
+
+
+@pytest.mark.parametrize("cwd, out_dir", [("run", "."), ("run/sub", ".."), ("run/sub", "")])
+def test_overwrite_refuses_the_current_folder_and_those_above_it(run_cli, tmp_path, monkeypatch, cwd, out_dir):
+    finished_run(tmp_path / "run", *ERM)
+    (tmp_path / "run" / "sub").mkdir()
+    (tmp_path / "run" / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    before = files_of(tmp_path)
+    monkeypatch.chdir(tmp_path / cwd)
+    rc, _, err = run_cli(*ERM, "--seed", "1", "--overwrite", "--out_dir", out_dir)
+    assert rc == 2 and one_line(err), err
+    assert ("is empty" if out_dir == "" else "is the current folder or holds it") in err
+    assert files_of(tmp_path) == before
+
+
+def test_every_tool_refuses_an_empty_out_dir(run_cli, tmp_path, monkeypatch, capsys):
+    from cluster import clustering
+    monkeypatch.chdir(tmp_path)
+    codes = {
+        "run.py": run.main([*ERM, "--out_dir", ""]),
+        "clustering.py": clustering.main(["--clusters", "c.csv", "--output_dir", ""]),
+        "irm.py": irm.main(["--minority_env", "m", "--balance_env", "b", "--out_dir", ""]),
+        "environments.py": envs_cli.main(["--clusters", "c.csv", "--output_dir", ""]),
+        "multi_seed.py": multi_seed.main(["--out_dir", "", "--", *ERM]),
+    }
+    err = capsys.readouterr().err
+    assert codes == dict.fromkeys(codes, 2) and err.count("is empty; pass a folder path") == len(codes), err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_overwrite_refuses_a_folder_holding_other_runs(run_cli, tmp_path, live):
+    parent = finished_run(tmp_path / "parent", *ERM)
+    child = run_dir.RunDir(parent / "child", {}, run_dir.RESULTS_RUN, False, "")
+    if live:  # a running run: its lock is held (a flock taken here conflicts with any other open of the file)
+        child.open((), 0)
+    else:
+        finished_run(parent / "child", *ERM)
+    try:
+        before = files_of(tmp_path)
+        rc, _, err = run_cli(*ERM, "--seed", "1", "--overwrite", "--out_dir", parent)
+        assert rc == 2 and one_line(err) and "nothing was changed" in err, err
+        assert ("a live run holds" in err or "holds another run" in err) if live else "holds another run" in err
+        assert files_of(tmp_path) == before
+    finally:
+        child.close()
+
+
+@pytest.mark.parametrize("flag", ["--metadata", "--train_root_dir", "--val_root_dir"])
+def test_overwrite_refuses_a_folder_holding_the_data(run_cli, tmp_path, flag):
+    out = finished_run(tmp_path / "out", *ERM)
+    write_custom_csv(out / "data")
+    where = {"--metadata": out / "data" / "labels.csv"}.get(flag, out / "data")
+    argv = ("--mode", "erm", "--data", "csv", "--metadata", tmp_path / "elsewhere.csv", "--image_col", "path",
+            "--label_col", "target", flag, where, "--device", "cpu", "--epochs", "1", "--overwrite", "--out_dir", out)
+    before = files_of(tmp_path)
+    for _ in range(2):  # the same command again must not delete anything either
+        rc, _, err = run_cli(*argv)
+        assert rc == 2 and one_line(err) and f"{flag} {where} lies inside --out_dir" in err, err
+        assert files_of(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_the_same_overwrite_command_continues_an_unfinished_run(run_cli, tmp_path):
+    out = tmp_path / "out"
+    unfinished_run(out, *ERM, "--overwrite")
+    (out / "erm_epoch1.pt").write_bytes(b"a finished epoch")
+    (out / "marker").write_text("kept while the run is continued")
+    rc, _, err = run_cli(*ERM, "--overwrite", "--out_dir", out)
+    assert rc == 0 and "holds the unfinished run of this same command; continuing it" in err, err
+    assert (out / "marker").exists() and (out / "results.json").exists()
+    rc, _, _ = run_cli(*ERM, "--overwrite", "--out_dir", out)  # a finished run is replaced whole
+    assert rc == 0 and not (out / "marker").exists() and not (tmp_path / ".out.replaced").exists()
+
+
+@pytest.mark.slow
+def test_an_overwrite_job_killed_and_started_again_resumes(tmp_path):
+    out = tmp_path / "out"
+    assert cli(*ERM, "--out_dir", out).returncode == 0
+    argv = (*ERM[:-1], "300", "--overwrite", "--out_dir", out)
+    proc = cli(*argv, wait=False)
+    while not (out / "resume" / "erm.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *map(str, argv)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = [again.stdout.readline() for _ in range(40)]
+    finally:
+        again.kill()
+        again.wait()
+    assert any(line.startswith("resuming ERM after epoch") for line in lines), lines
+
+
+def test_a_symlink_shares_the_lock_of_its_folder_and_overwrite_follows_it(run_cli, tmp_path):
+    real = tmp_path / ("r" * 250)  # lock and backup names beside it would pass 255 bytes unshortened
+    first = run_dir.open_run(real, {}, overwrite=False)  # the first run, still running
+    (tmp_path / "link").symlink_to(real)
+    try:
+        rc, _, err = run_cli(*ERM, "--out_dir", tmp_path / "link" / ".." / "link")
+    finally:
+        first.close()
+    assert rc == 2 and one_line(err) and f"{real} is in use by another run (pid {os.getpid()}" in err, err
+    finished_run(real, *ERM)
+    rc, _, err = run_cli(*ERM, "--seed", "2", "--overwrite", "--out_dir", tmp_path / "link")
+    assert rc == 0, err
+    assert read_results(tmp_path / "link")["seed"] == 2 and (tmp_path / "link").is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["link", real.name]
+
+
+def no_write_access(monkeypatch, *paths: Path) -> None:
+    """``os.access`` says ``paths`` cannot be written (the tests run as root, who may write anywhere)."""
+    real_access = os.access
+    monkeypatch.setattr(run_dir.os, "access",
+                        lambda p, mode: False if Path(p) in paths and mode & os.W_OK else real_access(p, mode))
+
+
+def test_a_writable_folder_under_a_read_only_parent_works(tmp_path, monkeypatch):
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    no_write_access(monkeypatch, tmp_path)
+    with run_dir.open_run(folder, {"a": 1}, overwrite=False) as opened:
+        assert opened.lock.path == folder / run_dir.INSIDE_LOCK
+    assert os.listdir(tmp_path) == ["scratch"] and os.listdir(folder) == ["run_args.json"]
+    with pytest.raises(UserError, match="is not writable; nothing was changed"):
+        run_dir.open_run(folder, {"a": 2}, overwrite=True)
+
+
+@pytest.mark.parametrize("read_only", ["out", "parent"])
+def test_a_read_only_out_dir_is_one_line_and_leaves_nothing(run_cli, tmp_path, monkeypatch, read_only):
+    parent = tmp_path / "mount"
+    parent.mkdir()
+    out = parent / "out"
+    if read_only == "out":
+        out.mkdir()
+    no_write_access(monkeypatch, out if read_only == "out" else parent)
+    rc, _, err = run_cli(*ERM, "--out_dir", out)
+    assert rc == 2 and one_line(err) and "not writable" in err, err
+    assert os.listdir(parent) == (["out"] if read_only == "out" else [])
+
+
+def test_environments_output_dir_under_a_file_or_read_only_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    assert envs_cli.main(["--clusters", "c.csv", "--output_dir", str(tmp_path / "file" / "envs")]) == 2
+    assert "lies under" in capsys.readouterr().err
+    no_write_access(monkeypatch, tmp_path)
+    assert envs_cli.main(["--clusters", "c.csv", "--output_dir", str(tmp_path / "envs")]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and f"--output_dir {tmp_path / 'envs'} cannot be created: {tmp_path} is not writable" in err
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+# --- resume states and inputs: never mixed (issue 19, items 3, 4) ----------------------------------
+
+def state_of_run(folder: Path, *argv: str) -> Path:
+    """A resume state saved inside a run of ``argv``; returns its path."""
+    opened = unfinished_run(folder, *argv)
+    run_dir._ACTIVE = opened
+    try:
+        run_dir.StepState(folder, "methods").save({"results": {}})
+    finally:
+        run_dir._ACTIVE = None
+    return folder / "resume" / "methods.pt"
+
+
+@pytest.mark.parametrize("other", [("--seed", "3"), ("--hidden_dim", "8"), ("--lr", "0.1")])
+def test_a_resume_state_of_another_run_is_refused(run_cli, tmp_path, other):
+    stray = state_of_run(tmp_path / "a", *ERM, *other)
+    unfinished_run(tmp_path / "b", *ERM)
+    (tmp_path / "b" / "resume").mkdir()
+    stray.rename(tmp_path / "b" / "resume" / "methods.pt")
+    rc, _, err = run_cli(*ERM, "--out_dir", tmp_path / "b")
+    assert rc == 2 and one_line(err) and "was written by a run with other arguments" in err, err
+    assert f"{other[0]} {dict(seed='0', hidden_dim='256', lr='0.001')[other[0][2:]]} (recorded {other[1]})" in err
+
+
+@pytest.mark.parametrize("record", [None, "{not json", '{"tool": "run.py"}'])
+@pytest.mark.parametrize("overwrite", [(), ("--overwrite",)])
+def test_states_without_a_readable_run_record_are_refused(run_cli, tmp_path, record, overwrite):
+    out = tmp_path / "out"
+    state_of_run(out, *ERM)
+    (out / "run_args.json").unlink()
+    if record is not None:
+        (out / "run_args.json").write_text(record)
+    before = files_of(tmp_path)
+    rc, _, err = run_cli(*ERM, *overwrite, "--out_dir", out)
+    assert rc == 2 and one_line(err) and "resume states (resume/*.pt) but no readable run_args.json" in err, err
+    assert files_of(tmp_path) == before
+
+
+def test_a_state_of_another_shape_is_one_line(tmp_path):
+    state = run_dir.StepState(tmp_path, "erm")
+    state.save({"epoch": 1, "finished": False, "parts": {"model": torch.nn.Linear(8, 2).state_dict()},
+                "rng": {}})
+    with pytest.raises(UserError, match="does not fit ERM \\(RuntimeError: .*size mismatch.*delete it"):
+        load_step(state, {"model": torch.nn.Linear(4, 2)}, None, "ERM", 3)
+    run_dir.StepState(tmp_path, "methods").save({"results": {}})
+    with pytest.raises(UserError, match="methods.pt does not fit ERM \\(KeyError: 'parts'\\)"):
+        load_step(run_dir.StepState(tmp_path, "methods"), {"model": torch.nn.Linear(4, 2)}, None, "ERM", 3)
+
+
+def test_a_state_without_an_argument_record_is_refused(run_cli, tmp_path):
+    unfinished_run(tmp_path / "out", *ERM)
+    run_dir.StepState(tmp_path / "out", "erm").save({"epoch": 1})  # no open run: nothing recorded
+    rc, _, err = run_cli(*ERM, "--out_dir", tmp_path / "out")
+    assert rc == 2 and one_line(err) and "holds no record of the arguments that shaped it" in err, err
+
+
+def test_changed_inputs_are_refused_naming_them(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,target\na.png,0\nb.png,1\n")
+    inputs = {"--metadata": labels}
+    run_dir.open_run(tmp_path / "out", {"a": 1}, False, inputs=inputs).close()
+    (tmp_path / "out" / "erm_epoch1.pt").write_bytes(b"trained on the old labels")
+    os.utime(labels, (1, 1))  # a copy with a new date is the same input
+    run_dir.open_run(tmp_path / "out", {"a": 1}, False, inputs=inputs).close()
+    labels.write_text("path,target\na.png,1\nb.png,1\n")  # one label edited, same size
+    with pytest.raises(UserError, match="inputs changed since it started: --metadata .*labels.csv: file.*"
+                                        "pass --overwrite or choose a new --out_dir"):
+        run_dir.open_run(tmp_path / "out", {"a": 1}, False, inputs=inputs)
+    with run_dir.open_run(tmp_path / "out", {"a": 1}, True, inputs=inputs):  # --overwrite starts afresh
+        assert not (tmp_path / "out" / "erm_epoch1.pt").exists()
+
+
+def test_a_replaced_checkpoint_is_refused_on_rerun(run_cli, erm_dir, tmp_path):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes((erm_dir / "erm.pt").read_bytes())
+    argv = ("--mode", "evaluate", "--device", "cpu", "--checkpoint", ckpt, "--out_dir", tmp_path / "out")
+    unfinished_run(tmp_path / "out", *argv[:-2])
+    (tmp_path / "out" / "resume").mkdir()
+    ckpt.write_bytes(corrupt(erm_dir / "erm.pt", tmp_path, lambda c: c["state_dict"].popitem()).read_bytes())
+    rc, _, err = run_cli(*argv)
+    assert rc == 2 and one_line(err) and f"inputs changed since it started: --checkpoint {ckpt}" in err, err
+
+
+def test_a_folder_fingerprint_notices_an_edited_label_file(tmp_path):
+    write_custom_csv(tmp_path / "data")
+    before = fingerprint(tmp_path / "data")
+    table = pd.read_csv(tmp_path / "data" / "labels.csv")
+    table.loc[0, "target"] = (table.loc[0, "target"] + 1) % 3
+    table.to_csv(tmp_path / "data" / "labels.csv", index=False)
+    assert fingerprint(tmp_path / "data") != before and before.startswith("folder files=")
+
+
+# --- divergence (issue 19, item 5) -------------------------------------------------------------------
+
+def test_a_loss_diverged_from_the_first_epoch_is_stopped():
+    watch = LossWatch(limit=cross_entropy_limit(2), flag="--lr")
+    with pytest.raises(UserError, match="reached 3e\\+22 in ERM epoch 1, over 69.3 .*diverged; lower --lr$"):
+        watch.check(torch.tensor(3e22 * 64), 64, "in ERM epoch 1")
+    with pytest.raises(UserError, match="became inf .*lower --lr_main"):
+        LossWatch(flag="--lr_main").check(torch.tensor(float("inf")), 64, "in retrain epoch 1")
+    assert LossWatch(limit=cross_entropy_limit(10)).check(torch.tensor(2.3 * 64), 64, "") == pytest.approx(2.3)
+
+
+def test_a_tiny_contrastive_temperature_is_stopped():
+    check_contrastive(64, 0.2, "in pruning epoch 1", 14.0)  # the most a temperature of 0.2 allows: fine
+    with pytest.raises(UserError, match="contrastive loss reached 8e\\+29 .*raise --temperature \\(now 1e-30\\)"):
+        check_contrastive(64, 1e-30, "in pruning epoch 1", 8e29)
+
+
+def test_an_exploding_learning_rate_exits_2_naming_it(run_cli, tmp_path):
+    rc, _, err = run_cli(*ERM, "--lr", "1e6", "--out_dir", tmp_path / "out")
+    assert rc == 2 and one_line(err) and "training diverged; lower --lr" in err, err
+
+
+def test_a_pruning_that_empties_the_model_exits_2(run_cli, erm_dir, tmp_path):
+    rc, _, err = run_cli("--mode", "prune", "--device", "cpu", "--checkpoint", erm_dir / "erm.pt", "--pruning_ep", "1",
+                         "--retrain_ep", "0", "--mask_temperature", "1e-30", "--out_dir", tmp_path / "out")
+    assert rc == 2 and one_line(err) and "removed every weight (density 0)" in err, err
+    assert "--mask_temperature" in err
+
+
+def test_multi_seed_reports_ctrl_c_as_130(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(multi_seed.TOOLS, "run", multi_seed.TOOLS["run"]._replace(main=lambda argv: 130))
+    assert multi_seed.main(["--seeds", "0", "--out_dir", str(tmp_path / "m"), "--", *ERM]) == 130
+
+
+# --- mistakes in data and flags, each one line before any training (issue 19, items 9, 11) -----------
+
+def csv_argv(folder: Path, *extra: str) -> list[str]:
+    return ["--data", "csv", "--metadata", str(folder / "labels.csv"), "--image_col", "path", "--label_col", "target",
+            "--attr_col", "bg", "--split_col", "fold", *extra, "--out_dir", "unused"]
+
+
+@pytest.mark.parametrize("column, value, needle", [
+    ("target", 7, "column 'target' holds ids [0, 1, 2, 7] but never 3, so the ids above it look like typos (line 5)"),
+    ("bg", 5, "column 'bg' holds ids [0, 1, 5] but never 2, so the ids above it look like typos (line 5)"),
+    ("target", None, "column 'target' holds an empty cell on line 5; expected class ids"),
+])
+def test_label_and_attribute_typos_are_named_by_line(tmp_path, column, value, needle):
+    write_custom_csv(tmp_path)
+    table = pd.read_csv(tmp_path / "labels.csv")
+    table[column] = table[column].astype(object)
+    table.loc[3, column] = value
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.raises(UserError) as exc:
+        build_splits(run.parse_args(csv_argv(tmp_path)))
+    assert needle in str(exc.value) and "np.float64" not in str(exc.value)
+
+
+def test_a_header_only_metadata_file_is_named_as_such(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,target,bg,fold\n")
+    with pytest.raises(UserError, match="has a header but no rows; check --metadata"):
+        build_splits(run.parse_args(csv_argv(tmp_path)))
+
+
+def test_an_explicit_default_data_flag_matches_a_checkpoint_trained_with_the_default(run_cli, erm_dir, tmp_path):
+    argv = ("--mode", "evaluate", "--device", "cpu", "--checkpoint", erm_dir / "erm.pt")
+    assert run_cli(*argv, "--spurious_ratio", "0.95", "--out_dir", tmp_path / "a")[0] == 0
+    rc, _, err = run_cli(*argv, "--spurious_ratio", "0.9", "--out_dir", tmp_path / "b")
+    assert rc == 2 and "was trained with --spurious_ratio 0.95, but this run has --spurious_ratio 0.9" in err, err
+
+
+def test_a_plain_pickle_as_checkpoint_is_one_line_without_a_torch_warning(run_cli, tmp_path):
+    import pickle
+    (tmp_path / "model.pt").write_bytes(pickle.dumps(object, protocol=4))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        rc, _, err = run_cli("--mode", "evaluate", "--checkpoint", tmp_path / "model.pt", "--out_dir", tmp_path / "o")
+    assert rc == 2 and one_line(err) and "could not be read as a checkpoint" in err, err
+    assert not [w for w in seen if "pickle" in str(w.message)]
+
+
+def test_resume_states_left_beside_a_finished_result_are_dropped(run_cli, tmp_path):
+    out = finished_run(tmp_path / "out", *ERM)
+    (out / "resume").mkdir()
+    (out / "resume" / "erm.pt").write_bytes(b"a state the kill left behind")
+    rc, _, err = run_cli(*ERM, "--out_dir", out)
+    assert rc == 2 and "already holds results.json" in err and not (out / "resume").exists()
+
+
+def test_a_damaged_image_with_a_good_header_is_found_before_training_without_a_cache(tmp_path):
+    samples = write_custom_csv(tmp_path)
+    damaged = tmp_path / samples[3].filename
+    damaged.write_bytes(damaged.read_bytes()[:-40])  # the header still reads, the pixels do not
+    with pytest.raises(UserError, match=f"image {damaged} \\(.* split\\) cannot be opened"):
+        build_splits(run.parse_args(csv_argv(tmp_path, "--no_cache")))
+
+
+def test_a_continued_run_whose_splits_changed_is_refused(tmp_path):
+    opened = run_dir.open_run(tmp_path / "out", {"a": 1}, False)
+    run_dir.record_splits({"train": 10, "val": 4, "test": 4})
+    (opened.path / "erm_epoch1.pt").write_bytes(b"trained on 10 samples")
+    opened.close()  # killed before it finished
+    again = run_dir.open_run(tmp_path / "out", {"a": 1}, False)
+    try:
+        with pytest.raises(UserError, match="changed since it started \\(samples per split: train 10 -> 9\\)"):
+            run_dir.record_splits({"train": 9, "val": 4, "test": 4})
+        run_dir.record_splits({"train": 10, "val": 4, "test": 4})
+    finally:
+        again.close()
+
+
+def test_clustering_into_an_unfinished_erm_folder_leaves_its_states_alone(tmp_path):
+    from cluster.fit import RUN_KIND
+    state = state_of_run(tmp_path / "erm", *ERM)
+    run_dir.open_run(tmp_path / "erm", {"mode": "cluster"}, False, kind=RUN_KIND).close()
+    assert state.exists() and (tmp_path / "erm" / "cluster_args.json").exists()
+
+
+def test_the_results_writer_does_not_import_the_run_folder_owner():
+    import ast
+    tree = ast.parse((ROOT / "utils" / "results.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "utils.run_dir" not in imported and not hasattr(__import__("utils.results").results, "prepare_out_dir")

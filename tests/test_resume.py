@@ -129,7 +129,7 @@ def test_a_diverging_run_exits_2_on_one_line(run_cli, tmp_path):
 
 
 def test_oracle_without_some_groups_is_skipped_with_a_warning(run_cli, tmp_path):
-    rc, out, _ = run_cli("--mode", "all", "--data", "digits", "--device", "cpu", "--epochs", "1", "--spurious_ratio", "1",
+    rc, _, err = run_cli("--mode", "all", "--data", "digits", "--device", "cpu", "--epochs", "1", "--spurious_ratio", "1",
                          "--methods", "erm,oracle_group_balanced", "--out_dir", tmp_path)
-    assert rc == 0 and "warning: skipping method oracle_group_balanced: the training split holds only 2 of the 4" in out
+    assert rc == 0 and "warning: skipping method oracle_group_balanced: the training split holds only 2 of the 4" in err
     assert list(json.loads((tmp_path / "results.json").read_text())["methods"]) == ["erm"]

@@ -1,8 +1,9 @@
 """The supervised training loop shared by ERM, retraining and the baselines, and batched prediction.
 
 The loop never reads a number back from the device inside an epoch: the running loss sum stays
-on the device and is checked (:class:`LossWatch`: NaN/inf, or grown by orders of magnitude) every
-``CHECK_EVERY`` steps and at the end of each epoch, so a GPU is not stalled once per step.
+on the device and is checked (:class:`LossWatch`: NaN/inf, far above an untrained model's, or grown
+by orders of magnitude) every ``CHECK_EVERY`` steps and at the end of each epoch, so a GPU is not
+stalled once per step.
 
 Given a :class:`~utils.run_dir.StepState`, the loop saves after every epoch what it needs to
 continue bit for bit (model, optimizer, epoch, losses, random states, the state of ``stateful``
@@ -26,7 +27,8 @@ from utils.run_dir import StepState
 from utils.runtime import Runtime, as_runtime, make_loader, progress, rng_state, set_rng_state
 
 CHECK_EVERY = 50  # steps between NaN/inf checks of the running loss (each check syncs with the device)
-EXPLOSION = 1e3  # a mean loss this many times its first value (and above 1) means training diverged
+EXPLOSION = 1e3  # a mean loss this many times the lowest seen before (and above 1) means training diverged
+INIT_FACTOR = 100.0  # a loss this many times what an untrained model scores means training diverged
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(logits, y, index)`` -> scalar loss of a batch; ``index`` (on the device) is each sample's
@@ -51,29 +53,53 @@ def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_
     raise UserError(f"unknown --optimizer {name!r}; choose sgd or adam")
 
 
-def check_finite(loss: torch.Tensor, where: str) -> None:
+def check_finite(loss: torch.Tensor, where: str, flag: str = "--lr") -> None:
     """Stop with a clear message when the loss is NaN/inf instead of training on garbage."""
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise UserError(f"the loss became {value} {where}; lower the learning rate (--lr/--lr_main/--lr_prune)")
+        raise UserError(f"the loss became {value} {where}: training diverged; lower {flag}")
+
+
+def cross_entropy_limit(n_classes: int) -> float:
+    """The mean cross-entropy above which a classifier has diverged: :data:`INIT_FACTOR` times
+    ln(classes), the loss of an untrained model that spreads its guesses evenly. A model that is
+    learning never goes there, while a diverged optimiser's loss is already there in its first
+    epoch (Adam at --lr 1e6: 3e22), so no value seen during training is taken as the reference."""
+    return INIT_FACTOR * math.log(max(n_classes, 2))
+
+
+def check_contrastive(batch_size: int, temperature: float, where: str, mean: float) -> None:
+    """Stop when the mean cluster-contrastive loss is over :data:`INIT_FACTOR` times ln(batch size),
+    what features that carry no information score (an even softmax over the batch). With unit-norm
+    features the loss is at most 2 / temperature + ln(batch size), so only a temperature far too small
+    (similarities divided into huge numbers) gets there."""
+    limit = INIT_FACTOR * math.log(max(batch_size, 2))
+    if not math.isfinite(mean) or mean > limit:
+        raise UserError(f"the contrastive loss reached {mean:.3g} {where}, over {limit:.3g} ({INIT_FACTOR:.0f} times "
+                        f"what uninformative features score): training diverged; raise --temperature "
+                        f"(now {temperature:g})")
 
 
 class LossWatch:
-    """Stops a run whose mean loss is NaN/inf or has grown :data:`EXPLOSION` times over its first
-    checked value: a diverged optimiser, whose numbers would be garbage however long it runs."""
+    """Stops a run whose mean loss is NaN/inf, above ``limit`` (:func:`cross_entropy_limit`), or
+    :data:`EXPLOSION` times over the lowest mean seen before; ``flag`` is the learning rate to lower."""
 
-    def __init__(self, baseline: float | None = None) -> None:
+    def __init__(self, baseline: float | None = None, limit: float | None = None, flag: str = "--lr") -> None:
         self.baseline = baseline
+        self.limit = limit
+        self.flag = flag
 
     def check(self, total: torch.Tensor, count: int, where: str) -> float:
         """The mean of a running loss ``total`` over ``count`` samples, after the checks."""
-        check_finite(total, where)
+        check_finite(total, where, self.flag)
         mean = float(total) / max(count, 1)
-        if self.baseline is None:
-            self.baseline = mean
-        elif mean > EXPLOSION * max(self.baseline, 1.0):
+        if self.limit is not None and mean > self.limit:
+            raise UserError(f"the loss reached {mean:.3g} {where}, over {self.limit:.3g} ({INIT_FACTOR:.0f} times "
+                            f"what an untrained model scores): training diverged; lower {self.flag}")
+        if self.baseline is not None and mean > EXPLOSION * max(self.baseline, 1.0):
             raise UserError(f"the loss grew from {self.baseline:.3g} to {mean:.3g} {where}: training diverged; "
-                            "lower the learning rate (--lr/--lr_main/--lr_prune)")
+                            f"lower {self.flag}")
+        self.baseline = mean if self.baseline is None else min(self.baseline, mean)
         return mean
 
 
@@ -101,10 +127,16 @@ def load_step(resume: StepState | None, parts: Mapping[str, Any], generator: tor
     state = resume.load() if resume is not None else None
     if state is None:
         return None
-    for name, part in parts.items():
-        if name in state["parts"]:
-            part.load_state_dict(state["parts"][name])
-    set_rng_state(state["rng"], generator)
+    try:
+        for name, part in parts.items():
+            if name in state["parts"]:
+                part.load_state_dict(state["parts"][name])
+        set_rng_state(state["rng"], generator)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # another model shape or another step's state
+        reason = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:200] or type(exc).__name__
+        where = resume.path  # type: ignore[union-attr]
+        raise UserError(f"resume state {where} does not fit {desc} ({type(exc).__name__}: {reason}); "
+                        f"delete it to run {desc} again from its start") from None
     word = "reusing the finished" if state["finished"] else "resuming"
     print(f"{word} {desc} after {unit} {state['epoch']}/{total} ({resume.path})", flush=True)  # type: ignore[union-attr]
     return state
@@ -123,6 +155,7 @@ def train_classifier(
     resume: StepState | None = None,
     generator: torch.Generator | None = None,
     stateful: Mapping[str, Stateful] | None = None,
+    lr_flag: str = "--lr",
 ) -> list[float]:
     """Train for ``epochs`` with ``loss_fn``; returns the mean loss of each epoch.
 
@@ -133,13 +166,14 @@ def train_classifier(
     With ``resume``, the state is saved after every epoch and a saved state is continued (module
     docstring; every ``runtime.resume_every`` epochs and the last); ``generator`` is the loader's and
     ``stateful`` what ``on_epoch_end`` or ``loss_fn`` keep. ``runtime`` says device, precision and memory format.
+    A diverged loss (:class:`LossWatch`) stops the run with one line naming ``lr_flag``.
     """
     runtime = as_runtime(runtime)
     device = runtime.device
     parts = {"model": model, "optimizer": optimizer, **(stateful or {})}
     state = load_step(resume, parts, generator, desc, epochs)
     history: list[float] = list(state["history"]) if state else []
-    watch = LossWatch(state["loss_baseline"] if state else None)
+    watch = LossWatch(state["loss_baseline"] if state else None, flag=lr_flag)
     net = data_parallel(model, device)
     for epoch in range(state["epoch"] if state else 0, epochs):
         started = time.perf_counter()
@@ -153,6 +187,8 @@ def train_classifier(
             with runtime.autocast():
                 logits = net(x)[1]
             logits, y = all_gather_with_grad(logits.float()), all_gather_cat(y)
+            if watch.limit is None:
+                watch.limit = cross_entropy_limit(logits.shape[-1])
             loss = loss_fn(logits, y, all_gather_cat(idx.to(device, non_blocking=True)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -47,10 +47,12 @@ from models.factory import checkpoint_content
 from training.contrastive import cluster_contrastive_loss
 from training.parallel import data_parallel
 from utils.distributed import all_gather_cat, all_gather_with_grad, together
-from training.loops import CHECK_EVERY, LossWatch, load_step, save_step
+from training.loops import (CHECK_EVERY, INIT_FACTOR, LossWatch, check_contrastive, cross_entropy_limit, load_step,
+                            save_step)
 from training.selection import cells_of, sparsest_within
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
+from utils.errors import UserError
 from utils.run_dir import StepState
 from utils.runtime import progress, runtime_from_args
 
@@ -137,18 +139,20 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
         return len(recent) == PATIENCE and all(c["score"] < best - args.prune_tolerance for c in recent)
 
     set_mask_mode(model, "sample")
+    loss_limit = (cross_entropy_limit(train_set.n_classes) + args.lambda_sparse * REFERENCE_WEIGHTS
+                  + args.lambda_con_prune * INIT_FACTOR * math.log(max(args.batch_size, 2)))
     parts = {"model": model, "optimizer": optimizer}
     state = load_step(resume, parts, generator, "pruning", args.pruning_ep)
     if state is None:
         check(0, torch.zeros(len(LOSS_TERMS)), 0)
         step, stop, first_epoch, n = 0, False, 0, 0
         sums = torch.zeros(len(LOSS_TERMS), device=device)  # loss terms since the last check, on the device
-        watch = LossWatch()
+        watch = LossWatch(limit=loss_limit, flag="--lr_prune")
     else:
         checks.extend(state["checks"])
         candidates.update({int(k): list(v) for k, v in state["candidates"].items()})
         step, stop, first_epoch, n = state["step"], state["stop"], state["epoch"], state["n"]
-        sums, watch = state["sums"].to(device), LossWatch(state["loss_baseline"])
+        sums, watch = state["sums"].to(device), LossWatch(state["loss_baseline"], loss_limit, "--lr_prune")
     net = data_parallel(model, device)  # under torchrun: DDP, which synchronises the mask logits' gradients
     for epoch in range(first_epoch, args.pruning_ep):
         if stop:
@@ -177,6 +181,9 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
             sums += torch.stack([ce, con, sparse]).detach()  # read only at the next check
             at_check = step % every == 0 or step == total_steps
             if count % CHECK_EVERY == 0 or at_check:  # before a check, which may save the mask
+                if args.lambda_con_prune > 0:
+                    check_contrastive(args.batch_size, args.temperature, f"{where} (by step {step})",
+                                      float(sums[1]) / max(n, 1))
                 watch.check(total, count, f"{where} (by step {step}){last_good(save_to)}")
             if at_check:
                 stop = check(step, sums, n)
@@ -196,6 +203,10 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
             p.copy_(torch.where(keep.to(p.device), p.abs().clamp_min(1e-3), -p.abs().clamp_min(1e-3)))
     print(f"kept the mask of step {checks[chosen]['step']} (density {checks[chosen]['density']:.4f}, "
           f"score {checks[chosen]['score']:.4f})")
+    if checks[chosen]["density"] == 0:
+        raise UserError(f"pruning removed every weight (density 0) by step {checks[chosen]['step']}: the model is "
+                        f"empty; raise --mask_temperature (now {args.mask_temperature:g}) or lower --lambda_sparse "
+                        f"(now {args.lambda_sparse:g})")
     set_mask_mode(model, "fixed")
     for p in model.parameters():
         p.requires_grad_(True)

@@ -71,7 +71,7 @@ def retrain(model: nn.Module, data: RetrainData, selector: Selector, args: argpa
         optimizer = make_optimizer(trainable, args.optimizer, args.lr_main, args.weight_decay)
         losses = train_classifier(model, loader, optimizer, runtime_from_args(args, device), args.retrain_ep,
                                   "retrain", on_epoch_end=select, train_mode=args.retrain_scope == "all", resume=resume,
-                                  generator=generator, stateful={"best": best})
+                                  generator=generator, stateful={"best": best}, lr_flag="--lr_main")
     best.restore()
     for p in model.parameters():
         p.requires_grad_(True)

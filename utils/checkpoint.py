@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ def load_checkpoint(path: str | os.PathLike, data: str | None = None, arch: str 
     if not path.is_file():
         raise UserError(f"{flag} {path} does not exist; pass the .pt file written by --mode erm")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a plain pickle's protocol before failing on it
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle of another format, ...
         raise UserError(f"{flag} {path} could not be read as a checkpoint of this toolkit "
                         f"({_load_failure(exc)}); pass a .pt file written by run.py") from exc
@@ -106,12 +109,12 @@ def _check_content(ckpt: dict[str, Any], path: Path, flag: str) -> None:
                                 "diverged or the file is damaged; use an earlier checkpoint or retrain")
 
 
-def check_data_settings(ckpt: dict[str, Any], settings: dict[str, Any], path: str | os.PathLike,
+def check_data_settings(recorded: dict[str, Any], settings: dict[str, Any], path: str | os.PathLike,
                         flag: str = "--checkpoint") -> None:
-    """Refuse a checkpoint whose recorded data flags differ from ``settings`` (``data.data_settings``):
-    another ``--data_seed`` would put its own training samples into val/test, another ``--image_size``
-    would not even fit the model."""
-    recorded = ckpt.get("args") or {}
+    """Refuse a checkpoint whose data flags (``recorded``, from its ``args``) differ from ``settings``
+    (both ``data.data_settings``, so a flag left at its default equals the default given explicitly):
+    another ``--data_seed`` would put its own training samples into val/test, another
+    ``--image_size`` would not even fit the model."""
     for key, value in settings.items():
         if key in recorded and recorded[key] != value:
             def shown(v: Any) -> str:

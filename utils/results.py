@@ -1,4 +1,4 @@
-"""results.json: refuse to clobber a finished run, write files atomically."""
+"""Writing files: results.json and any other file, atomically (the run folder itself is :mod:`utils.run_dir`'s)."""
 from __future__ import annotations
 
 import errno
@@ -9,17 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from utils.distributed import is_main, run_on_main
+from utils.distributed import is_main
 
 RESULTS_NAME = "results.json"
 FULL_DISK_BYTES = 2**20
-
-
-def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """The output folder (see :func:`utils.run_dir.prepare_out_dir`), prepared by rank 0 under torchrun."""
-    from utils.run_dir import prepare_out_dir as prepare  # here: utils.run_dir writes through this module
-
-    return run_on_main(prepare, out_dir, overwrite, where="while preparing --out_dir")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
