@@ -66,6 +66,7 @@ def test_group_counts_match_request(scenes):
     assert list(table.columns) == ["img_id", "img_filename", "y", "split", "place", "place_filename"]
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_same_seed_same_bytes(scenes, tmp_path):
     again = tmp_path / "again"
