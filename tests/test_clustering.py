@@ -135,6 +135,15 @@ def test_cluster_mode_separates_colour_within_each_class(run_cli, erm_checkpoint
     assert rc == 2 and "already holds clusters.csv" in err and "--overwrite" in err
 
 
+def test_script_main_is_run_py_mode_cluster_in_process(erm_checkpoint, tmp_path, capsys):
+    from cluster import clustering
+
+    argv = ["--data", "digits", "--checkpoint", str(erm_checkpoint), "--output_dir", str(tmp_path), "--device", "cpu"]
+    assert clustering.main(argv) == 0
+    assert "fitted over all samples" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cluster_summary.json").read_text())["num_clusters"] == 2
+
+
 @pytest.mark.slow
 def test_script_per_class_with_plot(erm_checkpoint, train_set, tmp_path):
     proc = subprocess.run([sys.executable, "cluster/clustering.py", "--data", "digits", "--checkpoint",
