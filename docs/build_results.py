@@ -201,6 +201,49 @@ def scenes_r18_train_split() -> list[str]:
     return table(["method", "test avg", "test worst-group", "density %", "worst-group per seed (0, 1, 2)"], rows)
 
 
+TYPED = "scenes/typed_from_readme.json"
+HEAD_ONLY = "scenes/r18_head_seed0_summary.json"
+GROUPS = ("y=0,a=0", "y=0,a=1", "y=1,a=0", "y=1,a=1")
+
+
+def scenes_calibration() -> list[str]:
+    """Ratio 0.95 is seed 0's ERM of the 3-seed comparison; ratio 0.5 was one run whose numbers are typed."""
+    erm = summary(COMBINED)["test_percent"]["erm"]
+    r95 = {"avg": erm["avg_acc"][0], "worst": erm["worst_group_acc"][0], "groups": [erm["groups"][g][0] for g in GROUPS]}
+    half = summary(TYPED)["calibration_ratio_0.5"]
+    r50 = {"avg": half["avg_acc"], "worst": half["worst_group_acc"], "groups": [half["groups"][g] for g in GROUPS]}
+    rows = []
+    for ratio, r, wall in (("0.95", r95, "9.1 min training (ERM row of the seed-0 comparison below)"),
+                           ("0.5", r50, "9.3 min (training and evaluation)")):
+        gap = fixed(float(fixed(r["avg"])) - float(fixed(r["worst"])))
+        rows.append(["ResNet-18, 5", ratio, fixed(r["avg"]), fixed(r["worst"]), gap,
+                     " / ".join(fixed(g) for g in r["groups"]), wall])
+    return table(["backbone, ERM epochs", "ratio", "test avg", "test worst-group", "gap",
+                  "groups (y,place) 00 / 01 / 10 / 11", "wall"], rows)
+
+
+def scenes_head_only() -> list[str]:
+    """Run A's numbers are typed (its summary was not kept); run B is ``r18_head_seed0_summary.json``."""
+    a = summary(TYPED)["head_only_run_A"]
+    b = {k: {"worst_group_acc": v["worst_group_acc"][0], "avg_acc": v["avg_acc"][0], "density": v["density"][0]}
+         for k, v in summary(HEAD_ONLY)["test_percent"].items()}
+
+    def cell(m: dict | None, strong: bool = False, density: bool = False) -> str:
+        if m is None:
+            return "not run"
+        text = f"{bold(fixed(m['worst_group_acc']), strong)} / {fixed(m['avg_acc'])}"
+        return f"{text} ({fixed(m['density'])}%)" if density else text
+
+    return table(["run", "retrain-only worst / avg", "mask without `L_con` worst / avg (density)",
+                  "PruSC worst / avg (density)"],
+                 [["A: `--checkpoint erm.pt --cluster_checkpoint erm_epoch1.pt` (the default pipeline's clusters)",
+                   cell(a["retrain_only"], strong=True), cell(a["prusc_no_con"], density=True),
+                   cell(a["prusc"], density=True)],
+                  ["B: `--checkpoint erm.pt --clusters clusters.csv` (val placed with the final model's features)",
+                   cell(b["retrain_only"]), cell(b.get("prusc_no_con"), density=True),
+                   cell(b["prusc"], strong=True, density=True)]])
+
+
 GPU_RUNS = {"A": "gpu/h200_scenes_r50_e10_results.json", "B": "gpu/h200_scenes_r50_e30_results.json"}
 GPU_DENSITY_DIGITS = {("A", "prusc_no_con"): 0, ("A", "prusc"): 1, ("B", "prusc_no_con"): 2, ("B", "prusc"): 1}
 
@@ -271,6 +314,8 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "cmnist_irm": cmnist_irm,
     "cmnist_irm_headline": lambda: cmnist_irm(headline=True),
     "cmnist_prusc_gpu": cmnist_prusc_gpu,
+    "scenes_calibration": scenes_calibration,
+    "scenes_head_only": scenes_head_only,
     "scenes_r18": scenes_r18,
     "scenes_r18_headline": scenes_r18,
     "scenes_r18_per_seed": scenes_r18_per_seed,
