@@ -121,6 +121,27 @@ def cmnist_irm(headline: bool = False) -> list[str]:
     return table(header if headline else ["variant", "env sizes", "train acc", *header[1:]], rows)
 
 
+def cmnist_erm_fashion() -> list[str]:
+    erm = summary(CMNIST)["erm_fashion_28"]
+    rows = []
+    for split, label in (("val", "val (training distribution)"), ("test", "test (colour reversed)")):
+        s = erm[split]
+        groups = [f"{fixed(acc, 2)} (n={n})" for acc, n in s["groups"].values()]
+        rows.append([label, bold(fixed(s["avg_acc"], 2), split == "test"),
+                     bold(fixed(s["worst_group_acc"], 2), split == "test"), *groups])
+    return table(["split", "avg acc", "worst-group acc", *erm["test"]["groups"]], rows)
+
+
+def cmnist_environments() -> list[str]:
+    envs = summary(CMNIST)["irm_fashion"]["environments"]
+    rows = [[role, f"{envs[role]['size']:,}", f"{fixed(envs[role]['conflicting_percent'])}%",
+             f"{fixed(envs[role]['agreement_percent'])}%"] for role in ("minority", "balanced")]
+    true = envs["true"]
+    rows.append(["(true env 0 / env 1, for comparison)", f"{true['size_each']:,} each", "",
+                 " / ".join(f"{fixed(a)}%" for a in true["agreement_percent"])])
+    return table(["environment", "size", "conflicting", "label–colour agreement"], rows)
+
+
 def cmnist_prusc_gpu() -> list[str]:
     methods = summary(CMNIST)["prusc_fashion_gpu"]["methods"]
     labels = {"erm": "ERM", "retrain_only": "retrain-only", "prusc_no_con": "mask without `L_con`", "prusc": "PruSC",
@@ -222,17 +243,19 @@ def scenes_calibration() -> list[str]:
                   "groups (y,place) 00 / 01 / 10 / 11", "wall"], rows)
 
 
+def cell(m: dict | None, strong: bool = False, density: bool = False) -> str:
+    """``worst / avg`` of one method of one run, with its mask density when asked."""
+    if m is None:
+        return "not run"
+    text = f"{bold(fixed(m['worst_group_acc']), strong)} / {fixed(m['avg_acc'])}"
+    return f"{text} ({fixed(m['density'])}%)" if density else text
+
+
 def scenes_head_only() -> list[str]:
     """Run A's numbers are typed (its summary was not kept); run B is ``r18_head_seed0_summary.json``."""
     a = summary(TYPED)["head_only_run_A"]
     b = {k: {"worst_group_acc": v["worst_group_acc"][0], "avg_acc": v["avg_acc"][0], "density": v["density"][0]}
          for k, v in summary(HEAD_ONLY)["test_percent"].items()}
-
-    def cell(m: dict | None, strong: bool = False, density: bool = False) -> str:
-        if m is None:
-            return "not run"
-        text = f"{bold(fixed(m['worst_group_acc']), strong)} / {fixed(m['avg_acc'])}"
-        return f"{text} ({fixed(m['density'])}%)" if density else text
 
     return table(["run", "retrain-only worst / avg", "mask without `L_con` worst / avg (density)",
                   "PruSC worst / avg (density)"],
@@ -242,6 +265,21 @@ def scenes_head_only() -> list[str]:
                   ["B: `--checkpoint erm.pt --clusters clusters.csv` (val placed with the final model's features)",
                    cell(b["retrain_only"]), cell(b.get("prusc_no_con"), density=True),
                    cell(b["prusc"], strong=True, density=True)]])
+
+
+def scenes_clusters() -> list[str]:
+    """The default row is seed 0 of the 3-seed comparison; the two other clusterings are typed."""
+    combined = summary(COMBINED)["test_percent"]
+    seed0 = {k: {"worst_group_acc": combined[k]["worst_group_acc"][0], "avg_acc": combined[k]["avg_acc"][0],
+                 "density": combined[k]["density"][0]} for k in ("retrain_only", "prusc_no_con", "prusc")}
+    study = summary(TYPED)["cluster_study_seed0"]
+    labels = [("per class, 2 per class (default)", seed0), ("per class, 8 per class", study["per_class_8"]),
+              ("16 over all samples (the original code's choice; cosine k-means there, Euclidean on normalised "
+               "features here)", study["global_16"])]
+    return table(["clusters", "retrain-only worst / avg", "mask without `L_con` worst / avg (density)",
+                  "PruSC worst / avg (density)"],
+                 [[label, cell(m["retrain_only"]), cell(m["prusc_no_con"], density=True),
+                   cell(m["prusc"], density=True)] for label, m in labels])
 
 
 GPU_RUNS = {"A": "gpu/h200_scenes_r50_e10_results.json", "B": "gpu/h200_scenes_r50_e30_results.json"}
@@ -311,11 +349,14 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "digits_5seeds_headline": lambda: digits_5seeds(headline=True),
     "digits_head_only": lambda: digits_recipe("head_only", best="prusc_no_con"),
     "digits_train_split": lambda: digits_recipe("train_split", best=""),
+    "cmnist_erm_fashion": cmnist_erm_fashion,
+    "cmnist_environments": cmnist_environments,
     "cmnist_irm": cmnist_irm,
     "cmnist_irm_headline": lambda: cmnist_irm(headline=True),
     "cmnist_prusc_gpu": cmnist_prusc_gpu,
     "scenes_calibration": scenes_calibration,
     "scenes_head_only": scenes_head_only,
+    "scenes_clusters": scenes_clusters,
     "scenes_r18": scenes_r18,
     "scenes_r18_headline": scenes_r18,
     "scenes_r18_per_seed": scenes_r18_per_seed,
