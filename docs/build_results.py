@@ -65,10 +65,12 @@ DIGITS_ROWS = [  # (method, label in the results page, label in the README, bold
     ("prusc_no_con", "mask without `L_con` + retraining", "mask without `L_con`", False),
     ("prusc", "PruSC", "PruSC", True),
     ("jtt", "JTT (T = 1, λ_up = 50; epoch chosen by worst-cluster val accuracy)", "JTT", False),
-    ("irm", "IRM on cluster environments (published defaults, mini-batches of 64)", "IRM on cluster environments", False),
+    ("irm", "IRM on cluster environments (published defaults, mini-batches of 64)", "IRM on cluster environments",
+     False),
     ("groupdro", "GroupDRO (*group labels*)", "GroupDRO (*group labels*)", False),
     ("dfr", "DFR (*val group labels*)", "DFR (*val group labels*)", False),
-    ("oracle_group_balanced", "group-balanced ERM oracle (*group labels*)", "group-balanced oracle (*group labels*)", False),
+    ("oracle_group_balanced", "group-balanced ERM oracle (*group labels*)", "group-balanced oracle (*group labels*)",
+     False),
 ]
 
 
@@ -230,7 +232,8 @@ GROUPS = ("y=0,a=0", "y=0,a=1", "y=1,a=0", "y=1,a=1")
 def scenes_calibration() -> list[str]:
     """Ratio 0.95 is seed 0's ERM of the 3-seed comparison; ratio 0.5 was one run whose numbers are typed."""
     erm = summary(COMBINED)["test_percent"]["erm"]
-    r95 = {"avg": erm["avg_acc"][0], "worst": erm["worst_group_acc"][0], "groups": [erm["groups"][g][0] for g in GROUPS]}
+    r95 = {"avg": erm["avg_acc"][0], "worst": erm["worst_group_acc"][0],
+           "groups": [erm["groups"][g][0] for g in GROUPS]}
     half = summary(TYPED)["calibration_ratio_0.5"]
     r50 = {"avg": half["avg_acc"], "worst": half["worst_group_acc"], "groups": [half["groups"][g] for g in GROUPS]}
     rows = []
@@ -312,11 +315,13 @@ def scenes_r50_gpu() -> list[str]:
 THROUGHPUT = "gpu/h200_throughput.json"
 THROUGHPUT_ROWS = [  # (key in images_per_s, label, suffix)
     ("ERM step, model only (batch on the device)", "ERM step, model only (batch on the device)", ""),
-    ("ERM through the training loop (bookkeeping included)", "ERM through the training loop (bookkeeping included)", ""),
+    ("ERM through the training loop (bookkeeping included)",
+     "ERM through the training loop (bookkeeping included)", ""),
     ("data path: image cache + to_device", "data path: image cache + `to_device`", ""),
     ("data path: decoding JPEGs + to_device", "data path: decoding JPEGs + `to_device`", ""),
     ("run.py --mode erm, one epoch ((3 epochs - 1 epoch) / 2)",
-     "`run.py --mode erm`, one epoch, as measured then ((3 epochs − 1 epoch) / 2 of wall time)", " (wrong, see below)"),
+     "`run.py --mode erm`, one epoch, as measured then ((3 epochs − 1 epoch) / 2 of wall time)",
+     " (wrong, see below)"),
     ("PruSC pruning step, model only", "PruSC pruning step, model only", ""),
     ("feature extraction, model only", "feature extraction, model only", ""),
     ("feature extraction through the data path", "feature extraction through the data path (batch 512)", ""),
@@ -334,7 +339,8 @@ RATIO_ROWS = [  # (key in ratios, label, suffix, goal)
 
 def gpu_throughput() -> list[str]:
     rates = summary(THROUGHPUT)["images_per_s"]
-    return table(["what", "images/s"], [[label, f"{rates[key]:,.0f}{suffix}"] for key, label, suffix in THROUGHPUT_ROWS])
+    return table(["what", "images/s"],
+                 [[label, f"{rates[key]:,.0f}{suffix}"] for key, label, suffix in THROUGHPUT_ROWS])
 
 
 def gpu_ratios() -> list[str]:
@@ -400,7 +406,8 @@ def stale_tables(paths: list[Path] | None = None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a table differs from its summary")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if a table differs from its summary")
     args = parser.parse_args(argv)
     if args.check:
         stale = stale_tables()
