@@ -38,7 +38,7 @@ CROP_MARGIN = (1 - 224 / 256) / 2
 class SceneStyle:
     """How strongly the item stands out from its background (the calibration knobs)."""
 
-    # Calibrated at 64x64 (README, "Calibration"): the fainter first style (scale 0.45-0.7, opacity
+    # Calibrated at 64x64 (docs/results/scenes.md, "Calibration"): the fainter first style (scale 0.45-0.7, opacity
     # 0.55-0.9) left the items almost unlearnt in a few epochs, so ERM was a pure background classifier.
     item_scale: tuple[float, float] = (0.55, 0.8)  # item side as a share of the image side
     item_opacity: tuple[float, float] = (0.8, 1.0)  # alpha of the item's brightest pixels

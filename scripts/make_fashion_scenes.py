@@ -3,7 +3,7 @@
     python3 scripts/make_fashion_scenes.py data/fashion_scenes64
     python3 run.py --mode erm --data waterbirds --train_root_dir data/fashion_scenes64 --image_size 64 --arch resnet18 --epochs 5
 
-The default item style and that ERM recipe are the calibrated ones (README, "Calibration"): at
+The default item style and that ERM recipe are the calibrated ones (docs/results/scenes.md, "Calibration"): at
 ratio 0.95 ERM's test worst-group accuracy is about 30 points below its average, at 0.5 about 6.
 
 Label y: 1 = trouser, sandal, sneaker, bag, ankle boot; 0 = T-shirt/top, pullover, dress, coat, shirt.

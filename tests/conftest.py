@@ -1,4 +1,5 @@
-"""Shared test helpers: run a CLI in-process and read its results.json."""
+"""Shared test helpers: run a CLI in-process, read its results.json, and one tiny reference model
+shared by the whole test run."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,18 @@ def image_cache_in_tmp(tmp_path_factory):
     patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def digits_erm(tmp_path_factory) -> Path:
+    """The run's one reference model, trained once instead of once per test module: an MLP after 3 ERM
+    epochs on Colored Digits (seed 0, data seed 0), with its epoch-1 snapshot ``erm_epoch1.pt``, which
+    has learnt the colour but not yet the digits. Tests read this folder and never write into it."""
+    out = tmp_path_factory.mktemp("digits_erm")
+    argv = ["--mode", "erm", "--data", "digits", "--device", "cpu", "--epochs", "3", "--out_dir", str(out)]
+    assert run.main(argv) == 0
+    assert (out / "erm_epoch1.pt").exists()
+    return out
 
 
 @pytest.fixture

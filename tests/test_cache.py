@@ -44,6 +44,7 @@ def without_paths(value):
     return value
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_runs_give_the_same_metrics(run_cli, tmp_path):
     write_waterbirds(tmp_path / "wb")
     results = {}

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-import run
 from cluster.io import load_clusters
 from cluster.kmeans import assign_nearest, fit_kmeans, majority_label, select_k
 from cluster.report import agreement, summarize
@@ -106,12 +105,9 @@ def test_summary_separates_colour_clusters_from_label_clusters():
 
 
 @pytest.fixture(scope="module")
-def erm_checkpoint(tmp_path_factory):
+def erm_checkpoint(digits_erm):
     """An MLP after one ERM epoch on Colored Digits: it has learnt the colour, not yet the digits."""
-    out = tmp_path_factory.mktemp("erm")
-    argv = ["--mode", "erm", "--data", "digits", "--epochs", "1", "--device", "cpu", "--out_dir", str(out)]
-    assert run.main(argv) == 0
-    return out / "erm.pt"
+    return digits_erm / "erm_epoch1.pt"
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +135,16 @@ def test_cluster_mode_separates_colour_within_each_class(run_cli, erm_checkpoint
     assert rc == 2 and "already holds clusters.csv" in err and "--overwrite" in err
 
 
+def test_script_main_is_run_py_mode_cluster_in_process(erm_checkpoint, tmp_path, capsys):
+    from cluster import clustering
+
+    argv = ["--data", "digits", "--checkpoint", str(erm_checkpoint), "--output_dir", str(tmp_path), "--device", "cpu"]
+    assert clustering.main(argv) == 0
+    assert "fitted over all samples" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cluster_summary.json").read_text())["num_clusters"] == 2
+
+
+@pytest.mark.slow
 def test_script_per_class_with_plot(erm_checkpoint, train_set, tmp_path):
     proc = subprocess.run([sys.executable, "cluster/clustering.py", "--data", "digits", "--checkpoint",
                            str(erm_checkpoint), "--num_clusters", "2", "--per_class", "--plot",
@@ -209,6 +215,7 @@ def test_existing_clusters_file_is_reported(run_cli, train_set, tmp_path):
     assert summary["vs_attribute"]["overall"]["nmi"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_num_clusters_below_two_is_refused_on_one_line(erm_checkpoint, tmp_path):
     proc = subprocess.run([sys.executable, "cluster/clustering.py", "--checkpoint", str(erm_checkpoint),
                            "--num_clusters", "1", "--output_dir", str(tmp_path)], capture_output=True, text=True)

@@ -167,7 +167,9 @@ def photo_layout(data: str, root) -> tuple[list, tuple]:
                                     "--attr_col", "bg", "--split_col", "fold")
 
 
-@pytest.mark.parametrize("data", ["celebA", "waterbirds", "isic", "csv"])
+@pytest.mark.parametrize("data", [pytest.param("celebA", marks=pytest.mark.slow), "waterbirds",
+                                  pytest.param("isic", marks=pytest.mark.slow),
+                                  pytest.param("csv", marks=pytest.mark.slow)])
 def test_whole_pipeline_runs_on_each_photo_data_set(run_cli, tmp_path, data):
     samples, argv = photo_layout(data, tmp_path / "data")
     rc, _, err = run_cli(*TINY_ERM, "--mode", "all", "--data", data, *argv, *CHEAP_METHODS, "--pruning_ep", "1",

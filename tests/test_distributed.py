@@ -84,6 +84,7 @@ def single_process_batches(seed_shuffle: int, seed_balanced: int) -> tuple[list,
     return first, [b[3].tolist() for _ in range(2) for b in balanced]
 
 
+@pytest.mark.slow
 def test_shards_of_two_ranks_reassemble_into_the_single_process_batches(checks):
     shuffled, balanced = single_process_batches(3, 4)
     assert checks["shuffled"][0] == shuffled
@@ -109,6 +110,7 @@ def test_shard_bounds_cover_the_data_once():
     assert shard_bounds(1, 1, 2) == (1, 1)  # an empty share when there are more ranks than samples
 
 
+@pytest.mark.slow
 def test_gathered_features_come_back_in_dataset_order(checks):
     data, _ = toy_data()
     expected = extract_features(masked_model()[0], data, torch.device("cpu"), batch_size=4, normalize=False)
@@ -122,6 +124,7 @@ def test_gather_in_order_places_rows_by_index_and_refuses_gaps():
         gather_in_order(torch.tensor([2, 0, 1]), rows, 4)
 
 
+@pytest.mark.slow
 def test_global_contrastive_loss_and_synchronised_gradients_equal_one_process(checks):
     one = global_step_losses(lambda m: data_parallel(m, torch.device("cpu")), 0, 1)
     two = checks["steps"]
@@ -135,6 +138,7 @@ def test_global_contrastive_loss_and_synchronised_gradients_equal_one_process(ch
     assert len(STEP_BATCH) % 2 == 1
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_prints(jobs, checks):
     _, output, _, out = jobs["checks"]
     assert sorted(p.name for p in out.iterdir()) == ["checks.pt", "written_by_rank0.txt"]
@@ -142,6 +146,7 @@ def test_only_rank_0_writes_and_prints(jobs, checks):
     assert output.count("printed by rank 0 only") == 1
 
 
+@pytest.mark.slow
 def test_a_failure_on_one_rank_raises_on_every_rank_with_its_message(checks):
     for key, rank, text in (("loader_failure", 1, "cannot read image broken.png"),
                             ("main_failure", 0, "disk full"),
@@ -151,6 +156,7 @@ def test_a_failure_on_one_rank_raises_on_every_rank_with_its_message(checks):
         assert messages[0].startswith(f"RankFailed rank={rank}: {text}") and f"(rank {rank} of 2, " in messages[0]
 
 
+@pytest.mark.slow
 def test_a_bad_image_on_one_shard_stops_all_ranks_with_one_message(jobs):
     rc, output, seconds, _ = jobs["fail_guarded"]
     assert rc != 0
@@ -159,6 +165,7 @@ def test_a_bad_image_on_one_shard_stops_all_ranks_with_one_message(jobs):
     assert seconds < JOB_LIMIT_S
 
 
+@pytest.mark.slow
 def test_a_failure_outside_shared_points_still_ends_the_job(jobs):
     rc, output, seconds, _ = jobs["fail_unguarded"]
     assert rc != 0
@@ -188,6 +195,7 @@ def one_process_mode_all(tmp_path_factory, jobs):
     return out
 
 
+@pytest.mark.slow
 def test_torchrun_mode_all_gives_the_metrics_and_clusters_of_one_process(jobs, one_process_mode_all, capsys):
     rc, output, _, two = jobs["cli"]
     assert rc == 0, output[-3000:]
@@ -207,6 +215,7 @@ def test_torchrun_mode_all_gives_the_metrics_and_clusters_of_one_process(jobs, o
     assert output.count("prusc_no_con ") == 1  # the comparison table is printed once
 
 
+@pytest.mark.slow
 def test_in_a_torchrun_run_only_rank_0_writes_files(jobs):
     _, output, _, _ = jobs["cli"]
     writes = {int(r): json.loads(w) for r, w in re.findall(r"WRITES rank=(\d) (\[[^\]]*\])", output)}

@@ -23,14 +23,11 @@ def train():
 
 
 @pytest.fixture(scope="module")
-def erm_clusters(tmp_path_factory, train):
-    """clusters.csv of the real chain: a short ERM run, its penultimate features, k-means with 4 clusters."""
-    import run
-
+def erm_clusters(tmp_path_factory, train, digits_erm):
+    """clusters.csv of the real chain: a short ERM run (3 epochs, data seed 0), its penultimate features,
+    k-means with 4 clusters."""
     folder = tmp_path_factory.mktemp("chain")
-    assert run.main(["--mode", "erm", *DIGITS_FLAGS, "--epochs", "3", "--device", "cpu", "--out_dir",
-                     str(folder)]) == 0
-    model = model_from_checkpoint(load_checkpoint(folder / "erm.pt"))
+    model = model_from_checkpoint(load_checkpoint(digits_erm / "erm.pt"))
     features = extract_features(model, train, torch.device("cpu"))
     assign = KMeans(4, n_init=3, random_state=0).fit_predict(features.numpy())
     return write_clusters(folder / "clusters.csv", train, torch.as_tensor(assign))

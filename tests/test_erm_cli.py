@@ -32,6 +32,7 @@ def test_same_seed_gives_identical_metrics(run_cli, tmp_path):
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
 
 
+@pytest.mark.slow
 def test_spurious_correlation_hurts_worst_group(run_cli, tmp_path):
     run_cli(*ERM_FAST, "--epochs", "20", "--out_dir", tmp_path / "s95")
     run_cli(*ERM_FAST, "--epochs", "20", "--spurious_ratio", "0.5", "--out_dir", tmp_path / "s50")
@@ -61,6 +62,7 @@ def test_bad_flags_fail_on_one_line(capsys, tmp_path, argv, needle):
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_bad_flag_message_is_one_line(tmp_path):
     import subprocess
     import sys

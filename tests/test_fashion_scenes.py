@@ -38,7 +38,7 @@ def test_split_groups_follow_ratio():
 
 def test_default_style_is_the_calibrated_one_and_fits_the_crop():
     style = SceneStyle()
-    assert style.item_scale == (0.55, 0.8) and style.item_opacity == (0.8, 1.0)  # README, "Calibration"
+    assert style.item_scale == (0.55, 0.8) and style.item_opacity == (0.8, 1.0)  # docs/results/scenes.md, "Calibration"
     # the largest item still fits inside the evaluation centre crop
     assert style.item_scale[1] <= 1 - 2 * CROP_MARGIN
 
@@ -66,6 +66,7 @@ def test_group_counts_match_request(scenes):
     assert list(table.columns) == ["img_id", "img_filename", "y", "split", "place", "place_filename"]
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_same_seed_same_bytes(scenes, tmp_path):
     again = tmp_path / "again"

@@ -84,6 +84,7 @@ def test_fast_digits_run_reports_every_variant(envs, tmp_path, capsys):
     assert res["splits"]["test"]["avg_acc"] == pytest.approx(np.mean(tests))
 
 
+@pytest.mark.slow
 def test_cluster_environments_beat_erm_and_random_ones_on_the_minority_groups(envs, tmp_path, capsys):
     rc, _, _ = call(capsys, *env_args(envs), "--irm_steps", "150", "--penalty_anneal_iters", "50", "--n_restarts", "1",
                     "--random_irm", "--device", "cpu", "--out_dir", tmp_path)
@@ -113,6 +114,7 @@ def test_true_environments_are_used_when_the_data_has_them(tmp_path, capsys, mon
     assert read_results(tmp_path / "run")["methods"]["irm_true"]["env_sizes"] == [449, 449]
 
 
+@pytest.mark.slow
 def test_runs_from_inside_invariant_learning(envs, tmp_path):
     proc = subprocess.run([sys.executable, "irm.py", f"--minority_env={envs / 'minority'}",
                            f"--balance_env={envs / 'balanced' / 'environment.json'}", "--irm_steps", "2",

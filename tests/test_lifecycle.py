@@ -73,6 +73,7 @@ def erm_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_second_run_on_a_locked_folder_exits_2_naming_the_holder(tmp_path):
     proc = holder(tmp_path / "out")
     try:
@@ -85,6 +86,7 @@ def test_second_run_on_a_locked_folder_exits_2_naming_the_holder(tmp_path):
     assert not (tmp_path / "out" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_only_one_writes(tmp_path):
     first = cli(*ERM[:-1], "200", "--out_dir", tmp_path / "out", wait=False)
     while not (tmp_path / "out" / "run_args.json").exists():
@@ -96,6 +98,7 @@ def test_two_concurrent_runs_only_one_writes(tmp_path):
     assert second.returncode == 2 and "is in use by another run" in second.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_stuck_lock(tmp_path):
     proc = holder(tmp_path / "out")
     proc.send_signal(signal.SIGKILL)
@@ -148,6 +151,7 @@ def test_orphan_temporary_files_are_removed(run_cli, tmp_path):
     assert not orphan.exists()
 
 
+@pytest.mark.slow
 def test_interrupted_overwrite_leaves_one_run(tmp_path):
     out = tmp_path / "out"
     assert cli(*ERM, "--out_dir", out).returncode == 0
@@ -171,6 +175,7 @@ def test_interrupted_overwrite_leaves_one_run(tmp_path):
     assert json.loads((out / "run_args.json").read_text())["args"]["seed"] == 1
 
 
+@pytest.mark.slow
 def test_the_same_command_continues_an_interrupted_overwrite(tmp_path):
     out, backup = tmp_path / "out", tmp_path / ".out.replaced"
     unfinished_run(out, *ERM, "--seed", "3")
@@ -180,12 +185,14 @@ def test_the_same_command_continues_an_interrupted_overwrite(tmp_path):
     assert read_results(out)["seed"] == 3 and not backup.exists()
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_to_delete_its_own_input(erm_dir):
     done = cli("--mode", "evaluate", "--checkpoint", erm_dir / "erm.pt", "--out_dir", erm_dir, "--overwrite")
     assert done.returncode == 2 and one_line(done.stderr) and "lies inside --out_dir" in done.stderr
     assert (erm_dir / "erm.pt").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_where_it_stopped_on_one_line(tmp_path):
     proc = cli(*ERM[:-1], "100000", "--out_dir", tmp_path / "out", wait=False)
     try:

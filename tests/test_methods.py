@@ -222,6 +222,7 @@ def test_report_script_prints_the_table_and_draws_the_picture(all_run, tmp_path,
     assert "no results.json under" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_methods_that_train_their_own_model_build_the_checkpoints_backbone(run_cli, tmp_path):
     assert run_cli("--mode", "erm", "--data", "digits", "--arch", "cnn", "--epochs", "1", "--device", "cpu",
                    "--out_dir", tmp_path / "erm")[0] == 0

@@ -12,6 +12,8 @@ from data.cmnist import IDX_FILES
 from data.fashion_scenes import LABEL_OF, make_scenes
 from fixtures import write_idx
 
+pytestmark = pytest.mark.slow  # an ERM, two prunings and retrainings of a CNN on 720 generated photos
+
 
 def synthetic_items(folder, n_train: int = 800, n_test: int = 200) -> None:
     """IDX files whose items show their binary label as a shape, classes cycling 0..9."""

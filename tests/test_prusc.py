@@ -18,10 +18,9 @@ FAST = ("--data", "digits", "--device", "cpu", "--epochs", "3", "--pruning_ep", 
 
 
 @pytest.fixture(scope="module")
-def erm_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("erm")
-    assert run.main(["--mode", "erm", *FAST, "--out_dir", str(out)]) == 0
-    return out
+def erm_dir(digits_erm):
+    """The shared reference model: 3 ERM epochs, as ``FAST`` trains."""
+    return digits_erm
 
 
 def test_pruning_step_never_changes_weights_or_batchnorm_statistics():
@@ -121,6 +120,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, erm_dir, run_cl
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights", ["local_imagenet_file", "no_imagenet"])
 def test_original_celeba_command_shape(run_cli, tmp_path, weights):
     """python3 run.py --mode prune --data celebA --train_root_dir=<DIR> --imagenet --lambda_sparse 5e-8 ..."""

@@ -41,6 +41,7 @@ def metrics(out: Path) -> dict:
     return {name: entry["splits"] for name, entry in results["methods"].items()}
 
 
+@pytest.mark.slow
 def test_sigkill_during_erm_resumes_and_ends_with_identical_metrics(tmp_path):
     steps_per_epoch = math.ceil(len(build_splits(run.parse_args(list(ERM)))["train"]) / 64)
     whole = tool("run.py", *ERM, "--out_dir", tmp_path / "whole")
@@ -59,6 +60,7 @@ def test_sigkill_during_erm_resumes_and_ends_with_identical_metrics(tmp_path):
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
 
+@pytest.mark.slow
 def test_sigkill_during_pruning_of_mode_all_resumes_and_ends_with_identical_metrics(tmp_path):
     whole = tool("run.py", *ALL, "--out_dir", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
@@ -77,6 +79,7 @@ def test_sigkill_during_pruning_of_mode_all_resumes_and_ends_with_identical_metr
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_sigkill_during_irm_reuses_finished_restarts_and_continues_the_running_one(tmp_path):
     from test_irm import env_args, make_envs
 
@@ -95,6 +98,7 @@ def test_sigkill_during_irm_reuses_finished_restarts_and_continues_the_running_o
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_multi_seed_reuses_a_seed_only_with_the_same_arguments(tmp_path, capsys):
     from scripts import multi_seed
 

@@ -1,4 +1,4 @@
-"""Group-wise accuracy metrics (definitions as in the README and ARCHITECTURE.md).
+"""Group-wise accuracy metrics (definitions as in docs/methods.md and ARCHITECTURE.md).
 
 A group is a pair (label y, spurious attribute a). Samples whose attribute is unknown (a = -1)
 form the group ``y=k,a=-1``, so on data without attributes the worst group is the worst class.
