@@ -14,6 +14,7 @@ from invariant_learning.construction import (ROLES, WEAK_CONTRAST, add_construct
                                              data_flags, describe, label_attr_agreement, summarize,
                                              write_environments)
 from utils.cli import OneLineErrorParser, exit_code
+from utils.run_dir import check_folder_path, check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     """Build, write and describe the two environments."""
     args.data = canonical_name(args.data)
+    check_writable(check_folder_path(args.output_dir, "--output_dir"), "--output_dir")  # before any work
     train = build_splits(args)["train"]
     tables = build_environments(train, args.clusters, args.balanced_fraction, args.minority_share, args.seed)
     source = {"data": args.data, "data_flags": data_flags(args), "n_train": len(train),

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from data import data_settings
 from data.base import SpuriousDataset
 from models import build_model
 from models.masking import load_mask_logits, set_mask_mode, split_state
@@ -89,7 +90,8 @@ def checked_checkpoint(path: str | os.PathLike, expect: Expect) -> dict[str, Any
     flag = expect.flag
     ckpt = load_checkpoint(path, data=expect.data, arch=expect.arch, flag=flag)
     if expect.data_settings is not None:
-        check_data_settings(ckpt, expect.data_settings, path, flag)
+        recorded = data_settings(argparse.Namespace(**(ckpt.get("args") or {})))  # its defaults resolved
+        check_data_settings(recorded, expect.data_settings, path, flag)
     shape = tuple(ckpt["arch_args"]["input_shape"])
     wrong_shape = expect.input_shape is not None and shape != tuple(expect.input_shape)
     if wrong_shape or (expect.n_classes is not None and int(ckpt["n_classes"]) != expect.n_classes):

@@ -269,7 +269,7 @@ def sweep(argv: list[str]) -> list[Path]:
     if opts.tool == "run" and not any(a == "--mode" or a.startswith("--mode=") for a in base):
         base = ["--mode", "all", *base]
     if not opts.out_dir.strip():
-        raise UserError("--out_dir is empty; pass a folder for the sweep")
+        raise UserError("--out_dir is empty; pass a folder path for the sweep")
     opts.seeds = list(dict.fromkeys(opts.seeds))
     grid = [(flag, list(dict.fromkeys(values))) for flag, values in parse_grid(opts.grid)]
     check_flags(opts.tool, grid, base)

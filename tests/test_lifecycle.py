@@ -680,8 +680,14 @@ def test_a_pruning_that_empties_the_model_exits_2(run_cli, erm_dir, tmp_path):
 
 
 def test_multi_seed_reports_ctrl_c_as_130(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(multi_seed.TOOLS, "run", multi_seed.TOOLS["run"]._replace(main=lambda argv: 130))
+    from scripts import sweep
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_local", interrupted)
     assert multi_seed.main(["--seeds", "0", "--out_dir", str(tmp_path / "m"), "--", *ERM]) == 130
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 # --- mistakes in data and flags, each one line before any training (issue 19, items 9, 11) -----------
