@@ -9,6 +9,7 @@ from cluster.io import write_clusters
 from conftest import read_results
 from data.digits import make_colored_digits
 from models import build_model
+from models.masking import attach_masks, density_report, iter_masks
 from training.prune import learn_masks
 from utils.checkpoint import load_checkpoint
 from utils.runtime import seed_everything
@@ -30,7 +31,7 @@ def test_pruning_step_never_changes_weights_or_batchnorm_statistics():
     model.train()
     model(torch.randn(32, *train.input_shape))  # non-trivial running statistics
     before = copy.deepcopy(model.state_dict())
-    args = run.parse_args(["--pruning_ep", "1", "--batch_size", "32", "--lambda_sparse", "1e-3"])
+    args = run.parse_args(["--pruning_ep", "1", "--batch_size", "32", "--lambda_sparse", "1e-6"])
     learn_masks(model, train, train.y * 2 + train.a, args, torch.device("cpu"), seed_everything(0))
     after = model.state_dict()
     for key, value in before.items():
@@ -94,12 +95,23 @@ def test_negative_lambda_is_refused(tmp_path):
     assert exc.value.code == 2
 
 
-def test_emptied_layer_warns_and_evaluation_still_runs(tmp_path, erm_dir, run_cli):
-    with pytest.warns(UserWarning, match="removed every weight of layer"):
-        rc, _, _ = run_cli("--mode", "prune", *FAST, "--checkpoint", erm_dir / "erm.pt", "--out_dir", tmp_path,
-                           "--lambda_sparse", "100", "--lambda_con_prune", "0", "--lr_prune", "5", "--retrain_ep", "0")
-    assert rc == 0
-    assert read_results(tmp_path)["density"]["overall"] < 0.05
+def test_an_emptied_layer_warns_and_the_rest_still_counts():
+    model = build_model("cnn", (3, 28, 28), 2)
+    attach_masks(model)
+    name, mask = next(iter_masks(model))
+    with torch.no_grad():
+        mask.logits.fill_(-1.0)
+    with pytest.warns(UserWarning, match=f"removed every weight of layer '{name}'"):
+        report = density_report(model)
+    assert report["per_layer"][name] == 0.0 and 0.0 < report["overall"] < 1.0
+
+
+def test_a_mask_that_removes_every_weight_stops_with_one_line(tmp_path, erm_dir, run_cli):
+    rc, _, err = run_cli("--mode", "prune", *FAST, "--checkpoint", erm_dir / "erm.pt", "--out_dir", tmp_path,
+                         "--lambda_sparse", "100", "--lambda_con_prune", "0", "--lr_prune", "5", "--retrain_ep", "0")
+    assert rc == 2 and "removed every weight (density 0)" in err and "--lambda_sparse" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, erm_dir, run_cli, monkeypatch):

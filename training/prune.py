@@ -182,8 +182,8 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
             at_check = step % every == 0 or step == total_steps
             if count % CHECK_EVERY == 0 or at_check:  # before a check, which may save the mask
                 if args.lambda_con_prune > 0:
-                    check_contrastive(args.batch_size, args.temperature, f"{where} (by step {step})",
-                                      float(sums[1]) / max(n, 1))
+                    check_contrastive(args.batch_size, args.temperature,
+                                      f"{where} (by step {step}){last_good(save_to)}", float(sums[1]) / max(n, 1))
                 watch.check(total, count, f"{where} (by step {step}){last_good(save_to)}")
             if at_check:
                 stop = check(step, sums, n)
