@@ -65,6 +65,10 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--per_class", action=argparse.BooleanOptionalAction, default=None,
                        help="cluster each class separately (ids stay unique); default: per class when PruSC "
                             "computes its clusters (--mode prune/all), over all samples otherwise")
+    group.add_argument("--clusters_auto", action="store_true",
+                       help="choose the snapshot, --per_class and --num_clusters without group labels: the candidate "
+                            "whose clusters best predict the reference model's own val errors (cluster/choose.py); "
+                            "with ERM trained here, snapshots after epoch 1, E/4 and E/2 are saved as candidates")
     group.add_argument("--plot", nargs="?", const="pca", choices=["pca", "tsne"], default=None,
                        help="--mode cluster: save clusters.png, a 2-D PCA (default) or t-SNE picture")
     group.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="alias of --out_dir")
