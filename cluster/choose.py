@@ -30,7 +30,9 @@ labels, for analysis only: **they are never used for the choice**.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -38,8 +40,15 @@ import torch
 from scipy.special import gammaln
 from sklearn.metrics import adjusted_rand_score
 
+from torch import nn
+
+from cluster.features import extract_features
 from cluster.kmeans import ClusterFit, fit_kmeans
 from cluster.report import agreement
+from data import SpuriousDataset
+from models.factory import model_from_checkpoint
+from utils.checkpoint import load_checkpoint
+from utils.distributed import run_on_main
 
 PER_CLASS_KS = (2, 3, 4)
 GLOBAL_KS = (2, 4, 8, 16)
@@ -263,3 +272,48 @@ def format_choice(choice: Choice, default: str) -> str:
             f"best {choice.best.candidate.describe()} at {choice.best.score:.4f}, p = {choice.p_value:.3f}"
         lines.append(f"no confident choice ({best}): keeping the default clustering, {default}")
     return "\n".join(lines)
+
+
+@dataclass
+class SnapshotChoice:
+    """A :class:`Choice` made on checkpoint files, with the features it computed (unnormalised)."""
+
+    choice: Choice
+    files: dict[str, str]  # snapshot name -> checkpoint file
+    train_features: dict[str, torch.Tensor]
+    val_features: dict[str, torch.Tensor]
+
+
+def snapshot_files(checkpoint: str, *extra: str | None) -> dict[str, str]:
+    """The candidate snapshots of a reference checkpoint: itself, the ``erm_epoch<E>.pt`` files its ERM run
+    saved beside it (``--cluster_epoch``, ``--clusters_auto``), and any ``extra`` file; named by file stem."""
+    paths = [Path(checkpoint)]
+    paths += sorted(Path(checkpoint).parent.glob("erm_epoch*.pt"), key=lambda p: int(p.stem[9:] or 0))
+    paths += [Path(p) for p in extra if p]
+    files: dict[str, str] = {}
+    for path in paths:
+        files.setdefault(path.stem if path.parent == Path(checkpoint).parent else str(path), str(path))
+    return files
+
+
+def choose_from_checkpoints(files: dict[str, str], reference: nn.Module, splits: dict[str, SpuriousDataset],
+                            args: argparse.Namespace, device: torch.device) -> SnapshotChoice:
+    """:func:`choose_clustering` over the snapshot ``files`` (``args.data``/``args.arch`` checked), scored
+    against the val errors of ``reference``; ``args.num_clusters`` (an integer) joins both k sets."""
+    train, val = splits["train"], splits["val"]
+    extra = (args.num_clusters,) if isinstance(args.num_clusters, int) else ()
+
+    def features(model: nn.Module, dataset: SpuriousDataset) -> torch.Tensor:
+        return extract_features(model, dataset, device, args.eval_batch_size, normalize=False,
+                                num_workers=args.num_workers, amp=args.amp)
+
+    with torch.no_grad():
+        errors = (reference.head(features(reference, val).to(device)).argmax(1).cpu() != val.y).long()
+    train_feats, val_feats = {}, {}
+    for name, path in files.items():
+        model = model_from_checkpoint(load_checkpoint(path, data=args.data, arch=args.arch)).to(device)
+        train_feats[name], val_feats[name] = features(model, train), features(model, val)
+    choice = run_on_main(choose_clustering, train_feats, val_feats, train.y, val.y, errors, args.seed,
+                         sorted({*PER_CLASS_KS, *extra}), sorted({*GLOBAL_KS, *extra}), train.a,
+                         args.min_cell_size, where="while choosing the clustering")
+    return SnapshotChoice(choice, files, train_feats, val_feats)

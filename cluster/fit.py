@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cluster.choose import SnapshotChoice, choose_from_checkpoints, format_choice, snapshot_files
 from cluster.features import extract_features
 from cluster.io import load_clusters, write_clusters
 from cluster.kmeans import ClusterFit, fit_kmeans, majority_label, select_k
@@ -113,6 +114,24 @@ def prepare_output(out_dir: str, overwrite: bool) -> Path:
     return prepare_out_dir(out_dir, overwrite, finished=CLUSTERS_NAME)
 
 
+def default_description(args: argparse.Namespace) -> str:
+    """The clustering ``--mode cluster`` makes without ``--clusters_auto``, in words."""
+    return f"{Path(args.checkpoint or '').stem}, {'per class' if args.per_class else 'global'}, k={args.num_clusters}"
+
+
+def choose(args: argparse.Namespace, splits: dict[str, SpuriousDataset], reference: nn.Module,
+           default: str) -> SnapshotChoice:
+    """``--clusters_auto``: the label-free choice among the snapshots of ``--checkpoint``, printed; ``args``
+    take the chosen scope and k (they keep the default when there is no confident choice)."""
+    made = choose_from_checkpoints(snapshot_files(args.checkpoint, args.cluster_checkpoint), reference, splits,
+                                   args, resolve_device(args.device))
+    print(format_choice(made.choice, default))
+    if made.choice.chosen is not None:
+        args.per_class, args.num_clusters = made.choice.chosen.candidate.per_class, made.choice.chosen.candidate.k
+        args.cluster_checkpoint = made.files[made.choice.chosen.candidate.snapshot]
+    return made
+
+
 def run(args: argparse.Namespace) -> dict:
     """``--mode cluster``: fit (or, with ``--clusters``, check) the clusters, save and print the summary."""
     started = time.time()
@@ -121,16 +140,30 @@ def run(args: argparse.Namespace) -> dict:
                         "or --clusters FILE to report on an existing clusters file")
     if not args.checkpoint and args.plot:
         raise UserError("--plot needs --checkpoint: the picture projects the model's features")
+    if args.clusters_auto and (args.clusters or not args.checkpoint):
+        raise UserError("--clusters_auto chooses among the snapshots of --checkpoint (its erm_epoch<E>.pt files "
+                        "are candidates too); pass --checkpoint and no --clusters")
     out_dir = run_on_main(prepare_output, args.out_dir, args.overwrite or bool(args.clusters),
                           where="while preparing --out_dir")
     seed_everything(args.seed)
-    train = build_splits(args)["train"]
-    features = None
+    splits = build_splits(args)
+    train = splits["train"]
+    features, made = None, None
     if args.checkpoint:
-        features = extract_features(load_reference(args, train), train, resolve_device(args.device),
+        reference = load_reference(args, train)
+        features = extract_features(reference, train, resolve_device(args.device),
                                     args.eval_batch_size, num_workers=args.num_workers, amp=args.amp,
                                     channels_last=args.channels_last)
-    if args.clusters:
+    default = default_description(args)
+    if args.clusters_auto:
+        made = choose(args, splits, reference, default)
+    chosen = None if made is None else made.choice.chosen
+    if chosen is not None:
+        features = made.train_features[chosen.candidate.snapshot]  # type: ignore[union-attr]
+        assign = chosen.fit.assign
+        summary = summarize(assign, train.y, train.a, args.per_class)
+        summary["clusters_file"] = str(write_clusters(out_dir / CLUSTERS_NAME, train, assign))
+    elif args.clusters:
         assign = load_clusters(args.clusters, train)
         summary = summarize(assign, train.y, train.a, per_class=None)
     else:
@@ -140,6 +173,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.plot:
         summary["plot"] = str(run_on_main(plot_clusters, features, assign, train.y, train.a,
                                           out_dir / "clusters.png", args.plot, args.seed, where="while plotting"))
+    if made is not None:
+        summary["clusters_choice"] = {**made.choice.record(), "default": default}
     text = format_summary(summary)
     payload = {"mode": "cluster", "data": args.data, "checkpoint": args.checkpoint, "clusters": args.clusters,
                "args": plain_args(args), "time_s": round(time.time() - started, 3), **summary}
