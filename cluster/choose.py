@@ -4,9 +4,14 @@ Every method that uses clusters stands on one premise: the minority samples get 
 own. Group labels would tell which clustering does that; without them, this module uses the premise
 JTT builds on: **the minority is where the ERM model errs**. For each candidate (snapshot x scope x
 k) the k-means fit on the training split places every validation sample in a (label, cluster) cell,
-and the candidate's score is how much the cells say about the reference model's own val errors:
+and the candidate's score is how much the cells say about the val errors of the ERM run's models:
 
-    score = sum over classes y of  n_y / n  *  AMI(cell, error | label y)
+    score = mean over the other snapshots t of  sum over classes y of  n_y / n * AMI(cell, errors of t | label y)
+
+The errors come from the *other* snapshots of the same ERM run (all of them, averaged): clusters of
+a model's own features can always carve out that model's decision boundary (its near-boundary samples
+are its errors) without finding any attribute; the minority, by contrast, is where every snapshot
+errs. With a single snapshot its own errors are used.
 
 AMI is scikit-learn's adjusted mutual information (0 for cells unrelated to the errors whatever
 their number, 1 when the cells are the errors), so more clusters are not rewarded for chance
@@ -101,8 +106,8 @@ class Choice:
     def record(self) -> dict:
         """What results.json and cluster_summary.json keep."""
         return {
-            "criterion": "class-weighted within-class AMI between val (label, cluster) cells and the reference "
-                         "model's val errors; eligible if k-means seed stability >= "
+            "criterion": "class-weighted within-class AMI between val (label, cluster) cells and the val errors "
+                         "of the other snapshots' models (mean); eligible if k-means seed stability >= "
                          f"{MIN_STABILITY}; confident if p <= {ALPHA} against within-class permutations of the errors",
             "chosen": None if self.chosen is None else self.chosen.record(),
             "confident": self.chosen is not None,
@@ -195,6 +200,16 @@ class WithinClassAmi:
         return float(sum(w * ami(errors[members]) for w, members, ami in self.parts))
 
 
+@dataclass
+class CrossScore:
+    """A candidate's score: the mean within-class AMI of its cells with the errors of each judging model."""
+
+    by_judge: dict[str, WithinClassAmi]
+
+    def __call__(self, errors: dict[str, np.ndarray]) -> float:
+        return float(np.mean([score(errors[t]) for t, score in self.by_judge.items()]))
+
+
 def seed_stability(fit: ClusterFit, other: ClusterFit, y: torch.Tensor) -> float:
     """Class-weighted adjusted Rand index of two fits of the same candidate inside each class."""
     total = 0.0
@@ -210,7 +225,7 @@ def fit_candidate(feats: torch.Tensor, y: torch.Tensor, cand: Candidate, seed: i
 
 
 def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str, torch.Tensor],
-                      train_y: torch.Tensor, val_y: torch.Tensor, val_errors: torch.Tensor, seed: int,
+                      train_y: torch.Tensor, val_y: torch.Tensor, val_errors: torch.Tensor | dict[str, torch.Tensor], seed: int,
                       per_class_ks: Sequence[int] = PER_CLASS_KS, global_ks: Sequence[int] = GLOBAL_KS,
                       train_a: torch.Tensor | None = None, min_cell_size: int = 5,
                       permutations: int = PERMUTATIONS, alpha: float = ALPHA,
@@ -218,15 +233,19 @@ def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str,
     """Score every (snapshot, scope, k) candidate and choose one, or none (see the module docstring).
 
     ``train_feats``/``val_feats``: features of each snapshot (same names) on the training and val
-    splits; ``val_errors``: 1 where the reference model misclassifies the val sample. Deterministic
-    for a ``seed``. ``train_a`` (attribute labels) only adds the analysis columns.
+    splits; ``val_errors``: 1 where a model misclassifies the val sample, per snapshot (the snapshot's own
+    model) or one vector for all. A candidate is scored against the errors of the *other* snapshots
+    (its own when there is no other). Deterministic for a ``seed``. ``train_a`` (attribute labels) only adds the analysis columns.
     """
     train_y, val_y = torch.as_tensor(train_y).long(), torch.as_tensor(val_y).long()
     smallest_class = int(torch.bincount(train_y).min())
     candidates = [Candidate(name, per_class, k) for name in train_feats
                   for per_class, ks in ((True, per_class_ks), (False, global_ks))
                   for k in ks if k < (smallest_class if per_class else len(train_y))]
-    errors, y_np = torch.as_tensor(val_errors).long().numpy(), val_y.numpy()
+    if not isinstance(val_errors, dict):
+        val_errors = {name: val_errors for name in train_feats}
+    errors = {name: torch.as_tensor(e).long().numpy() for name, e in val_errors.items()}
+    y_np = val_y.numpy()
     scored, score_of = [], []
     for cand in candidates:
         fit = fit_candidate(train_feats[cand.snapshot], train_y, cand, seed)
@@ -235,7 +254,8 @@ def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str,
         attribute = {} if train_a is None or not bool((train_a >= 0).all()) else {
             f"y={c}": {key: round(v, 4) for key, v in agreement(fit.assign[train_y == c], train_a[train_y == c]).items()
                        if key in ("nmi", "purity", "baseline")} for c in torch.unique(train_y).tolist()}
-        score_of.append(within_class_ami(cells, errors, y_np))
+        judges = [t for t in errors if t != cand.snapshot] or [cand.snapshot]
+        score_of.append(CrossScore({t: within_class_ami(cells, errors[t], y_np) for t in judges}))
         scored.append(Scored(cand, fit, score_of[-1](errors), stability, stability >= min_stability, attribute))
     eligible = [i for i, s in enumerate(scored) if s.eligible]
     if not eligible:
@@ -244,10 +264,11 @@ def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str,
     rng = np.random.default_rng(seed)
     null = np.empty(permutations)
     for r in range(permutations):
-        shuffled = errors.copy()
+        order = np.arange(len(y_np))
         for cls in np.unique(y_np):
             member = np.flatnonzero(y_np == cls)
-            shuffled[member] = rng.permutation(errors[member])
+            order[member] = rng.permutation(member)
+        shuffled = {t: e[order] for t, e in errors.items()}  # one permutation for every model's errors
         null[r] = max(score_of[i](shuffled) for i in eligible)
     p_value = float((1 + (null >= scored[best].score).sum()) / (1 + permutations))
     confident = p_value <= alpha and scored[best].score > 0
@@ -258,7 +279,7 @@ def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str,
 def format_choice(choice: Choice, default: str) -> str:
     """The candidates as a table, then the choice (or that there is none and ``default`` is kept)."""
     lines = ["label-free clustering choice (cluster/choose.py): score = within-class AMI of val cells with the "
-             "reference model's val errors",
+             "val errors of the other snapshots' models",
              f"{'candidate':<34}{'score':>8}{'stability':>11}  attribute NMI within class (analysis only, not used)"]
     for s in choice.scored:
         nmi = " ".join(f"{c}:{q['nmi']:.3f}" for c, q in s.attribute.items()) or "-"
@@ -296,10 +317,11 @@ def snapshot_files(checkpoint: str, *extra: str | None) -> dict[str, str]:
     return files
 
 
-def choose_from_checkpoints(files: dict[str, str], reference: nn.Module, splits: dict[str, SpuriousDataset],
+def choose_from_checkpoints(files: dict[str, str], splits: dict[str, SpuriousDataset],
                             args: argparse.Namespace, device: torch.device) -> SnapshotChoice:
-    """:func:`choose_clustering` over the snapshot ``files`` (``args.data``/``args.arch`` checked), scored
-    against the val errors of ``reference``; ``args.num_clusters`` (an integer) joins both k sets."""
+    """:func:`choose_clustering` over the snapshot ``files`` (``args.data``/``args.arch`` checked), each
+    snapshot's clusters judged by the val errors of the other snapshots' models; ``args.num_clusters``
+    (an integer) joins both k sets."""
     train, val = splits["train"], splits["val"]
     extra = (args.num_clusters,) if isinstance(args.num_clusters, int) else ()
 
@@ -307,12 +329,12 @@ def choose_from_checkpoints(files: dict[str, str], reference: nn.Module, splits:
         return extract_features(model, dataset, device, args.eval_batch_size, normalize=False,
                                 num_workers=args.num_workers, amp=args.amp)
 
-    with torch.no_grad():
-        errors = (reference.head(features(reference, val).to(device)).argmax(1).cpu() != val.y).long()
-    train_feats, val_feats = {}, {}
+    train_feats, val_feats, errors = {}, {}, {}
     for name, path in files.items():
         model = model_from_checkpoint(load_checkpoint(path, data=args.data, arch=args.arch)).to(device)
         train_feats[name], val_feats[name] = features(model, train), features(model, val)
+        with torch.no_grad():
+            errors[name] = (model.head(val_feats[name].to(device)).argmax(1).cpu() != val.y).long()
     choice = run_on_main(choose_clustering, train_feats, val_feats, train.y, val.y, errors, args.seed,
                          sorted({*PER_CLASS_KS, *extra}), sorted({*GLOBAL_KS, *extra}), train.a,
                          args.min_cell_size, where="while choosing the clustering")

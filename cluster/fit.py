@@ -68,7 +68,7 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
                             "computes its clusters (--mode prune/all), over all samples otherwise")
     group.add_argument("--clusters_auto", action="store_true",
                        help="choose the snapshot, --per_class and --num_clusters without group labels: the candidate "
-                            "whose clusters best predict the reference model's own val errors (cluster/choose.py); "
+                            "whose clusters best predict the val errors of the other ERM snapshots (cluster/choose.py); "
                             "with ERM trained here, snapshots after epoch 1, E/4 and E/2 are saved as candidates")
     group.add_argument("--plot", nargs="?", const="pca", choices=["pca", "tsne"], default=None,
                        help="--mode cluster: save clusters.png, a 2-D PCA (default) or t-SNE picture")
@@ -119,12 +119,11 @@ def default_description(args: argparse.Namespace) -> str:
     return f"{Path(args.checkpoint or '').stem}, {'per class' if args.per_class else 'global'}, k={args.num_clusters}"
 
 
-def choose(args: argparse.Namespace, splits: dict[str, SpuriousDataset], reference: nn.Module,
-           default: str) -> SnapshotChoice:
+def choose(args: argparse.Namespace, splits: dict[str, SpuriousDataset], default: str) -> SnapshotChoice:
     """``--clusters_auto``: the label-free choice among the snapshots of ``--checkpoint``, printed; ``args``
     take the chosen scope and k (they keep the default when there is no confident choice)."""
-    made = choose_from_checkpoints(snapshot_files(args.checkpoint, args.cluster_checkpoint), reference, splits,
-                                   args, resolve_device(args.device))
+    made = choose_from_checkpoints(snapshot_files(args.checkpoint, args.cluster_checkpoint), splits, args,
+                                   resolve_device(args.device))
     print(format_choice(made.choice, default))
     if made.choice.chosen is not None:
         args.per_class, args.num_clusters = made.choice.chosen.candidate.per_class, made.choice.chosen.candidate.k
@@ -150,13 +149,12 @@ def run(args: argparse.Namespace) -> dict:
     train = splits["train"]
     features, made = None, None
     if args.checkpoint:
-        reference = load_reference(args, train)
-        features = extract_features(reference, train, resolve_device(args.device),
+        features = extract_features(load_reference(args, train), train, resolve_device(args.device),
                                     args.eval_batch_size, num_workers=args.num_workers, amp=args.amp,
                                     channels_last=args.channels_last)
     default = default_description(args)
     if args.clusters_auto:
-        made = choose(args, splits, reference, default)
+        made = choose(args, splits, default)
     chosen = None if made is None else made.choice.chosen
     if chosen is not None:
         features = made.train_features[chosen.candidate.snapshot]  # type: ignore[union-attr]

@@ -140,7 +140,7 @@ def choose_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset]
     then makes the default clusters)."""
     default = (f"{Path(reference.cluster_checkpoint).stem}, {'per class' if args.per_class else 'global'}, "
                f"k={args.num_clusters}")
-    made = choose_from_checkpoints(reference.snapshots, reference.model, splits, args, device)
+    made = choose_from_checkpoints(reference.snapshots, splits, args, device)
     print(format_choice(made.choice, default))
     record = {**made.choice.record(), "default": default}
     if made.choice.chosen is None:
