@@ -91,10 +91,10 @@ def reference_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDatas
     saved = resume.load() if resume is not None else None
     if saved is not None:
         print(f"reusing the clusters of the interrupted run ({resume.path})")  # type: ignore[union-attr]
-        args.per_class, args.num_clusters = saved["per_class"], saved["num_clusters"]
-        reference.cluster_checkpoint = saved["cluster_checkpoint"]
+        args.per_class, args.num_clusters = saved["per_class"], saved.get("num_clusters", args.num_clusters)
+        reference.cluster_checkpoint = saved.get("cluster_checkpoint", reference.cluster_checkpoint)
         set_rng_state(saved["rng"])
-        return Clusters(saved["train"], saved["val"], saved["file"], saved["features"], saved["choice"])
+        return Clusters(saved["train"], saved["val"], saved["file"], saved["features"], saved.get("choice"))
     clusters = make_clusters(args, splits, reference, device, out_dir)
     if resume is not None:
         resume.save({"train": clusters.train, "val": clusters.val, "file": clusters.file,
