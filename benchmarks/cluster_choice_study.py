@@ -56,8 +56,9 @@ def quality(scored) -> dict:
             "per_class": scored.attribute}
 
 
-def study_seed(seed: int, flags: list[str], root: Path, methods: str | None, log: Path) -> dict:
-    erm_dir = root / f"erm_seed{seed}"
+def study_seed(seed: int, flags: list[str], root: Path, methods: str | None, log: Path,
+               erm_dir_pattern: str | None = None) -> dict:
+    erm_dir = Path(erm_dir_pattern.format(seed=seed)) if erm_dir_pattern else root / f"erm_seed{seed}"
     if not (erm_dir / "results.json").is_file():
         run_quietly(["--mode", "erm", *flags, "--seed", seed, "--clusters_auto", "--out_dir", erm_dir], log)
     args = run.parse_args([*flags, "--seed", str(seed), "--checkpoint", str(erm_dir / "erm.pt")])
@@ -138,6 +139,9 @@ def main() -> None:
     parser.add_argument("--out_root", help="folder of the runs (reused: finished runs are not redone)")
     parser.add_argument("--summary", help="JSON summary to write")
     parser.add_argument("--methods", default=None, help="methods to run on (a) and (c), e.g. retrain_only,prusc")
+    parser.add_argument("--erm_dir", default=None,
+                        help="use the finished ERM run folders of another study, e.g. runs/erm_s{seed} "
+                             "(their erm_epoch<E>.pt files are the candidate snapshots)")
     parser.add_argument("--table", nargs="+", help="print the Markdown tables of these JSON summaries and stop")
     args, flags = parser.parse_known_args()
     flags = [f for f in flags if f != "--"]
@@ -146,7 +150,7 @@ def main() -> None:
         return
     root = Path(args.out_root)
     root.mkdir(parents=True, exist_ok=True)
-    seeds = [study_seed(s, flags, root, args.methods, root / "runs.log") for s in args.seeds]
+    seeds = [study_seed(s, flags, root, args.methods, root / "runs.log", args.erm_dir) for s in args.seeds]
     summary = {"regime": args.regime, "flags": flags, "methods": args.methods,
                "command": " ".join(["python3 benchmarks/cluster_choice_study.py", *sys.argv[1:]]), "seeds": seeds}
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
