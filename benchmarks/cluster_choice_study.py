@@ -118,7 +118,8 @@ def table(paths: list[str]) -> str:
         summary = json.loads(Path(path).read_text())
         seeds = summary["seeds"]
         for col, label in zip(COLUMNS, ("(a) default", "(b) 16 global, final", "(c) label-free", "(d) hindsight")):
-            chosen = "; ".join(s[col]["candidate"] + ("" if col != "label_free" or s["confident"] else " (no confident choice: default)")
+            note = " (no confident choice: default)"
+            chosen = "; ".join(s[col]["candidate"] + ("" if col != "label_free" or s["confident"] else note)
                                for s in seeds)
             lines.append(f"| {summary['regime']} | {len(seeds)} | {label} | {mean_std([s[col]['nmi'] for s in seeds])} "
                          f"| {mean_std([s[col]['purity'] for s in seeds])} "

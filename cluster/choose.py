@@ -1,32 +1,32 @@
-"""A label-free choice of the clustering: which snapshot, per class or over all samples, and k.
+"""A label-free choice of the clustering: which ERM snapshot to cluster, and how.
 
 Every method that uses clusters stands on one premise: the minority samples get clusters of their
 own. Group labels would tell which clustering does that; without them, this module uses the premise
-JTT builds on: **the minority is where the ERM model errs**. For each candidate (snapshot x scope x
-k) the k-means fit on the training split places every validation sample in a (label, cluster) cell,
-and the candidate's score is how much the cells say about the val errors of the ERM run's models:
+JTT builds on: **the minority is where ERM errs, early and late**. Every model the ERM run saved
+(its snapshots) classifies the validation split; each val sample gets the *number of snapshots that
+misclassify it* (0..T), one judge shared by every candidate. For each candidate (snapshot x scope x
+k) the k-means fit on the training split places every val sample in a (label, cluster) cell, and
 
-    score = mean over the other snapshots t of  sum over classes y of  n_y / n * AMI(cell, errors of t | label y)
+    score = sum over classes y of  n_y / n  *  AMI(cell, number of erring snapshots | label y)
 
-The errors come from the *other* snapshots of the same ERM run (all of them, averaged): clusters of
-a model's own features can always carve out that model's decision boundary (its near-boundary samples
-are its errors) without finding any attribute; the minority, by contrast, is where every snapshot
-errs. With a single snapshot its own errors are used.
+AMI is adjusted mutual information (0 for cells unrelated to the errors whatever their number, 1
+when the cells are the error levels), so more clusters are not rewarded for chance agreement. A val
+sample only joins clusters that hold at least ``MIN_CELL_SHARE`` of its label's training samples
+(and ``min_cell_size`` of them): otherwise global clusters of a model that follows the labels would
+put each misclassified sample in the other class's cluster and merely repeat the prediction.
 
-AMI is scikit-learn's adjusted mutual information (0 for cells unrelated to the errors whatever
-their number, 1 when the cells are the errors), so more clusters are not rewarded for chance
-agreement and, normalised by the cells' entropy, finer clusterings pay for their extra cells.
-A val sample only joins clusters that hold at least ``MIN_CELL_SHARE`` of its label's training
-samples (and ``min_cell_size`` of them): otherwise global clusters of a model that follows the
-labels would put each misclassified sample in the other class's cluster and merely repeat the
-model's prediction.
+The whole grid (per class k = 2, 3, 4; global k = 2, 4, 8, 16) is scored and printed, but the
+choice is made among the candidates of ``choose_ks`` per class (default: k = 2, what PruSC's
+positives need), i.e. mainly *which snapshot*: wider sets picked finer clusterings that follow a
+model's own decision boundary (its near-boundary samples are its errors) rather than the attribute
+(on Colored Digits seed 1, per class k = 3 at within-class NMI 0.57 against 1.00; docs/clustering_choice.md).
 
 Two guards before a choice is trusted:
 
 - **stability**: each candidate is fitted again with another k-means seed; one whose clusters
   change (adjusted Rand index within each class below ``min_stability``) is not eligible;
-- **a permutation null**: the errors are shuffled within each class ``permutations`` times and the
-  best eligible score recomputed each time; the choice is confident when the observed best beats
+- **a permutation null**: the error counts are shuffled within each class ``permutations`` times and
+  the best eligible score recomputed each time; the choice is confident when the observed best beats
   that null with p <= ``alpha``. Otherwise there is *no confident choice* and the caller keeps its
   default clustering (and says so).
 
@@ -59,6 +59,7 @@ PER_CLASS_KS = (2, 3, 4)
 GLOBAL_KS = (2, 4, 8, 16)
 MIN_CELL_SHARE = 0.01  # a cluster holding under 1% of a class's training samples is no cell of that class
 MIN_STABILITY = 0.5
+CHOOSE_KS = (2,)  # per class: the candidates a choice is made among (the rest is scored for analysis)
 PERMUTATIONS = 200
 ALPHA = 0.05
 
@@ -106,8 +107,9 @@ class Choice:
     def record(self) -> dict:
         """What results.json and cluster_summary.json keep."""
         return {
-            "criterion": "class-weighted within-class AMI between val (label, cluster) cells and the val errors "
-                         "of the other snapshots' models (mean); eligible if k-means seed stability >= "
+            "criterion": "class-weighted within-class AMI between val (label, cluster) cells and the number of "
+                         "ERM snapshots misclassifying each val sample; chosen among per-class candidates of the "
+                         "listed k (eligible); eligible if k-means seed stability >= "
                          f"{MIN_STABILITY}; confident if p <= {ALPHA} against within-class permutations of the errors",
             "chosen": None if self.chosen is None else self.chosen.record(),
             "confident": self.chosen is not None,
@@ -165,20 +167,23 @@ class ClassAmi:
 
     cells: np.ndarray  # cell id 0..C-1 of each member
     n_cells: int
+    levels: int  # error values are 0..levels-1 (0/1, or how many models err)
     expected: float
     norm: float
 
     @classmethod
     def of(cls, cells: np.ndarray, errors: np.ndarray) -> "ClassAmi":
         cells = np.unique(cells, return_inverse=True)[1]
-        sizes, err_counts = np.bincount(cells), np.bincount(errors, minlength=2)
+        levels = max(2, int(errors.max()) + 1)
+        sizes, err_counts = np.bincount(cells), np.bincount(errors, minlength=levels)
         expected = expected_mutual_information(err_counts, sizes)
-        return cls(cells, len(sizes), expected, 0.5 * (_entropy(err_counts) + _entropy(sizes)) - expected)
+        return cls(cells, len(sizes), levels, expected, 0.5 * (_entropy(err_counts) + _entropy(sizes)) - expected)
 
     def __call__(self, errors: np.ndarray) -> float:
         if self.n_cells < 2 or len(np.unique(errors)) < 2:
             return 0.0
-        table = np.bincount(self.cells * 2 + errors, minlength=2 * self.n_cells).reshape(-1, 2).astype(float)
+        table = np.bincount(self.cells * self.levels + errors,
+                            minlength=self.levels * self.n_cells).reshape(-1, self.levels).astype(float)
         n, joint = table.sum(), table[table > 0]
         mi = float((joint / n * np.log(joint * n / np.outer(table.sum(1), table.sum(0))[table > 0])).sum())
         return (mi - self.expected) / self.norm if self.norm > 0 else 0.0
@@ -200,16 +205,6 @@ class WithinClassAmi:
         return float(sum(w * ami(errors[members]) for w, members, ami in self.parts))
 
 
-@dataclass
-class CrossScore:
-    """A candidate's score: the mean within-class AMI of its cells with the errors of each judging model."""
-
-    by_judge: dict[str, WithinClassAmi]
-
-    def __call__(self, errors: dict[str, np.ndarray]) -> float:
-        return float(np.mean([score(errors[t]) for t, score in self.by_judge.items()]))
-
-
 def seed_stability(fit: ClusterFit, other: ClusterFit, y: torch.Tensor) -> float:
     """Class-weighted adjusted Rand index of two fits of the same candidate inside each class."""
     total = 0.0
@@ -225,8 +220,10 @@ def fit_candidate(feats: torch.Tensor, y: torch.Tensor, cand: Candidate, seed: i
 
 
 def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str, torch.Tensor],
-                      train_y: torch.Tensor, val_y: torch.Tensor, val_errors: torch.Tensor | dict[str, torch.Tensor], seed: int,
+                      train_y: torch.Tensor, val_y: torch.Tensor,
+                      val_errors: torch.Tensor | dict[str, torch.Tensor], seed: int,
                       per_class_ks: Sequence[int] = PER_CLASS_KS, global_ks: Sequence[int] = GLOBAL_KS,
+                      choose_ks: Sequence[int] = CHOOSE_KS,
                       train_a: torch.Tensor | None = None, min_cell_size: int = 5,
                       permutations: int = PERMUTATIONS, alpha: float = ALPHA,
                       min_stability: float = MIN_STABILITY) -> Choice:
@@ -234,17 +231,18 @@ def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str,
 
     ``train_feats``/``val_feats``: features of each snapshot (same names) on the training and val
     splits; ``val_errors``: 1 where a model misclassifies the val sample, per snapshot (the snapshot's own
-    model) or one vector for all. A candidate is scored against the errors of the *other* snapshots
-    (its own when there is no other). Deterministic for a ``seed``. ``train_a`` (attribute labels) only adds the analysis columns.
+    model; they are summed into the judge) or one vector. ``choose_ks``: the per-class k among which the
+    choice is made. Deterministic for a ``seed``. ``train_a`` (attribute labels) only adds the analysis columns.
     """
     train_y, val_y = torch.as_tensor(train_y).long(), torch.as_tensor(val_y).long()
     smallest_class = int(torch.bincount(train_y).min())
     candidates = [Candidate(name, per_class, k) for name in train_feats
                   for per_class, ks in ((True, per_class_ks), (False, global_ks))
                   for k in ks if k < (smallest_class if per_class else len(train_y))]
-    if not isinstance(val_errors, dict):
-        val_errors = {name: val_errors for name in train_feats}
-    errors = {name: torch.as_tensor(e).long().numpy() for name, e in val_errors.items()}
+    if isinstance(val_errors, dict):
+        judge = sum(torch.as_tensor(e).long() for e in val_errors.values()).numpy()
+    else:
+        judge = torch.as_tensor(val_errors).long().numpy()
     y_np = val_y.numpy()
     scored, score_of = [], []
     for cand in candidates:
@@ -254,9 +252,9 @@ def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str,
         attribute = {} if train_a is None or not bool((train_a >= 0).all()) else {
             f"y={c}": {key: round(v, 4) for key, v in agreement(fit.assign[train_y == c], train_a[train_y == c]).items()
                        if key in ("nmi", "purity", "baseline")} for c in torch.unique(train_y).tolist()}
-        judges = [t for t in errors if t != cand.snapshot] or [cand.snapshot]
-        score_of.append(CrossScore({t: within_class_ami(cells, errors[t], y_np) for t in judges}))
-        scored.append(Scored(cand, fit, score_of[-1](errors), stability, stability >= min_stability, attribute))
+        score_of.append(within_class_ami(cells, judge, y_np))
+        eligible = stability >= min_stability and cand.per_class and cand.k in choose_ks
+        scored.append(Scored(cand, fit, score_of[-1](judge), stability, eligible, attribute))
     eligible = [i for i, s in enumerate(scored) if s.eligible]
     if not eligible:
         return Choice(scored, None, None, 1.0, float("nan"), permutations)
@@ -264,11 +262,10 @@ def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str,
     rng = np.random.default_rng(seed)
     null = np.empty(permutations)
     for r in range(permutations):
-        order = np.arange(len(y_np))
+        shuffled = judge.copy()
         for cls in np.unique(y_np):
             member = np.flatnonzero(y_np == cls)
-            order[member] = rng.permutation(member)
-        shuffled = {t: e[order] for t, e in errors.items()}  # one permutation for every model's errors
+            shuffled[member] = rng.permutation(judge[member])
         null[r] = max(score_of[i](shuffled) for i in eligible)
     p_value = float((1 + (null >= scored[best].score).sum()) / (1 + permutations))
     confident = p_value <= alpha and scored[best].score > 0
@@ -279,11 +276,12 @@ def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str,
 def format_choice(choice: Choice, default: str) -> str:
     """The candidates as a table, then the choice (or that there is none and ``default`` is kept)."""
     lines = ["label-free clustering choice (cluster/choose.py): score = within-class AMI of val cells with the "
-             "val errors of the other snapshots' models",
+             "number of ERM snapshots misclassifying each val sample; chosen among the eligible candidates",
              f"{'candidate':<34}{'score':>8}{'stability':>11}  attribute NMI within class (analysis only, not used)"]
     for s in choice.scored:
         nmi = " ".join(f"{c}:{q['nmi']:.3f}" for c, q in s.attribute.items()) or "-"
-        flag = "" if s.eligible else "  (unstable: not eligible)"
+        reason = "unstable" if s.stability < MIN_STABILITY else "analysis only"
+        flag = "" if s.eligible else f"  (not eligible: {reason})"
         lines.append(f"{s.candidate.describe():<34}{s.score:>8.4f}{s.stability:>11.3f}  {nmi}{flag}")
     if choice.chosen is not None:
         lines.append(f"chosen: {choice.chosen.candidate.describe()} (score {choice.chosen.score:.4f}, "
@@ -319,9 +317,9 @@ def snapshot_files(checkpoint: str, *extra: str | None) -> dict[str, str]:
 
 def choose_from_checkpoints(files: dict[str, str], splits: dict[str, SpuriousDataset],
                             args: argparse.Namespace, device: torch.device) -> SnapshotChoice:
-    """:func:`choose_clustering` over the snapshot ``files`` (``args.data``/``args.arch`` checked), each
-    snapshot's clusters judged by the val errors of the other snapshots' models; ``args.num_clusters``
-    (an integer) joins both k sets."""
+    """:func:`choose_clustering` over the snapshot ``files`` (``args.data``/``args.arch`` checked), judged by
+    how many of the snapshots' models misclassify each val sample; an integer ``args.num_clusters`` joins
+    the k sets (and those chosen among)."""
     train, val = splits["train"], splits["val"]
     extra = (args.num_clusters,) if isinstance(args.num_clusters, int) else ()
 
@@ -336,6 +334,6 @@ def choose_from_checkpoints(files: dict[str, str], splits: dict[str, SpuriousDat
         with torch.no_grad():
             errors[name] = (model.head(val_feats[name].to(device)).argmax(1).cpu() != val.y).long()
     choice = run_on_main(choose_clustering, train_feats, val_feats, train.y, val.y, errors, args.seed,
-                         sorted({*PER_CLASS_KS, *extra}), sorted({*GLOBAL_KS, *extra}), train.a,
-                         args.min_cell_size, where="while choosing the clustering")
+                         sorted({*PER_CLASS_KS, *extra}), sorted({*GLOBAL_KS, *extra}), sorted({*CHOOSE_KS, *extra}),
+                         train.a, args.min_cell_size, where="while choosing the clustering")
     return SnapshotChoice(choice, files, train_feats, val_feats)

@@ -12,12 +12,13 @@ from cluster.choose import ClassAmi, choose_clustering, format_choice
 from cluster.report import agreement
 
 
-def scene(n: int, seed: int, shortcut: bool, errors_follow_minority: bool = True):
+def scene(n: int, seed: int, shortcut: bool, errors_follow_minority: bool = True, distractor: float = 0.5):
     """Features of a two-class set with a 10% minority (attribute != label) and a distractor.
 
     Each class is two blobs along the attribute direction (visible only in a ``shortcut`` snapshot)
-    and two equal halves along a wider distractor direction unrelated to anything. The simulated ERM
-    model errs on 50% of the minority and 5% of the majority (or on 10% of everyone).
+    and two equal halves along a distractor direction unrelated to anything (a third as far apart as the
+    attribute blobs by default). The simulated ERM model errs on 50% of the minority and 5% of the
+    majority (or on 10% of everyone).
     """
     gen = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 2
@@ -25,17 +26,17 @@ def scene(n: int, seed: int, shortcut: bool, errors_follow_minority: bool = True
     x = 0.3 * torch.randn(n, 12, generator=gen) + 1.0
     x[:, 0] += 3.0 * (2 * y - 1)
     x[:, 1] += (1.5 if shortcut else 0.0) * (2 * a - 1)
-    x[:, 2] += 2.5 * (2 * (torch.rand(n, generator=gen) < 0.5).float() - 1)
+    x[:, 2] += distractor * (2 * (torch.rand(n, generator=gen) < 0.5).float() - 1)
     p_err = torch.where(a != y, 0.5, 0.05) if errors_follow_minority else torch.full((n,), 0.1)
     return x, y, a, (torch.rand(n, generator=gen) < p_err).long()
 
 
-def two_snapshots(errors_follow_minority: bool = True, seed: int = 0):
+def two_snapshots(errors_follow_minority: bool = True, seed: int = 0, distractor: float = 0.5):
     """An early snapshot that sees the attribute and a late one that does not (same samples)."""
     train, val = {}, {}
     for name, shortcut in (("early", True), ("late", False)):
-        train[name], y, a, _ = scene(1200, 0, shortcut)
-        val[name], val_y, _, errors = scene(500, 1, shortcut, errors_follow_minority)
+        train[name], y, a, _ = scene(1200, 0, shortcut, distractor=distractor)
+        val[name], val_y, _, errors = scene(500, 1, shortcut, errors_follow_minority, distractor)
     return dict(train_feats=train, val_feats=val, train_y=y, val_y=val_y, val_errors=errors, seed=seed, train_a=a)
 
 
@@ -61,6 +62,14 @@ def test_picks_the_attribute_clustering_when_the_errors_point_to_it():
     y = two_snapshots()["train_y"]
     for cls in (0, 1):  # the chosen clusters separate the minority inside each class
         assert agreement(choice.chosen.fit.assign[y == cls], a[y == cls])["purity"] > 0.98
+
+
+def test_a_wider_choice_set_finds_the_attribute_behind_a_stronger_distractor():
+    """With the distractor wider than the attribute, 2 clusters per class split the distractor; allowing
+    k = 4 per class lets the choice take the clusters that cut both."""
+    choice = choose_clustering(**two_snapshots(distractor=2.5), choose_ks=(2, 3, 4), permutations=50)
+    assert choice.chosen is not None and choice.chosen.candidate.snapshot == "early"
+    assert mean_attribute_nmi(choice.chosen) >= 0.8 * max(mean_attribute_nmi(s) for s in choice.scored)
 
 
 def test_says_no_confident_choice_without_signal():

@@ -152,7 +152,8 @@ def choose_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset]
     feats = nn.functional.normalize(made.train_features[chosen.candidate.snapshot].float(), dim=1)
     print(format_summary(summarize(chosen.fit.assign, train.y, train.a, args.per_class)))
     clusters_file = str(write_clusters(out_dir / "clusters.csv", train, chosen.fit.assign))
-    val_assign = nearest_clusters(feats, chosen.fit.assign, train.y, made.val_features[chosen.candidate.snapshot], val.y)
+    val_feats = made.val_features[chosen.candidate.snapshot]
+    val_assign = nearest_clusters(feats, chosen.fit.assign, train.y, val_feats, val.y)
     return Clusters(chosen.fit.assign, val_assign, clusters_file, feats, record), record
 
 
