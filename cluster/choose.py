@@ -16,10 +16,10 @@ sample only joins clusters that hold at least ``MIN_CELL_SHARE`` of its label's 
 put each misclassified sample in the other class's cluster and merely repeat the prediction.
 
 The whole grid (per class k = 2, 3, 4; global k = 2, 4, 8, 16) is scored and printed, but the
-choice is made among the candidates of ``choose_ks`` per class (default: k = 2, what PruSC's
-positives need), i.e. mainly *which snapshot*: wider sets picked finer clusterings that follow a
-model's own decision boundary (its near-boundary samples are its errors) rather than the attribute
-(on Colored Digits seed 1, per class k = 3 at within-class NMI 0.57 against 1.00; docs/clustering_choice.md).
+choice is made among the candidates with k in ``choose_ks`` (default 2, per class or global: a
+binary attribute), i.e. *which snapshot* and *which scope*: with finer k the choice took clusterings
+that carve out error pockets of a model's decision boundary rather than the attribute (on Colored
+Digits seed 1, per class k = 3 at within-class NMI 0.57 against 1.00; docs/clustering_choice.md).
 
 Two guards before a choice is trusted:
 
@@ -59,7 +59,7 @@ PER_CLASS_KS = (2, 3, 4)
 GLOBAL_KS = (2, 4, 8, 16)
 MIN_CELL_SHARE = 0.01  # a cluster holding under 1% of a class's training samples is no cell of that class
 MIN_STABILITY = 0.5
-CHOOSE_KS = (2,)  # per class: the candidates a choice is made among (the rest is scored for analysis)
+CHOOSE_KS = (2,)  # the k a choice is made among, per class or global (the rest is scored for analysis)
 PERMUTATIONS = 200
 ALPHA = 0.05
 
@@ -108,8 +108,8 @@ class Choice:
         """What results.json and cluster_summary.json keep."""
         return {
             "criterion": "class-weighted within-class AMI between val (label, cluster) cells and the number of "
-                         "ERM snapshots misclassifying each val sample; chosen among per-class candidates of the "
-                         "listed k (eligible); eligible if k-means seed stability >= "
+                         "ERM snapshots misclassifying each val sample; chosen among the candidates with k in "
+                         f"{list(CHOOSE_KS)} (either scope, eligible) whose k-means seed stability >= "
                          f"{MIN_STABILITY}; confident if p <= {ALPHA} against within-class permutations of the errors",
             "chosen": None if self.chosen is None else self.chosen.record(),
             "confident": self.chosen is not None,
@@ -231,8 +231,8 @@ def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str,
 
     ``train_feats``/``val_feats``: features of each snapshot (same names) on the training and val
     splits; ``val_errors``: 1 where a model misclassifies the val sample, per snapshot (the snapshot's own
-    model; they are summed into the judge) or one vector. ``choose_ks``: the per-class k among which the
-    choice is made. Deterministic for a ``seed``. ``train_a`` (attribute labels) only adds the analysis columns.
+    model; they are summed into the judge) or one vector. ``choose_ks``: the k (either scope) among which
+    the choice is made. Deterministic for a ``seed``. ``train_a`` (attribute labels) only adds the analysis columns.
     """
     train_y, val_y = torch.as_tensor(train_y).long(), torch.as_tensor(val_y).long()
     smallest_class = int(torch.bincount(train_y).min())
@@ -253,7 +253,7 @@ def choose_clustering(train_feats: dict[str, torch.Tensor], val_feats: dict[str,
             f"y={c}": {key: round(v, 4) for key, v in agreement(fit.assign[train_y == c], train_a[train_y == c]).items()
                        if key in ("nmi", "purity", "baseline")} for c in torch.unique(train_y).tolist()}
         score_of.append(within_class_ami(cells, judge, y_np))
-        eligible = stability >= min_stability and cand.per_class and cand.k in choose_ks
+        eligible = stability >= min_stability and cand.k in choose_ks
         scored.append(Scored(cand, fit, score_of[-1](judge), stability, eligible, attribute))
     eligible = [i for i, s in enumerate(scored) if s.eligible]
     if not eligible:
