@@ -67,9 +67,10 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
                        help="cluster each class separately (ids stay unique); default: per class when PruSC "
                             "computes its clusters (--mode prune/all), over all samples otherwise")
     group.add_argument("--clusters_auto", action="store_true",
-                       help="choose the ERM snapshot to cluster and --per_class (k=2) without group labels: the one whose "
-                            "clusters best predict how many snapshots misclassify each val sample (cluster/choose.py); "
-                            "with ERM trained here, snapshots after epoch 1, E/4 and E/2 are saved as candidates")
+                       help="choose the ERM snapshot to cluster and --per_class (k=2) without group labels: the "
+                            "one whose clusters best predict how many snapshots misclassify each val sample "
+                            "(cluster/choose.py); with ERM trained here, snapshots after epoch 1, E/4 and E/2 are "
+                            "saved as candidates")
     group.add_argument("--plot", nargs="?", const="pca", choices=["pca", "tsne"], default=None,
                        help="--mode cluster: save clusters.png, a 2-D PCA (default) or t-SNE picture")
     group.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="alias of --out_dir")
