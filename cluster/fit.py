@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cluster.choose import SnapshotChoice, choose_from_checkpoints, format_choice, snapshot_files
 from cluster.features import extract_features
 from cluster.io import load_clusters, write_clusters
 from cluster.kmeans import ClusterFit, fit_kmeans, majority_label, select_k
@@ -28,7 +29,7 @@ from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.results import atomic_write_text
 from utils.run_dir import RunKind, prepare_out_dir
-from utils.runtime import runtime_from_args, seed_everything
+from utils.runtime import resolve_device, runtime_from_args, seed_everything
 
 CLUSTERS_NAME = "clusters.csv"
 SUMMARY_NAME = "cluster_summary"
@@ -64,6 +65,11 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--per_class", action=argparse.BooleanOptionalAction, default=None,
                        help="cluster each class separately (ids stay unique); default: per class when PruSC "
                             "computes its clusters (--mode prune/all), over all samples otherwise")
+    group.add_argument("--clusters_auto", action="store_true",
+                       help="choose the ERM snapshot to cluster and --per_class (k=2) without group labels: the "
+                            "one whose clusters best predict how many snapshots misclassify each val sample "
+                            "(cluster/choose.py); with ERM trained here, snapshots after epoch 1, E/4 and E/2 are "
+                            "saved as candidates")
     group.add_argument("--plot", nargs="?", const="pca", choices=["pca", "tsne"], default=None,
                        help="--mode cluster: save clusters.png, a 2-D PCA (default) or t-SNE picture")
     group.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="alias of --out_dir")
@@ -98,6 +104,23 @@ def prepare_output(out_dir: str, overwrite: bool) -> Path:
     return prepare_out_dir(out_dir, overwrite, finished=CLUSTERS_NAME)
 
 
+def default_description(args: argparse.Namespace) -> str:
+    """The clustering ``--mode cluster`` makes without ``--clusters_auto``, in words."""
+    return f"{Path(args.checkpoint or '').stem}, {'per class' if args.per_class else 'global'}, k={args.num_clusters}"
+
+
+def choose(args: argparse.Namespace, splits: dict[str, SpuriousDataset], default: str) -> SnapshotChoice:
+    """``--clusters_auto``: the label-free choice among the snapshots of ``--checkpoint``, printed; ``args``
+    take the chosen scope and k (they keep the default when there is no confident choice)."""
+    made = choose_from_checkpoints(snapshot_files(args.checkpoint, args.cluster_checkpoint), splits, args,
+                                   resolve_device(args.device))
+    print(format_choice(made.choice, default))
+    if made.choice.chosen is not None:
+        args.per_class, args.num_clusters = made.choice.chosen.candidate.per_class, made.choice.chosen.candidate.k
+        args.cluster_checkpoint = made.files[made.choice.chosen.candidate.snapshot]
+    return made
+
+
 def run(args: argparse.Namespace) -> dict:
     """``--mode cluster``: fit (or, with ``--clusters``, check) the clusters, save and print the summary."""
     started = time.time()
@@ -106,16 +129,29 @@ def run(args: argparse.Namespace) -> dict:
                         "or --clusters FILE to report on an existing clusters file")
     if not args.checkpoint and args.plot:
         raise UserError("--plot needs --checkpoint: the picture projects the model's features")
+    if args.clusters_auto and (args.clusters or not args.checkpoint):
+        raise UserError("--clusters_auto chooses among the snapshots of --checkpoint (its erm_epoch<E>.pt files "
+                        "are candidates too); pass --checkpoint and no --clusters")
     out_dir = prepare_output(args.out_dir, args.overwrite or bool(args.clusters))  # by rank 0 under torchrun
     seed_everything(args.seed)
-    train = build_splits(args)["train"]
-    features = None
+    splits = build_splits(args)
+    train = splits["train"]
+    features, made = None, None
     if args.checkpoint:
         model = load_model(args.checkpoint, Expect(data=args.data, arch=args.arch, input_shape=train.input_shape,
                                                    n_classes=train.n_classes)).model
         features = extract_features(model, train, runtime_from_args(args), args.eval_batch_size,
                                     num_workers=args.num_workers)
-    if args.clusters:
+    default = default_description(args)
+    if args.clusters_auto:
+        made = choose(args, splits, default)
+    chosen = None if made is None else made.choice.chosen
+    if chosen is not None:
+        features = made.train_features[chosen.candidate.snapshot]  # type: ignore[union-attr]
+        assign = chosen.fit.assign
+        summary = summarize(assign, train.y, train.a, args.per_class)
+        summary["clusters_file"] = str(write_clusters(out_dir / CLUSTERS_NAME, train, assign))
+    elif args.clusters:
         assign = load_clusters(args.clusters, train)
         summary = summarize(assign, train.y, train.a, per_class=None)
     else:
@@ -125,6 +161,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.plot:
         summary["plot"] = str(run_on_main(plot_clusters, features, assign, train.y, train.a,
                                           out_dir / "clusters.png", args.plot, args.seed, where="while plotting"))
+    if made is not None:
+        summary["clusters_choice"] = {**made.choice.record(), "default": default}
     text = format_summary(summary)
     payload = {"mode": "cluster", "data": args.data, "checkpoint": args.checkpoint, "clusters": args.clusters,
                "args": plain_args(args), "time_s": round(time.time() - started, 3), **summary}

@@ -97,6 +97,8 @@ def format_summary(summary: dict) -> str:
         rows.append(("attribute", summary["vs_attribute"]["overall"]))
         rows += [(f"attribute | {c}", q) for c, q in summary["vs_attribute"]["within_class"].items()]
     lines += [f"{name:<20}{q['purity']:>8.3f}{q['baseline']:>10.3f}{q['nmi']:>8.3f}" for name, q in rows]
+    if "vs_attribute" in summary:
+        lines.append("attribute rows: for analysis only; no method and no --clusters_auto choice reads them")
     lines.append(f"conflicting samples (label != cluster majority): {100 * summary['conflicting_fraction']:.2f}%")
     if "silhouette" in summary:
         scores = ", ".join(f"k={k}: {s:.3f}" for k, s in summary["silhouette"].items())

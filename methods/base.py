@@ -67,7 +67,9 @@ class Context:
         if self._clusters is None:
             self._clusters = reference_clusters(self.args, self.splits, self.reference, self.device, self.out_dir,
                                                 resume=self.step("clusters"))
-            self.facts["clusters"] = self._clusters.file
+            self.facts.update(clusters=self._clusters.file, cluster_checkpoint=self.reference.cluster_checkpoint)
+            if self._clusters.choice is not None:
+                self.facts["clusters_choice"] = self._clusters.choice
         return self._clusters
 
     def step(self, name: str) -> StepState | None:

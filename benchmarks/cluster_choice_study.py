@@ -1,0 +1,163 @@
+"""Does the label-free clustering choice (--clusters_auto) find the attribute as well as hindsight would?
+
+    python3 benchmarks/cluster_choice_study.py --regime digits --seeds 0 1 2 --out_root runs/choice_digits \\
+        --summary docs/clustering_choice/digits.json -- --data digits
+    python3 benchmarks/cluster_choice_study.py --table docs/clustering_choice/*.json   # the Markdown table
+
+For each seed: ERM (``run.py --mode erm --clusters_auto``, which saves the candidate snapshots),
+then every candidate of :mod:`cluster.choose` scored on that ERM run, with its within-class NMI and
+purity against the attribute (group labels: analysis only). Four clusterings are compared:
+(a) today's default (the ``--cluster_epoch auto`` snapshot, 2 per class), (b) 16 global clusters
+on the final model, (c) the label-free choice (the default when it is not confident), (d) the
+candidate with the best within-class NMI in hindsight (a ceiling that uses group labels). With
+``--methods`` the listed methods also run (``run.py --mode all --checkpoint erm.pt
+--cluster_checkpoint SNAPSHOT --clusters FILE``) on (a) and on (c), for their test worst-group
+accuracy. Flags after ``--`` go to every run.py call (data set, architecture, epochs...).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import run  # noqa: E402
+from cluster.choose import choose_from_checkpoints, snapshot_files  # noqa: E402
+from cluster.io import write_clusters  # noqa: E402
+from data import build_splits  # noqa: E402
+from utils.checkpoint import load_checkpoint  # noqa: E402
+from utils.runtime import resolve_device, seed_everything  # noqa: E402
+
+COLUMNS = ("default", "global16_final", "label_free", "hindsight")
+
+
+def run_quietly(argv: list, log: Path) -> None:
+    """``run.py argv``, its printout appended to ``log``; stop on failure."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run.main([str(a) for a in argv])
+    with log.open("a") as f:
+        f.write(out.getvalue())
+    if code != 0:
+        sys.exit(f"run.py {' '.join(map(str, argv))} failed ({code}); see {log}")
+
+
+def quality(scored) -> dict:
+    """Within-class NMI and purity against the attribute, mean over classes, of one scored candidate."""
+    return {"candidate": scored.candidate.describe(),
+            "nmi": statistics.mean(q["nmi"] for q in scored.attribute.values()),
+            "purity": statistics.mean(q["purity"] for q in scored.attribute.values()),
+            "baseline": statistics.mean(q["baseline"] for q in scored.attribute.values()),
+            "per_class": scored.attribute}
+
+
+def study_seed(seed: int, flags: list[str], root: Path, methods: str | None, log: Path,
+               erm_dir_pattern: str | None = None) -> dict:
+    erm_dir = Path(erm_dir_pattern.format(seed=seed)) if erm_dir_pattern else root / f"erm_seed{seed}"
+    if not (erm_dir / "results.json").is_file():
+        run_quietly(["--mode", "erm", *flags, "--seed", seed, "--clusters_auto", "--out_dir", erm_dir], log)
+    args = run.parse_args([*flags, "--seed", str(seed), "--checkpoint", str(erm_dir / "erm.pt")])
+    seed_everything(seed)
+    splits = build_splits(args)
+    device = resolve_device(args.device)
+    args.arch = args.arch or load_checkpoint(erm_dir / "erm.pt")["arch"]
+    made = choose_from_checkpoints(snapshot_files(str(erm_dir / "erm.pt")), splits, args, device)
+    choice = made.choice
+    by_key = {(s.candidate.snapshot, s.candidate.per_class, s.candidate.k): s for s in choice.scored}
+    default_snapshot = f"erm_epoch{args.cluster_epoch}" if args.cluster_epoch < args.epochs else "erm"
+    picked = {"default": by_key[(default_snapshot, True, 2)], "global16_final": by_key[("erm", False, 16)],
+              "hindsight": max(choice.scored, key=lambda s: quality(s)["nmi"])}
+    picked["label_free"] = choice.chosen or picked["default"]
+    erm = json.loads((erm_dir / "results.json").read_text())
+    out = {"seed": seed, "confident": choice.chosen is not None, "p_value": choice.p_value,
+           "erm_test_worst_group": erm["splits"]["test"]["worst_group_acc"],
+           "erm_test_avg": erm["splits"]["test"]["avg_acc"],
+           "choice": choice.record(), **{name: quality(s) for name, s in picked.items()}}
+    if methods:
+        out["methods"] = {}
+        for name in ("default", "label_free"):
+            scored = picked[name]
+            same = name == "label_free" and scored is picked["default"]
+            if same:
+                out["methods"][name] = out["methods"]["default"]
+                continue
+            csv = write_clusters(root / f"clusters_{name}_seed{seed}.csv", splits["train"], scored.fit.assign)
+            run_dir = root / f"methods_{name}_seed{seed}"
+            if not (run_dir / "results.json").is_file():
+                run_quietly(["--mode", "all", *flags, "--seed", seed, "--methods", methods,
+                             "--checkpoint", erm_dir / "erm.pt", "--cluster_checkpoint",
+                             made.files[scored.candidate.snapshot], "--clusters", csv, "--out_dir", run_dir], log)
+            res = json.loads((run_dir / "results.json").read_text())["methods"]
+            out["methods"][name] = {m: r["splits"]["test"]["worst_group_acc"] for m, r in res.items()}
+    print(f"seed {seed}: " + ", ".join(f"{k} {out[k]['candidate']} NMI {out[k]['nmi']:.3f}" for k in COLUMNS)
+          + f"; confident {out['confident']} (p {out['p_value']:.3f})"
+          + (f"; methods {out['methods']}" if methods else ""), flush=True)
+    return out
+
+
+def mean_std(values: list[float], scale: float = 1.0) -> str:
+    values = [scale * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.3f}" if scale == 1 else f"{values[0]:.1f}"
+    fmt = ".3f" if scale == 1 else ".1f"
+    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
+
+
+def table(paths: list[str]) -> str:
+    """The Markdown tables of the docs from the regimes' JSON summaries."""
+    lines = ["| regime | seeds | clustering | within-class NMI vs attribute | within-class purity (baseline) "
+             "| chosen (per seed) |", "|---|---|---|---|---|---|"]
+    wg = ["| regime | seeds | method | worst-group test acc %, default clusters (a) "
+          "| with the label-free choice (c) | ERM |", "|---|---|---|---|---|---|"]
+    for path in paths:
+        summary = json.loads(Path(path).read_text())
+        seeds = summary["seeds"]
+        for col, label in zip(COLUMNS, ("(a) default", "(b) 16 global, final", "(c) label-free", "(d) hindsight")):
+            note = " (no confident choice: default)"
+            chosen = "; ".join(s[col]["candidate"] + ("" if col != "label_free" or s["confident"] else note)
+                               for s in seeds)
+            lines.append(f"| {summary['regime']} | {len(seeds)} | {label} | {mean_std([s[col]['nmi'] for s in seeds])} "
+                         f"| {mean_std([s[col]['purity'] for s in seeds])} "
+                         f"({mean_std([s[col]['baseline'] for s in seeds])}) | {chosen} |")
+        if all("methods" in s for s in seeds):
+            erm = mean_std([s["erm_test_worst_group"] for s in seeds], 100)
+            for method in seeds[0]["methods"]["default"]:
+                wg.append(f"| {summary['regime']} | {len(seeds)} | {method} "
+                          f"| {mean_std([s['methods']['default'][method] for s in seeds], 100)} "
+                          f"| {mean_std([s['methods']['label_free'][method] for s in seeds], 100)} | {erm} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(wg) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regime", help="name of the regime in the table")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out_root", help="folder of the runs (reused: finished runs are not redone)")
+    parser.add_argument("--summary", help="JSON summary to write")
+    parser.add_argument("--methods", default=None, help="methods to run on (a) and (c), e.g. retrain_only,prusc")
+    parser.add_argument("--erm_dir", default=None,
+                        help="use the finished ERM run folders of another study, e.g. runs/erm_s{seed} "
+                             "(their erm_epoch<E>.pt files are the candidate snapshots)")
+    parser.add_argument("--table", nargs="+", help="print the Markdown tables of these JSON summaries and stop")
+    args, flags = parser.parse_known_args()
+    flags = [f for f in flags if f != "--"]
+    if args.table:
+        print(table(args.table))
+        return
+    root = Path(args.out_root)
+    root.mkdir(parents=True, exist_ok=True)
+    seeds = [study_seed(s, flags, root, args.methods, root / "runs.log", args.erm_dir) for s in args.seeds]
+    summary = {"regime": args.regime, "flags": flags, "methods": args.methods,
+               "command": " ".join(["python3 benchmarks/cluster_choice_study.py", *sys.argv[1:]]), "seeds": seeds}
+    Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+    print(table([args.summary]))
+
+
+if __name__ == "__main__":
+    main()
