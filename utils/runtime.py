@@ -90,7 +90,7 @@ CPUINFO = Path("/proc/cpuinfo")  # Linux: the CPU's feature flags
 def cpu_bf16_support() -> str | None:
     """The CPU feature that gives native bf16 arithmetic (``amx_bf16``, ``avx512_bf16``, arm64 ``bf16``),
     or None. Without one, bf16 convolutions fall back to emulated kernels that are far slower than fp32
-    (docs/performance_bf16.md), so ``--amp`` is only worth it when this names a feature."""
+    (docs/performance.md), so ``--amp`` is only worth it when this names a feature."""
     if CPUINFO.exists():
         for line in CPUINFO.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
@@ -199,7 +199,7 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                         help="channels-last memory format of 4-D batches and convolution weights")
     parser.add_argument("--prune_memory_format", choices=["nchw", "channels_last"], default="nchw",
                         help="memory format of PruSC's mask-learning step, whatever --channels_last says: the masked "
-                             "step measured faster in NCHW on an H200 and on the CPU (docs/performance_bf16.md)")
+                             "step measured faster in NCHW on an H200 and on the CPU (docs/performance.md)")
     parser.add_argument("--resume_every", type=int, default=1,
                         help="epochs between resume-state saves of long steps (the last one is always saved)")
 
