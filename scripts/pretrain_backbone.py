@@ -237,8 +237,10 @@ def pretrain(args: argparse.Namespace) -> dict:
     model = TwoHeads(args.arch, len(FAMILIES))
     steps_per_epoch = math.ceil((len(x) - n_held) / args.batch_size)
     total = args.epochs * steps_per_epoch
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                                weight_decay=args.weight_decay)
+    optimizer = (torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+                 if args.optimizer == "adam" else
+                 torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                                 weight_decay=args.weight_decay))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(total, 1))))
     generator = torch.Generator().manual_seed(args.seed)
     fit = slice(n_held, len(x))
@@ -286,8 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int_at_least(1), default=4)
     parser.add_argument("--max_steps", type=int_at_least(0), default=0, help="stop after this many steps (0: no limit)")
     parser.add_argument("--batch_size", type=int_at_least(1), default=128)
-    parser.add_argument("--lr", type=positive_float, default=0.05, help="SGD (Nesterov) peak rate, cosine decay")
-    parser.add_argument("--weight_decay", type=float, default=5e-4)
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
+                        help="adam, or sgd with Nesterov momentum 0.9; cosine decay either way")
+    parser.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--weight_decay", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes_seeds", type=int, nargs="+", default=[0],
                         help="--seed values of the scenes data sets whose items are kept out of the corpus")
