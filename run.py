@@ -18,8 +18,10 @@ from cluster import fit as cluster_fit  # noqa: E402
 from cluster.io import warn_single_cluster_classes  # noqa: E402
 from data import add_data_args, canonical_name, data_settings, default_arch  # noqa: E402
 from methods import add_method_args, method_names, modes, parse_methods  # noqa: E402
+from methods.prusc import RECIPES, apply_recipe  # noqa: E402
 from models import ARCHS  # noqa: E402
 from models.factory import Expect, checked_checkpoint  # noqa: E402
+from training.prune import PENALTIES  # noqa: E402
 from utils.checkpoint import plain_args  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_float, positive_int  # noqa: E402
 from utils.distributed import (fail_together, init_from_env, is_main, main_print, quiet_unless_main,  # noqa: E402
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="allow replacing a finished result in --out_dir")
     parser.add_argument("--seed", type=int, default=0, help="seed of model initialisation and batch order")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--recipe", choices=["none", *sorted(RECIPES)], default="none",
+                        help="a named set of hyperparameters (original: the PruSC authors' code; docs/recipe.md); "
+                             "flags given on the command line override its values")
     add_runtime_args(parser)
     add_data_args(parser)
     cluster_fit.add_cluster_args(parser)
@@ -94,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     prusc.add_argument("--lambda_sparse", type=non_negative(float), default=5e-8,
                        help="sparsity penalty per weight of a ResNet-50-sized network: the term is lambda * "
                             "23.46M * (share of weights kept), the same trade-off at any network size")
+    prusc.add_argument("--sparsity_penalty", choices=list(PENALTIES), default="mean_keep",
+                       help="mean_keep: lambda * 23.46M * (share of weights kept); sum_logits: lambda * sum of "
+                            "the mask logits (the original code's form)")
     prusc.add_argument("--min_layer_density", type=non_negative(float), default=0.1,
                        help="the sparsity term stops pushing a layer at or below this density")
     prusc.add_argument("--prune_checks", type=positive_int, default=10,
@@ -125,9 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_flags(argv: list[str] | None) -> set[str]:
+    """Destinations of the flags typed in ``argv``: a second parse into a namespace whose every value is
+    a marker (argparse fills in defaults only where a value is missing), so the typed ones replace it."""
+    parser, unset = build_parser(), object()
+    start = argparse.Namespace(**{name: unset for name in vars(parser.parse_args([]))})
+    parsed = parser.parse_args(sys.argv[1:] if argv is None else argv, namespace=start)
+    return {name for name, value in vars(parsed).items() if value is not unset}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.data = canonical_name(args.data)
+    if args.recipe != "none":
+        apply_recipe(args, given_flags(argv))
     args.methods = parse_methods(args.methods)
     if args.arch is None and not args.checkpoint:
         args.arch = default_arch(args.data)

@@ -99,7 +99,12 @@ BACKGROUNDS = (land, water)  # index = place code
 
 def render_scene(item: np.ndarray, place: int, rng: np.random.Generator, size: int, style: SceneStyle) -> np.ndarray:
     """A ``size`` x ``size`` RGB uint8 scene: background of family ``place`` with ``item`` (28x28) pasted on."""
-    image = BACKGROUNDS[place](rng, size)
+    return paste_item(BACKGROUNDS[place](rng, size), item, rng, size, style)
+
+
+def paste_item(image: np.ndarray, item: np.ndarray, rng: np.random.Generator, size: int,
+               style: SceneStyle) -> np.ndarray:
+    """``item`` (28x28) pasted on the float RGB ``image`` (tinted, scaled, placed at random); as uint8."""
     side = max(int(round(rng.uniform(*style.item_scale) * size)), 2)
     glyph = Image.fromarray(item[:, ::-1] if rng.random() < 0.5 else item).resize((side, side), Image.BILINEAR)
     alpha = np.asarray(glyph, dtype=np.float32) / 255.0

@@ -3,7 +3,11 @@
 Only mask logits are optimised; weights and BatchNorm statistics stay as trained (the network
 runs in eval mode). Per batch, in one forward pass of the masked network:
 
-    loss = CE + lambda_sparse * REFERENCE_WEIGHTS * (kept share) + lambda_con_prune * L_con
+    loss = CE + lambda_sparse * S + lambda_con_prune * L_con
+
+with ``S = REFERENCE_WEIGHTS * (kept share)`` (``--sparsity_penalty mean_keep``, the default) or
+``S = sum of the mask logits`` (``sum_logits``, the original code's form: every logit gets the same
+gradient ``lambda_sparse``, whatever the network's size; ``--recipe original`` uses it)
 
 where ``L_con`` (training/contrastive.py) uses the L2-normalised penultimate features, the
 labels and the representation clusters. Batches are balanced over (label, cluster) cells.
@@ -59,6 +63,7 @@ from utils.runtime import progress, runtime_from_args
 REFERENCE_WEIGHTS = 23_459_008  # Conv2d + Linear weights of a two-class torchvision ResNet-50
 PATIENCE = 3
 LOSS_TERMS = ("ce", "con", "sparse")
+PENALTIES = ("mean_keep", "sum_logits")
 
 
 def prune_learning_rate(args: argparse.Namespace, total_steps: int) -> float:
@@ -77,6 +82,24 @@ def kept_share(model: nn.Module, floor: float) -> torch.Tensor:
         dense_enough = ((mask.logits >= 0).float().mean() > floor).float()  # 0/1 on the device: no host sync
         kept = kept + mask.keep_probability().sum() * dense_enough
     return torch.as_tensor(kept) / max(total, 1)
+
+
+def logit_sum(model: nn.Module, floor: float) -> torch.Tensor:
+    """Sum of the mask logits over the layers denser than ``floor`` (the original code's penalty)."""
+    total: torch.Tensor | float = 0.0
+    for _, mask in iter_masks(model):
+        dense_enough = ((mask.logits >= 0).float().mean() > floor).float()
+        total = total + mask.logits.sum() * dense_enough
+    return torch.as_tensor(total)
+
+
+def sparsity_term(model: nn.Module, penalty: str, floor: float) -> torch.Tensor:
+    """The term ``--lambda_sparse`` multiplies, in the form ``--sparsity_penalty`` names."""
+    if penalty == "sum_logits":
+        return logit_sum(model, floor)
+    if penalty == "mean_keep":
+        return REFERENCE_WEIGHTS * kept_share(model, floor)
+    raise ValueError(f"sparsity penalty must be one of {PENALTIES}, got {penalty!r}")
 
 
 def _score(score: Callable[[nn.Module], float] | None, model: nn.Module) -> float:
@@ -169,7 +192,7 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
             y, idx = all_gather_cat(y), all_gather_cat(idx.to(device))
             ce = nn.functional.cross_entropy(scores, y)
             con = cluster_contrastive_loss(nn.functional.normalize(feats, dim=1), y, clusters[idx], args.temperature)
-            sparse = REFERENCE_WEIGHTS * kept_share(model, args.min_layer_density)
+            sparse = sparsity_term(model, args.sparsity_penalty, args.min_layer_density)
             loss = ce + args.lambda_sparse * sparse + args.lambda_con_prune * con
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
