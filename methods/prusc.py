@@ -22,7 +22,7 @@ from training.prune import learn_masks
 from training.selection import Selector
 
 
-# The hyperparameters of the original code (github.com/aix-group/prusc, its run.py defaults and README
+# The hyperparameters of the original code (the authors' public repository: its run.py defaults and README
 # command) and of the paper. Its test-split evaluation is not copied: selection stays label-free.
 RECIPES: dict[str, dict[str, Any]] = {
     "original": {
