@@ -6,54 +6,12 @@ and, if it needs flags, ``add_args(parser)``; then add one ``register`` line bel
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import Callable
 
 from data.base import SpuriousDataset, TensorSpuriousDataset
+from data.registry import (REGISTRY, SPLITS, DatasetSpec, canonical_name, dataset_names,  # noqa: F401
+                           default_arch, register)  # noqa: F401  (the registry, re-exported)
 from utils.cli import non_negative
 from utils.errors import UserError
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class DatasetSpec:
-    name: str
-    build: Callable[[argparse.Namespace], dict[str, SpuriousDataset]]
-    add_args: Callable[[argparse._ArgumentGroup], None] | None = None
-    aliases: tuple[str, ...] = field(default_factory=tuple)
-    default_arch: str = "resnet18"  # used when neither --arch nor --checkpoint names one
-    image_files: bool = True  # read from image files (False: built in memory, like digits and cmnist)
-    defaults: dict = field(default_factory=dict)  # what a data flag left at None means for this data set
-
-
-REGISTRY: dict[str, DatasetSpec] = {}
-
-
-def register(spec: DatasetSpec) -> None:
-    REGISTRY[spec.name] = spec
-
-
-def canonical_name(name: str) -> str:
-    """The registered name for ``name`` or one of its aliases; raise a clear error otherwise."""
-    for spec in REGISTRY.values():
-        if name == spec.name or name in spec.aliases:
-            return spec.name
-    raise UserError(f"unknown --data {name!r}; choose one of {', '.join(dataset_names())}")
-
-
-def default_arch(name: str) -> str:
-    """The backbone a data set uses unless told otherwise (MLP for small images, ResNet-18 for photos)."""
-    return REGISTRY[canonical_name(name)].default_arch
-
-
-def dataset_names() -> list[str]:
-    """All accepted ``--data`` values, aliases included."""
-    names: list[str] = []
-    for spec in REGISTRY.values():
-        names += [spec.name, *spec.aliases]
-    return names
-
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """Flags shared by several data sets, then each data set's own flags."""

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from data import SPLITS, canonical_name
+from data.registry import SPLITS, canonical_name
 from data.base import SpuriousDataset
 from data.cache import Budget, ImageCache, default_cache_dir, open_cache
 from data.transforms import Pixels, augment_batch, eval_pixels, resize_side, split_pixels, square_pixels
