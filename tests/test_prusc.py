@@ -144,6 +144,7 @@ def test_original_celeba_command_shape(run_cli, tmp_path, weights):
     write_celeba(root, "kaggle")
     argv = ["--mode", "prune", "--data", "celebA", f"--train_root_dir={root}", "--lambda_sparse", "5e-8",
             "--pruning_ep=1", "--retrain_ep=1", "--epochs", "1", "--image_size", "32", "--batch_size", "8",
+            "--lr_prune", "0.01",  # the fixture has 2 pruning steps: the automatic rate would be 3 and diverge
             "--device", "cpu", "--out_dir", tmp_path / "out"]
     if weights == "local_imagenet_file":
         torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
