@@ -11,19 +11,18 @@ paired difference to retrain-only with its 95% t interval; it lists the seeds ea
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.cli import OneLineErrorParser, exit_code  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import atomic_write_text  # noqa: E402
+from utils.sweep_report import paired_interval  # noqa: E402
 
 CRITERIA = "test avg >= 90% and worst-group >= 15 points below avg (ImageNet ERM on Waterbirds: about 97 / 60-75)"
 ORDER = ("erm", "retrain_only", "prusc_no_con", "prusc", "prusc_original", "jtt", "dfr", "groupdro")
@@ -65,10 +64,8 @@ def paired(rows: dict[int, dict], base: dict[int, dict]) -> dict | None:
     seeds = sorted(set(rows) & set(base))
     if len(seeds) < 2:
         return None
-    diffs = [rows[s]["worst"] - base[s]["worst"] for s in seeds]
-    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-    half = stats.t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
-    return {"seeds": seeds, "mean": mean, "ci95": [mean - half, mean + half]}
+    mean, low, high = paired_interval([rows[s]["worst"] - base[s]["worst"] for s in seeds])
+    return {"seeds": seeds, "mean": mean, "ci95": [low, high]}
 
 
 def summarise(table: dict[str, dict[int, dict]]) -> dict:

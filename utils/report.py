@@ -29,9 +29,9 @@ def display_name(name: str, result: dict[str, Any]) -> str:
     return f"{name} [group labels]" if result.get("uses_group_labels") else name
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def mean_std(values: list[float], single: float = 0.0) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); ``single`` stands for the deviation of one value."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else single)
 
 
 def collect(payloads: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

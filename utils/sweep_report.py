@@ -27,7 +27,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from utils.errors import UserError
-from utils.report import density_of, display_name
+from utils.report import density_of, display_name, mean_std
 from utils.results import RESULTS_NAME, atomic_write, atomic_write_text
 from utils.run_dir import ARGS_NAME
 
@@ -156,11 +156,6 @@ def _one_per_seed(group: Group, warnings: list[str]) -> list[tuple[Path, dict[st
     return list(kept.values())
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; NaN for one value)."""
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
-
-
 def t_quantile(p: float, df: int) -> float:
     """Student-t quantile (scipy comes with scikit-learn, a requirement)."""
     from scipy.stats import t
@@ -170,7 +165,7 @@ def t_quantile(p: float, df: int) -> float:
 
 def paired_interval(differences: list[float], level: float = LEVEL) -> tuple[float, float, float]:
     """Mean of paired differences and its two-sided t-interval over seeds (NaN bounds for one pair)."""
-    mean, std = mean_std(differences)
+    mean, std = mean_std(differences, single=math.nan)
     n = len(differences)
     if n < 2:
         return mean, math.nan, math.nan
@@ -219,7 +214,7 @@ def summarise(groups: list[Group], reference: str) -> list[Row]:
 
 
 def _cell(values: list[float]) -> str:
-    mean, std = mean_std(values)
+    mean, std = mean_std(values, single=math.nan)
     return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
 
 
