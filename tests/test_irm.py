@@ -101,13 +101,18 @@ def test_same_seed_same_numbers_and_mini_batches(envs, tmp_path, capsys):
     assert json.dumps(first["irm_clusters"]["test_acc"]) == json.dumps(second["irm_clusters"]["test_acc"])
 
 
-def test_true_environments_are_used_when_the_data_has_them(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def digits_envs(monkeypatch):
+    """Registers ``--data digits_envs``: Colored Digits whose training split has two true environments."""
     def build_with_envs(args):
         splits = make_colored_digits(0.95, 0.0, args.data_seed)
         splits["train"].env = torch.arange(len(splits["train"])) % 2
         return splits
 
     monkeypatch.setitem(data_registry.REGISTRY, "digits_envs", data_registry.DatasetSpec("digits_envs", build_with_envs))
+
+
+def test_true_environments_are_used_when_the_data_has_them(tmp_path, capsys, digits_envs):
     envs = make_envs(tmp_path, "digits_envs")
     rc, out, _ = call(capsys, *env_args(envs), *FAST, "--n_restarts", "1", "--out_dir", tmp_path / "run")
     assert rc == 0 and "IRM true envs" in out
@@ -199,13 +204,7 @@ def test_the_method_refuses_environments_it_cannot_build_on_one_line(tmp_path, r
     assert rc == 2 and needle in err and err.count("\n") == 1
 
 
-def test_the_method_trains_on_true_environments_and_says_it_uses_group_labels(tmp_path, run_cli, monkeypatch):
-    def build_with_envs(args):
-        splits = make_colored_digits(0.95, 0.0, args.data_seed)
-        splits["train"].env = torch.arange(len(splits["train"])) % 2
-        return splits
-
-    monkeypatch.setitem(data_registry.REGISTRY, "digits_envs", data_registry.DatasetSpec("digits_envs", build_with_envs))
+def test_the_method_trains_on_true_environments_and_says_it_uses_group_labels(tmp_path, run_cli, digits_envs):
     rc, _, err = run_cli("--mode", "all", "--methods", "irm", "--data", "digits_envs", "--arch", "mlp", "--irm_envs",
                          "true", "--irm_steps", "3", "--hidden_dim", "8", "--device", "cpu", "--out_dir", tmp_path)
     assert rc == 0, err
