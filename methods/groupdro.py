@@ -11,6 +11,7 @@ worst-group validation accuracy, as the paper does: an oracle, not an annotation
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 from torch import nn
@@ -20,6 +21,13 @@ from methods.registry import register
 from models.factory import model_from_args
 from training.selection import Selector, WorstGroup
 from utils.cli import non_negative
+from utils.metrics import group_key
+
+
+def absent_groups(groups: torch.Tensor, n_classes: int, n_attrs: int) -> list[str]:
+    """Names of the (label, attribute) groups without a training sample, which Group DRO cannot weigh."""
+    present = set(groups.unique().tolist())
+    return [group_key(g // n_attrs, g % n_attrs) for g in range(n_classes * n_attrs) if g not in present]
 
 
 class GroupDROLoss:
@@ -76,9 +84,14 @@ class GroupDRO(Method):
     def fit(self, ctx: Context) -> Fitted:
         args, train = ctx.args, ctx.train
         model, arch_args = model_from_args(args, train)
+        absent = absent_groups(train.groups, train.n_classes, train.n_attrs)
+        if absent:
+            print(f"warning: groupdro: the training split has no sample of group(s) {', '.join(absent)}; their "
+                  "weight never moves, so Group DRO guards only the groups present", file=sys.stderr)
         loss = GroupDROLoss(train.groups, train.n_classes * train.n_attrs, args.groupdro_eta, args.groupdro_adj,
                             ctx.device)
         best = train_and_select(ctx, "groupdro", model, train, self.selector(ctx.requested_selector), stateful={"loss": loss},
                                 loss_fn=loss, desc="GroupDRO")
         return Fitted(model, arch_args=arch_args, info={"best_epoch": best.epoch, "selection_scores": best.scores,
-                                                        "group_weights": loss.q.cpu().tolist()})
+                                                        "group_weights": loss.q.cpu().tolist(),
+                                                        "absent_train_groups": absent})

@@ -131,11 +131,12 @@ def finish(mode: str, ctx: Context, started: float, results: dict[str, dict[str,
         extra["density"] = results[main]["density"]
     payload = results_payload(mode, ctx.args, started, results[main]["splits"], primary_method=main,
                               methods=results, **extra)
-    path = write_results(ctx.out_dir, payload)
+    picture = run_on_main(write_report, Path(ctx.out_dir) / "report.png", [payload]) if report else None
+    path = write_results(ctx.out_dir, payload)  # last: results.json marks the run finished, picture included
     print(format_comparison(results, title=f"{ctx.args.data} ({ctx.args.arch}), seed {ctx.args.seed}: "
                                            "test accuracy (%)"))
     print(format_group_table(results[main]["splits"]["test"], f"test ({main})"))
-    if report:
-        print(f"picture: {run_on_main(write_report, Path(ctx.out_dir) / 'report.png', [payload])}")
+    if picture is not None:
+        print(f"picture: {picture}")
     print(f"results: {path}")
     return payload

@@ -1,8 +1,8 @@
 """Data-parallel pieces under ``torchrun --nproc_per_node=2`` (gloo, CPU) against one process.
 
-Four jobs are launched at once (tests/distributed_worker.py): ``checks`` records sampler shards,
+Five jobs are launched at once (tests/distributed_worker.py): ``checks`` records sampler shards,
 gathered features, one ERM and one mask-learning step and shared failures; two others make rank 1
-fail, inside and outside a shared failure point; ``cli`` runs ``run.py --mode all`` (ERM, feature
+fail, inside and outside a shared failure point; ``mistake`` gives ``run.py`` a bad ``--out_dir``; ``cli`` runs ``run.py --mode all`` (ERM, feature
 extraction and k-means, every method with its retraining, evaluation), compared with one process. Tolerances: the distributed runs do the same
 float32 arithmetic on the same rows as one process except that DDP sums two ranks' gradients
 (one extra rounding per element, relative error ~1e-7); 1e-6 is ten times that, far below any
@@ -41,20 +41,24 @@ MODE_ALL = ("--mode", "all", "--data", "digits", "--device", "cpu", "--arch", "m
 
 def launch(scenario: str, out: Path) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
-    flags = MODE_ALL if scenario == "cli" else ()
+    if scenario == "mistake":  # a user's mistake caught on every rank: --out_dir under a file
+        (out / "a_file").write_text("mine\n")
+        program = [str(WORKER.parent.parent / "run.py"), "--mode", "erm", "--data", "digits", "--device", "cpu",
+                   "--epochs", "1", "--out_dir", str(out / "a_file" / "run")]
+    else:
+        program = [str(WORKER), scenario, str(out), *(MODE_ALL if scenario == "cli" else ())]
     return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(WORKER), scenario, str(out), *flags],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *program],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env=os.environ | {"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
-    """{scenario: (exit code, combined output, seconds, out dir)} of the three torchrun jobs."""
+    """{scenario: (exit code, combined output, seconds, out dir)} of the torchrun jobs, started at once."""
     root = tmp_path_factory.mktemp("ddp")
     started = {s: (launch(s, root / s), time.monotonic())
-               for s in ("checks", "fail_guarded", "fail_unguarded", "cli")}
+               for s in ("checks", "fail_guarded", "fail_unguarded", "cli", "mistake")}
     done = {}
     for scenario, (proc, t0) in started.items():
         try:
@@ -171,6 +175,14 @@ def test_a_failure_outside_shared_points_still_ends_the_job(jobs):
     assert rc != 0
     assert output.count("unguarded failure on rank 1") == 1, output[-3000:]
     assert seconds < JOB_LIMIT_S
+
+
+@pytest.mark.slow
+def test_a_user_mistake_under_torchrun_is_one_line_from_rank_0(jobs):
+    rc, output, _, out = jobs["mistake"]
+    ours = [line for line in output.splitlines() if line.startswith("run.py:")]
+    assert rc != 0 and len(ours) == 1 and "which is a file, not a folder" in ours[0], output[-3000:]
+    assert (out / "a_file").read_text() == "mine\n"
 
 
 def close_numbers(one, two, path: str = "") -> list[str]:

@@ -650,6 +650,16 @@ def test_a_folder_fingerprint_notices_an_edited_label_file(tmp_path):
     assert fingerprint(tmp_path / "data") != before and before.startswith("folder files=")
 
 
+def test_a_folder_fingerprint_notices_a_replaced_image_of_the_same_size(tmp_path):
+    samples = write_custom_csv(tmp_path / "data")
+    image = tmp_path / "data" / samples[0].filename
+    before = fingerprint(tmp_path / "data")
+    stat = image.stat()
+    image.write_bytes(bytes(reversed(image.read_bytes())))  # other pixels, same size
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert image.stat().st_size == stat.st_size and fingerprint(tmp_path / "data") != before
+
+
 # --- divergence (issue 19, item 5) -------------------------------------------------------------------
 
 def test_a_loss_diverged_from_the_first_epoch_is_stopped():

@@ -132,8 +132,24 @@ def test_a_diverging_run_exits_2_on_one_line(run_cli, tmp_path):
     assert rc == 2 and err.count("\n") == 1 and ("diverged" in err or "the loss became" in err), err
 
 
-def test_oracle_without_some_groups_is_skipped_with_a_warning(run_cli, tmp_path):
+def test_without_some_groups_the_oracle_is_skipped_and_groupdro_says_what_it_cannot_guard(run_cli, tmp_path):
     rc, _, err = run_cli("--mode", "all", "--data", "digits", "--device", "cpu", "--epochs", "1", "--spurious_ratio", "1",
-                         "--methods", "erm,oracle_group_balanced", "--out_dir", tmp_path)
+                         "--methods", "erm,oracle_group_balanced,groupdro", "--out_dir", tmp_path)
     assert rc == 0 and "warning: skipping method oracle_group_balanced: the training split holds only 2 of the 4" in err
-    assert list(json.loads((tmp_path / "results.json").read_text())["methods"]) == ["erm"]
+    assert "warning: groupdro: the training split has no sample of group(s) y=0,a=1, y=1,a=0" in err
+    results = json.loads((tmp_path / "results.json").read_text())["methods"]
+    assert list(results) == ["erm", "groupdro"] and results["groupdro"]["absent_train_groups"] == ["y=0,a=1", "y=1,a=0"]
+    assert (tmp_path / "report.png").exists()
+
+
+def test_the_picture_is_on_disk_before_results_json_marks_the_run_finished(run_cli, tmp_path, monkeypatch):
+    """A kill right after results.json must not leave a finished run without its picture."""
+    import methods.runner as runner
+    seen = []
+    write_results = runner.write_results
+    monkeypatch.setattr(runner, "write_results",
+                        lambda out_dir, payload: seen.append((tmp_path / "report.png").exists())
+                        or write_results(out_dir, payload))
+    assert run_cli("--mode", "all", "--data", "digits", "--device", "cpu", "--epochs", "1", "--methods", "erm",
+                   "--out_dir", tmp_path)[0] == 0
+    assert seen == [True]

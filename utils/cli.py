@@ -7,7 +7,7 @@ import math
 import sys
 from typing import Any, Callable
 
-from utils.distributed import RankFailed, is_main
+from utils.distributed import RankFailed
 from utils.errors import UserError
 from utils.run_dir import INTERRUPTED_EXIT, RunInterrupted
 from utils.runtime import current_task
@@ -60,7 +60,7 @@ def exit_code(prog: str, action: Callable[[], Any]) -> int:
     except RunInterrupted as exc:
         return _fail(prog, str(exc), INTERRUPTED_EXIT)
     except UserError as exc:
-        if isinstance(exc, RankFailed) and not is_main():
+        if isinstance(exc, RankFailed) and not exc.on_main:
             return 2
         message = str(exc)
         if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original line

@@ -32,11 +32,14 @@ _CONTROL: dict[str, Any] = {"group": None}  # gloo group for error flags (no GPU
 
 
 class RankFailed(UserError):
-    """Raised on every rank when one rank failed at a shared point; carries that rank's message."""
+    """Raised on every rank when one rank failed at a shared point; carries that rank's message.
+    ``on_main`` says whether it was raised on rank 0, which alone prints it (known here, because the
+    process group may be gone by the time the error is printed)."""
 
     def __init__(self, rank: int, message: str) -> None:
         super().__init__(message)
         self.rank = rank
+        self.on_main = is_main()
 
 
 def launched_by_torchrun() -> bool:

@@ -2,10 +2,11 @@
 
 A file's fingerprint is its size and a SHA-1 of its content (of its first and last MiB, plus its
 modification time, when it is larger than :data:`FULL_HASH_BYTES`). A folder's fingerprint (an image
-root, an environment folder) is a SHA-1 over its file list: each file's relative path and size, and
-the content of its small text files (metadata and label tables, environment indices), so an edited
-label is noticed while the images themselves are not read. A copied file (new modification time,
-same content) keeps its fingerprint.
+root, an environment folder) is a SHA-1 over its file list: each file's relative path and size, the
+content of its small text files (metadata and label tables, environment indices) and the modification
+time of the others, so an edited label or a replaced image is noticed while no image is read. A
+copied file (new modification time, same content) keeps its fingerprint; a copied image folder keeps
+it only when the copy keeps the times (``cp -p``, ``rsync -t``).
 """
 from __future__ import annotations
 
@@ -56,11 +57,13 @@ def folder_fingerprint(path: Path) -> str:
         for name in sorted(files):
             file = Path(root) / name
             try:
-                size = file.stat().st_size
+                stat = file.stat()
+                size, mtime = stat.st_size, stat.st_mtime_ns
             except OSError:  # a dangling link: its name is still part of the list
-                size = -1
-            digest.update(f"{file.relative_to(path)}\0{size}\n".encode())
-            if size >= 0 and file.suffix.lower() in TEXT_SUFFIXES:
+                size, mtime = -1, 0
+            text = size >= 0 and file.suffix.lower() in TEXT_SUFFIXES
+            digest.update(f"{file.relative_to(path)}\0{size}\0{'' if text else mtime}\n".encode())
+            if text:
                 _hash_file(file, digest, size)
             count, total = count + 1, total + max(size, 0)
     return f"folder files={count} bytes={total} sha1={digest.hexdigest()[:16]}"

@@ -15,6 +15,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from utils.results import atomic_write
+
 METRICS = ("avg_acc", "worst_group_acc", "mean_group_acc")
 METRIC_TITLES = {"avg_acc": "test avg", "worst_group_acc": "test worst-group", "mean_group_acc": "test mean-group"}
 
@@ -98,6 +100,4 @@ def write_report(path: str | os.PathLike, payloads: list[dict[str, Any]], title:
     axes.legend(fontsize=7, loc="lower left", ncol=2)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path)
-    return path
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
