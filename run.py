@@ -24,6 +24,7 @@ from models.factory import Expect, checked_checkpoint  # noqa: E402
 from training.prune import PENALTIES  # noqa: E402
 from utils.checkpoint import plain_args  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_float, positive_int  # noqa: E402
+from utils.config_file import add_config_arg, parse_with_config  # noqa: E402
 from utils.distributed import (fail_together, init_from_env, is_main, main_print, quiet_unless_main,  # noqa: E402
                                run_on_main, shutdown)
 from utils.errors import UserError  # noqa: E402
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--recipe", choices=["none", *sorted(RECIPES)], default="none",
                         help="a named set of hyperparameters (original: the PruSC authors' code; docs/recipe.md); "
-                             "flags given on the command line override its values")
+                             "flags given on the command line or in --config override its values")
+    add_config_arg(parser)
     add_runtime_args(parser)
     add_data_args(parser)
     cluster_fit.add_cluster_args(parser)
@@ -133,20 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def given_flags(argv: list[str] | None) -> set[str]:
-    """Destinations of the flags typed in ``argv``: a second parse into a namespace whose every value is
-    a marker (argparse fills in defaults only where a value is missing), so the typed ones replace it."""
-    parser, unset = build_parser(), object()
-    start = argparse.Namespace(**{name: unset for name in vars(parser.parse_args([]))})
-    parsed = parser.parse_args(sys.argv[1:] if argv is None else argv, namespace=start)
-    return {name for name, value in vars(parsed).items() if value is not unset}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    args, explicit = parse_with_config(build_parser(), argv)
     args.data = canonical_name(args.data)
-    if args.recipe != "none":
-        apply_recipe(args, given_flags(argv))
+    apply_recipe(args, explicit)
     args.methods = parse_methods(args.methods)
     if args.arch is None and not args.checkpoint:
         args.arch = default_arch(args.data)

@@ -42,6 +42,8 @@ from methods.irm import IRM, accuracy_on, add_training_args, fit_irm, irm_enviro
 from models import build_model
 from training.experiment import evaluate_model, results_payload
 from utils.cli import OneLineErrorParser, exit_code, positive_int
+from utils.config_file import add_config_arg, parse_with_config
+from utils.errors import UserError
 from utils.report import format_comparison
 from utils.checkpoint import plain_args
 from utils.results import write_results
@@ -199,8 +201,9 @@ def renamed_flags(argv: Sequence[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="irm.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--minority_env", required=True, help="minority/ folder written by environments.py")
-    parser.add_argument("--balance_env", required=True, help="balanced/ folder written by environments.py")
+    parser.add_argument("--minority_env", help="minority/ folder written by environments.py (required)")
+    parser.add_argument("--balance_env", help="balanced/ folder written by environments.py (required)")
+    add_config_arg(parser)
     add_training_args(parser)
     parser.set_defaults(irm_batch_size=0)  # the IRM paper's full batch
     parser.add_argument("--n_restarts", type=positive_int, default=3, help="trainings per variant (seeds seed..)")
@@ -216,8 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The flags, with the default ``--out_dir`` filled in from the environments' data set."""
-    args = build_parser().parse_args(renamed_flags(sys.argv[1:] if argv is None else argv))
+    """The flags (over ``--config``'s values), with the default ``--out_dir`` filled in from the environments'
+    data set."""
+    args, _ = parse_with_config(build_parser(), renamed_flags(sys.argv[1:] if argv is None else argv))
+    missing = [f"--{name}" for name in ("minority_env", "balance_env") if getattr(args, name) is None]
+    if missing:
+        raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (the folders "
+                        "environments.py wrote), on the command line or in --config")
     if args.out_dir is None:
         data = load_environment(args.minority_env, "--minority_env").summary["data"]
         args.out_dir = default_out_dir(data, args.seed)
