@@ -21,10 +21,13 @@ from methods import add_method_args, method_names, modes, parse_methods  # noqa:
 from methods.prusc import RECIPES, apply_recipe  # noqa: E402
 from models import ARCHS  # noqa: E402
 from models.factory import Expect, checked_checkpoint  # noqa: E402
-from training.prune import PENALTIES  # noqa: E402
+from training.erm import TrainConfig  # noqa: E402
+from training.retrain import RetrainConfig  # noqa: E402
+from training.selection import SelectionConfig  # noqa: E402
 from utils.checkpoint import plain_args  # noqa: E402
-from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_float, positive_int  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, positive_int  # noqa: E402
 from utils.config_file import add_config_arg, parse_with_config  # noqa: E402
+from utils.options import add_options  # noqa: E402
 from utils.distributed import (fail_together, init_from_env, is_main, main_print, quiet_unless_main,  # noqa: E402
                                run_on_main, shutdown)
 from utils.errors import UserError  # noqa: E402
@@ -80,55 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", default=None, help="a .pt written by an earlier mode")
 
     train = parser.add_argument_group("ERM training")
-    train.add_argument("--epochs", type=positive_int, default=30, help="ERM epochs")
-    train.add_argument("--lr", type=non_negative(float), default=1e-3, help="ERM learning rate")
-    train.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    train.add_argument("--weight_decay", type=non_negative(float), default=1e-4)
-    train.add_argument("--batch_size", type=positive_int, default=64)
-    train.add_argument("--eval_batch_size", type=positive_int, default=512)
+    add_options(train, TrainConfig)
+    train.add_argument("--eval_batch_size", type=positive_int, default=512, help="batch size of inference")
 
-    prusc = parser.add_argument_group("PruSC pruning and retraining")
+    prusc = parser.add_argument_group("reference clusters, retraining and model selection")
     prusc.add_argument("--clusters", default=None, help="clusters.csv of the training split (computed when absent)")
     prusc.add_argument("--cluster_epoch", type=cluster_epoch, default="auto",
                        help="when ERM is trained here, cluster its snapshot after this epoch (saved as "
                             "erm_epoch<E>.pt): a number, auto (a tenth of --epochs, at least 1) or final")
     prusc.add_argument("--cluster_checkpoint", default=None,
                        help="cluster this checkpoint's features instead of --checkpoint's")
-    prusc.add_argument("--pruning_ep", type=non_negative(int), default=20, help="mask-learning epochs")
-    prusc.add_argument("--lr_prune", type=non_negative(float), default=None,
-                       help="Adam learning rate of mask logits (None: 2 * mask_init / total pruning steps, so "
-                            "the density reached does not follow the number of steps)")
-    prusc.add_argument("--lambda_sparse", type=non_negative(float), default=5e-8,
-                       help="sparsity penalty per weight of a ResNet-50-sized network: the term is lambda * "
-                            "23.46M * (share of weights kept), the same trade-off at any network size")
-    prusc.add_argument("--sparsity_penalty", choices=list(PENALTIES), default="mean_keep",
-                       help="mean_keep: lambda * 23.46M * (share of weights kept); sum_logits: lambda * sum of "
-                            "the mask logits (the original code's form)")
-    prusc.add_argument("--min_layer_density", type=non_negative(float), default=0.1,
-                       help="the sparsity term stops pushing a layer at or below this density")
-    prusc.add_argument("--prune_checks", type=positive_int, default=10,
-                       help="how often the mask is scored during pruning (worst-cluster val accuracy, or "
-                            "--selection oracle); the sparsest mask within --prune_tolerance of the best is kept")
-    prusc.add_argument("--prune_tolerance", type=non_negative(float), default=0.02,
-                       help="accuracy a sparser mask may lose against the best-scoring one and still be kept")
-    prusc.add_argument("--lambda_con_prune", type=non_negative(float), default=1.0,
-                       help="weight of the cluster-contrastive loss")
-    prusc.add_argument("--temperature", type=positive_float, default=0.2, help="contrastive temperature")
-    prusc.add_argument("--prune_layers", default="all", help="all, head, or N (the last N Conv2d/Linear layers)")
-    prusc.add_argument("--mask_init", type=float, default=3.0, help="initial mask logit (> 0: all weights kept)")
-    prusc.add_argument("--mask_temperature", type=positive_float, default=1.0, help="Gumbel-sigmoid temperature")
-    prusc.add_argument("--retrain_ep", type=non_negative(int), default=20, help="retraining epochs (0: none)")
-    prusc.add_argument("--lr_main", type=non_negative(float), default=1e-3, help="retraining learning rate")
-    prusc.add_argument("--retrain_split", choices=["val", "train"], default="val",
-                       help="data for retraining (val: half fits, half selects)")
-    prusc.add_argument("--retrain_scope", choices=["all", "head"], default="all", help="weights fine-tuned")
-    prusc.add_argument("--retrain_balance", choices=["cluster", "class", "none"], default="cluster",
-                       help="balance retraining batches over (label, cluster) cells, labels, or not")
-    prusc.add_argument("--selection", choices=["worst_cluster", "oracle"], default="worst_cluster",
-                       help="model selection on val of the annotation-free methods (retraining, JTT); "
-                            "oracle uses group labels and is labelled so")
-    prusc.add_argument("--min_cell_size", type=positive_int, default=5,
-                       help="smallest (label, cluster) cell counted by worst-cluster selection")
+    add_options(prusc, RetrainConfig)
+    add_options(prusc, SelectionConfig)
     parser.add_argument("--methods", default=",".join(method_names()),
                         help="--mode all: comma-separated methods to compare, in this order (or all)")
     add_method_args(parser)

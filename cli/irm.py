@@ -26,6 +26,7 @@ and ``test_worst_group_acc`` as mean and sample std over restarts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -38,7 +39,7 @@ from torch import nn
 from data import SpuriousDataset, build_splits
 from invariant_learning.construction import describe, load_environment, rebuild_data_args
 from methods.base import Context
-from methods.irm import IRM, accuracy_on, add_training_args, fit_irm, irm_environments, true_environments
+from methods.irm import IRM, IrmConfig, accuracy_on, add_training_args, fit_irm, irm_environments, true_environments
 from models import build_model
 from training.experiment import evaluate_model, results_payload
 from utils.cli import OneLineErrorParser, exit_code, positive_int
@@ -108,16 +109,18 @@ def run_variant(name: str, env_indices: list[torch.Tensor], ctx: Context) -> dic
     args, train = ctx.args, ctx.train
     envs = [train.subset(idx) for idx in env_indices]
     pooled = train.subset(torch.cat(env_indices))
-    penalty_weight = 0.0 if name == "erm" else args.penalty_weight
+    irm = ctx.part(IrmConfig)
+    if name == "erm":  # pooled ERM: the same training without the penalty
+        irm = dataclasses.replace(irm, penalty_weight=0.0)
     restarts = []
     for restart in range(args.n_restarts):
         finished, training = StepState(ctx.out_dir, f"{name}_restart{restart}"), f"{name}_restart{restart}_training"
         entry = finished.load()
         if entry is None:
-            model, _ = fit_irm(ctx, args, envs, penalty_weight, offset=restart,
+            model, _ = fit_irm(ctx, irm, envs, offset=restart,
                                desc=f"{LABELS[name]} restart {restart + 1}", build=build_irm_model, step=training)
-            entry = {"seed": args.seed + restart, "train_acc": accuracy_on(model, pooled, args, ctx.device),
-                     "splits": evaluate_model(model, ctx.splits, args, ctx.device)}
+            entry = {"seed": args.seed + restart, "train_acc": accuracy_on(model, pooled, ctx.runtime),
+                     "splits": evaluate_model(model, ctx.splits, ctx.runtime)}
             finished.save(entry)
             StepState(ctx.out_dir, training).clear()
         else:
@@ -133,7 +136,7 @@ def run_variant(name: str, env_indices: list[torch.Tensor], ctx: Context) -> dic
         "selection": IRM.selection,
         "val_samples": "the whole val split",
         "env_sizes": [len(idx) for idx in env_indices],
-        "penalty_weight": penalty_weight,
+        "penalty_weight": irm.penalty_weight,
         "train_acc": stats([r["train_acc"] for r in restarts]),
         "test_acc": stats([r["splits"]["test"]["avg_acc"] for r in restarts]),
         "test_worst_group_acc": stats([r["splits"]["test"]["worst_group_acc"] for r in restarts]),

@@ -10,19 +10,22 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from data import SpuriousDataset
-from training.erm import train_erm
+from training.erm import TrainConfig, train_erm
 from training.loops import Stateful
 from training.reference import Clusters, ReferenceModel, load_or_train_reference, reference_clusters
 from training.selection import BestEpoch, Selector, cells_of, requested_selector, selection_facts
 from utils.errors import UserError
 from utils.run_dir import StepState
-from utils.runtime import seed_everything
+from utils.options import from_args
+from utils.runtime import Runtime, runtime_from_args, seed_everything
+
+T = TypeVar("T")
 
 
 class MethodUnavailable(UserError):
@@ -78,6 +81,15 @@ class Context:
             return None
         self.steps.append(name)
         return StepState(self.out_dir, name, background=self.device.type == "cuda")
+
+    @property
+    def runtime(self) -> Runtime:
+        """How models run in this run (device, precision, memory format, workers, eval batch size)."""
+        return runtime_from_args(self.args, self.device)
+
+    def part(self, cls: type[T]) -> T:
+        """The settings of ``cls`` (a frozen dataclass of flags, :mod:`utils.options`) in this run."""
+        return from_args(cls, self.args)
 
     @property
     def requested_selector(self) -> Selector:
@@ -161,9 +173,9 @@ def train_and_select(ctx: Context, step: str, model: nn.Module, train_set: Spuri
     best = BestEpoch(model)
 
     def select(epoch: int) -> None:
-        best.record(selector.score_model(model, val, cells, ctx.args, ctx.device), epoch + 1)
+        best.record(selector.score_model(model, val, cells, ctx.runtime), epoch + 1)
 
-    train_erm(model, train_set, ctx.args, ctx.device, generator, on_epoch_end=select, resume=ctx.step(step),
+    train_erm(model, train_set, ctx.part(TrainConfig), ctx.runtime, generator, on_epoch_end=select, resume=ctx.step(step),
               stateful={"best": best, **(stateful or {})}, **train_kwargs)
     best.restore()
     return best

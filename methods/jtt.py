@@ -23,21 +23,19 @@ from data import SpuriousDataset
 from methods.base import Context, Fitted, Method, train_and_select
 from methods.registry import register
 from models.factory import model_from_args
-from training.erm import train_erm
-from training.loops import predict_logits
+from training.erm import TrainConfig, train_erm
+from training.loops import predict
 from training.selection import Selector
 from utils.cli import positive_int
 from utils.results import atomic_write_text
-from utils.runtime import make_loader, runtime_from_args
+from utils.runtime import Runtime
 
 ERROR_SET_NAME = "jtt_error_set.csv"
 
 
-def error_set(model: nn.Module, train: SpuriousDataset, args: argparse.Namespace,
-              device: torch.device) -> torch.Tensor:
+def error_set(model: nn.Module, train: SpuriousDataset, runtime: Runtime | torch.device) -> torch.Tensor:
     """Sorted training positions the model classifies wrongly."""
-    loader = make_loader(train, args.eval_batch_size, num_workers=args.num_workers)
-    preds = predict_logits(model, loader, runtime_from_args(args, device), desc="JTT error set").argmax(1)
+    preds = predict(model, train, runtime, desc="JTT error set").argmax(1)
     return torch.nonzero(preds != train.y).flatten()
 
 
@@ -66,9 +64,9 @@ class JTT(Method):
     def fit(self, ctx: Context) -> Fitted:
         args, train = ctx.args, ctx.train
         identifier, _ = model_from_args(args, train)
-        train_erm(identifier, train, args, ctx.device, ctx.generator(), epochs=args.jtt_id_epochs,
+        train_erm(identifier, train, ctx.part(TrainConfig), ctx.runtime, ctx.generator(), epochs=args.jtt_id_epochs,
                   desc="JTT identification", resume=ctx.step("jtt_identification"))
-        errors = error_set(identifier, train, args, ctx.device)
+        errors = error_set(identifier, train, ctx.runtime)
         atomic_write_text(ctx.out_dir / ERROR_SET_NAME, pd.DataFrame({"index": errors.numpy()}).to_csv(index=False))
         model, arch_args = model_from_args(args, train)
         best = train_and_select(ctx, "jtt", model, upsampled(train, errors, args.jtt_lambda_up), self.selector(ctx.requested_selector),

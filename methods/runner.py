@@ -49,7 +49,7 @@ def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any
     if fitted.val is not None:
         splits["val"] = fitted.val
     result: dict[str, Any] = {
-        "splits": evaluate_model(fitted.model, splits, ctx.args, ctx.device),
+        "splits": evaluate_model(fitted.model, splits, ctx.runtime),
         **method.selection_facts(ctx.requested_selector),
         "val_samples": fitted.val_note or "the whole val split",
     }

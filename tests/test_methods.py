@@ -18,7 +18,7 @@ from methods.dfr import DFR
 from methods.groupdro import GroupDROLoss
 from methods.jtt import JTT, upsampled
 from models.factory import model_from_args
-from training.erm import train_erm
+from training.erm import TrainConfig, train_erm
 from utils.runtime import resolve_device, seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def test_jtt_error_set_is_the_identification_models_training_mistakes(tmp_path):
     written = pd.read_csv(tmp_path / "jtt_error_set.csv")["index"].tolist()
     seed_everything(ctx.args.seed)
     identifier, _ = model_from_args(ctx.args, ctx.train)
-    train_erm(identifier, ctx.train, ctx.args, ctx.device, seed_everything(ctx.args.seed), epochs=1)
+    train_erm(identifier, ctx.train, ctx.part(TrainConfig), ctx.runtime, seed_everything(ctx.args.seed), epochs=1)
     with torch.no_grad():
         identifier.eval()
         preds = identifier(ctx.train.load_images(torch.arange(len(ctx.train)))).argmax(1)
