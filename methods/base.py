@@ -22,7 +22,7 @@ from training.reference import Clusters, ReferenceModel, load_or_train_reference
 from training.selection import BestEpoch, Selector, cells_of, requested_selector, selection_facts
 from utils.errors import UserError
 from utils.run_dir import StepState
-from utils.options import from_args
+from utils.options import add_options, from_args
 from utils.runtime import Runtime, runtime_from_args, seed_everything
 
 T = TypeVar("T")
@@ -127,7 +127,8 @@ class Method:
     - ``group_labels``: where they are used (``"none"`` otherwise);
     - ``selection``: how the reported model is chosen, in words; with a :meth:`selector`, a sentence
       whose ``{score}`` the selector's words fill (results.json then says what was really used);
-    - ``needs_attributes``: the method cannot run on data without attribute labels.
+    - ``needs_attributes``: the method cannot run on data without attribute labels;
+    - ``config``: the frozen dataclass of its own flags (one field per flag, :mod:`utils.options`).
     """
 
     name: ClassVar[str]
@@ -135,10 +136,14 @@ class Method:
     group_labels: ClassVar[str] = "none"
     selection: ClassVar[str] = "last epoch"
     needs_attributes: ClassVar[bool] = False
+    config: ClassVar[type | None] = None  # the frozen dataclass of its own settings (utils/options.py), if any
 
-    @staticmethod
-    def add_args(group: argparse._ArgumentGroup) -> None:
-        """Add the method's own flags (published defaults) to run.py's parser."""
+    @classmethod
+    def add_args(cls, group: argparse._ArgumentGroup) -> None:
+        """Add the method's own flags (published defaults) to run.py's parser: those of its ``config``
+        (``fit`` reads them as ``ctx.part(self.config)``)."""
+        if cls.config is not None:
+            add_options(group, cls.config)
 
     def selector(self, requested: Selector) -> Selector | None:
         """The rule that picks the reported model (training/selection.py), given the one ``--selection``

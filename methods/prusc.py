@@ -23,7 +23,6 @@ from models.factory import checkpoint_content
 from training.erm import TrainConfig
 from training.prune import PruneConfig, learn_masks
 from training.selection import Selector
-from utils.options import add_options
 
 
 # The hyperparameters of the original code (the authors' public repository: its run.py defaults and README
@@ -71,12 +70,9 @@ class PruSC(Method):
     """Mask learning with ``--lambda_con_prune`` * L_con, then retraining."""
 
     name = "prusc"
+    config = PruneConfig
     selection = ("sparsest mask within --prune_tolerance of the best, then the best retraining epoch, both by {score} "
                  "on the selection samples")
-
-    @staticmethod
-    def add_args(group: argparse._ArgumentGroup) -> None:
-        add_options(group, PruneConfig)
 
     def selector(self, requested: Selector) -> Selector:
         return requested

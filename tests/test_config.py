@@ -3,12 +3,18 @@ the command line winning, every value checked as the command line checks it."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
+import methods
 import run
 from cli import irm
+from methods.base import Context, Fitted, Method
+from models.factory import model_from_args
+from utils.options import option
 from benchmarks.same_metrics import numbers
 from conftest import read_results
 
@@ -118,3 +124,36 @@ def test_the_documented_example_is_valid(tmp_path):
     example = write(tmp_path / "example.toml", text.split("```toml\n", 1)[1].split("```", 1)[0])
     args = run.parse_args(["--config", str(example)])
     assert args.methods == ["erm", "retrain_only", "prusc"] and args.spurious_ratio == 0.9 and args.per_class
+
+
+@dataclass(frozen=True)
+class ConstantConfig:
+    """A new method's settings: one frozen dataclass in the method's file, one field per flag."""
+
+    constant_class: int = option(0, "the class the constant method predicts", type=int, choices=[0, 1])
+
+
+def test_a_new_methods_config_is_one_dataclass(run_cli, tmp_path):
+    @methods.register
+    class Constant(Method):
+        name = "dummy_constant_config"
+        config = ConstantConfig
+
+        def fit(self, ctx: Context) -> Fitted:
+            settings = ctx.part(ConstantConfig)
+            model, arch_args = model_from_args(ctx.args, ctx.train)
+            with torch.no_grad():
+                model.head.weight.zero_()
+                model.head.bias.copy_(torch.eye(2)[settings.constant_class])
+            return Fitted(model, arch_args=arch_args, info={"constant_class": settings.constant_class})
+
+    try:
+        assert "--constant_class" in run.build_parser().format_help()
+        config = write(tmp_path / "c.toml", "[dummy_constant_config]\nconstant_class = 1\n")
+        rc, _, err = run_cli("--config", config, "--methods", Constant.name, *TINY, "--out_dir", tmp_path / "run")
+        assert rc == 0, err
+        entry = read_results(tmp_path / "run")["methods"][Constant.name]
+        assert entry["constant_class"] == 1 and entry["splits"]["test"]["groups"]["y=1,a=0"]["acc"] == 1.0
+        assert recorded_args(tmp_path / "run")["constant_class"] == 1
+    finally:
+        methods.REGISTRY.pop(Constant.name)
