@@ -102,7 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags over the values of ``--config`` (utils/config_file.py), every derived default settled."""
     args, explicit = parse_with_config(build_parser(), argv)
+    return resolve(args, explicit)
+
+
+def resolve(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
+    """Settle the derived defaults once, in order: the canonical data set name; the ``--recipe`` values on
+    every flag not in ``explicit`` (typed or in the config file); the ``--methods`` list; the default
+    ``--arch`` of the data set (with ``--checkpoint``, :func:`check_inputs` adopts the file's); ``--cluster_epoch
+    auto|final`` as a number; the time-stamped ``--out_dir``."""
     args.data = canonical_name(args.data)
     apply_recipe(args, explicit)
     args.methods = parse_methods(args.methods)

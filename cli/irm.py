@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(describe(files["minority"]))
     print(describe(files["balanced"]))
     variants = {name: run_variant(name, indices, ctx) for name, indices in environments.items()}
-    payload = results_payload("irm", args, started, variants["irm_clusters"]["splits"],
+    payload = results_payload("irm", plain_args(args), started, variants["irm_clusters"]["splits"],
                               primary_method="irm_clusters", methods=variants,
                               environments={"minority": files["minority"], "balanced": files["balanced"]})
     path = write_results(ctx.out_dir, payload)

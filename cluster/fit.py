@@ -111,9 +111,10 @@ def prepare_output(out_dir: str, overwrite: bool) -> Path:
     return prepare_out_dir(out_dir, overwrite, finished=CLUSTERS_NAME)
 
 
-def default_description(args: argparse.Namespace) -> str:
-    """The clustering ``--mode cluster`` makes without ``--clusters_auto``, in words."""
-    return f"{Path(args.checkpoint or '').stem}, {'per class' if args.per_class else 'global'}, k={args.num_clusters}"
+def default_description(checkpoint: str | None, settings: ClusterConfig) -> str:
+    """The clustering ``--mode cluster`` makes of ``checkpoint`` without ``--clusters_auto``, in words."""
+    scope = "per class" if settings.per_class else "global"
+    return f"{Path(checkpoint or '').stem}, {scope}, k={settings.num_clusters}"
 
 
 def choose(args: argparse.Namespace, splits: dict[str, SpuriousDataset], default: str) -> SnapshotChoice:
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
                                                    n_classes=train.n_classes)).model
         features = extract_features(model, train, runtime_from_args(args), args.eval_batch_size,
                                     num_workers=args.num_workers)
-    default = default_description(args)
+    default = default_description(args.checkpoint, from_args(ClusterConfig, args))
     if args.clusters_auto:
         made = choose(args, splits, default)
     chosen = None if made is None else made.choice.chosen

@@ -129,7 +129,7 @@ def finish(mode: str, ctx: Context, started: float, results: dict[str, dict[str,
     extra.update(ctx.facts)
     if "density" in results[main]:
         extra["density"] = results[main]["density"]
-    payload = results_payload(mode, ctx.args, started, results[main]["splits"], primary_method=main,
+    payload = results_payload(mode, plain_args(ctx.args), started, results[main]["splits"], primary_method=main,
                               methods=results, **extra)
     path = write_results(ctx.out_dir, payload)
     print(format_comparison(results, title=f"{ctx.args.data} ({ctx.args.arch}), seed {ctx.args.seed}: "

@@ -1,7 +1,6 @@
 """What every mode shares: evaluate a model on the splits, package the results."""
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -10,7 +9,6 @@ from torch import nn
 
 from data import SpuriousDataset
 from training.loops import predict
-from utils.checkpoint import plain_args
 from utils.metrics import compute_metrics, group_counts
 from utils.runtime import Runtime
 
@@ -28,15 +26,16 @@ def evaluate_model(model: nn.Module, splits: dict[str, SpuriousDataset], runtime
     return out
 
 
-def results_payload(mode: str, args: argparse.Namespace, started: float, splits_metrics: dict[str, dict],
+def results_payload(mode: str, args: dict[str, Any], started: float, splits_metrics: dict[str, dict],
                     **extra: Any) -> dict[str, Any]:
-    """The results.json dict: the top-level keys every mode shares (ARCHITECTURE.md, "Results"), then ``extra``."""
+    """The results.json dict: the top-level keys every mode shares (ARCHITECTURE.md, "Results"), then ``extra``;
+    ``args`` are the run's arguments as recorded (:func:`utils.checkpoint.plain_args`)."""
     return {
         "mode": mode,
-        "data": args.data,
-        "arch": args.arch,
-        "seed": args.seed,
-        "args": plain_args(args),
+        "data": args["data"],
+        "arch": args["arch"],
+        "seed": args["seed"],
+        "args": args,
         "time_s": round(time.time() - started, 3),
         "splits": splits_metrics,
         **extra,
