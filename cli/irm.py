@@ -44,7 +44,6 @@ from models import build_model
 from training.experiment import evaluate_model, results_payload
 from utils.cli import OneLineErrorParser, exit_code, positive_int
 from utils.config_file import add_config_arg, parse_with_config
-from utils.errors import UserError
 from utils.report import format_comparison
 from utils.checkpoint import plain_args
 from utils.results import write_results
@@ -224,11 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags (over ``--config``'s values), with the default ``--out_dir`` filled in from the environments'
     data set."""
-    args, _ = parse_with_config(build_parser(), renamed_flags(sys.argv[1:] if argv is None else argv))
-    missing = [f"--{name}" for name in ("minority_env", "balance_env") if getattr(args, name) is None]
-    if missing:
-        raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (the folders "
-                        "environments.py wrote), on the command line or in --config")
+    args, _ = parse_with_config(build_parser(), renamed_flags(sys.argv[1:] if argv is None else argv),
+                                required=("minority_env", "balance_env"))
     if args.out_dir is None:
         data = load_environment(args.minority_env, "--minority_env").summary["data"]
         args.out_dir = default_out_dir(data, args.seed)

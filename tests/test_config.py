@@ -11,7 +11,7 @@ import torch
 
 import methods
 import run
-from cli import irm
+from cli import environments, irm
 from methods.base import Context, Fitted, Method
 from models.factory import model_from_args
 from utils.options import option
@@ -109,14 +109,17 @@ def test_a_pruning_run_repeats_from_its_record(run_cli, tmp_path):
     assert first == again and set(first["methods"]) == {"erm", "prusc"}
 
 
-def test_irm_takes_a_config_too(tmp_path, capsys):
+def test_irm_and_environments_take_a_config_too(tmp_path, capsys):
     config = write(tmp_path / "irm.toml", f'minority_env = "{tmp_path / "m"}"\nbalance_env = "{tmp_path / "b"}"\n'
                                           f'out_dir = "{tmp_path / "out"}"\nirm_steps = 7\n')
     args = irm.parse_args(["--config", str(config), "--irm_lr", "0.01"])
     assert (args.minority_env, args.irm_steps, args.irm_lr) == (str(tmp_path / "m"), 7, 0.01)
     assert irm.main(["--irm_steps", "7"]) == 2
-    assert capsys.readouterr().err == ("irm.py: error: --minority_env and --balance_env are required (the folders "
-                                       "environments.py wrote), on the command line or in --config\n")
+    assert capsys.readouterr().err == ("irm.py: error: --minority_env and --balance_env are required, on the command "
+                                       "line or in --config\n")
+    config = write(tmp_path / "envs.toml", 'clusters = "c.csv"\noutput_dir = "envs"\nminority_share = 0.7\n')
+    args = environments.parse_args(["--config", str(config), "--seed", "3"])
+    assert (args.clusters, args.output_dir, args.minority_share, args.seed) == ("c.csv", "envs", 0.7, 3)
 
 
 def test_the_documented_example_is_valid(tmp_path):

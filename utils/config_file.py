@@ -52,23 +52,27 @@ def _destinations(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]
     return found
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
-                      ) -> tuple[argparse.Namespace, set[str]]:
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+                      required: Sequence[str] = ()) -> tuple[argparse.Namespace, set[str]]:
     """Parse ``argv`` over the values of its ``--config`` file (defaults < file < typed flags).
 
-    Returns the namespace, without ``config`` (the values it set are what a run records), and the
-    destinations set explicitly, typed or in the file (a recipe leaves those alone)."""
+    ``required`` are destinations that must be given, on the command line or in the file (argparse's own
+    ``required`` would refuse a command line that leaves them to the file). Returns the namespace,
+    without ``config`` (the values it set are what a run records), and the destinations set explicitly,
+    typed or in the file (a recipe leaves those alone)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     path = args.config
     del args.config
-    if path is None:
-        return args, given_flags(parser, argv)
     typed = given_flags(parser, argv)
-    from_file = read_config(path, parser)
+    from_file = read_config(path, parser) if path is not None else {}
     for name, value in from_file.items():
         if name not in typed:
             setattr(args, name, value)
+    missing = [f"--{name}" for name in required if getattr(args, name) is None]
+    if missing:
+        raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required, on the command "
+                        f"line or in {FLAG}")
     return args, typed | set(from_file)
 
 
