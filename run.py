@@ -19,8 +19,7 @@ from cluster.io import warn_single_cluster_classes  # noqa: E402
 from data import add_data_args, canonical_name, data_settings, default_arch  # noqa: E402
 from methods import add_method_args, method_names, modes, parse_methods  # noqa: E402
 from methods.prusc import RECIPES, apply_recipe  # noqa: E402
-from models import ARCHS  # noqa: E402
-from models.factory import Expect, checked_checkpoint  # noqa: E402
+from models.factory import Expect, ModelConfig, checked_checkpoint  # noqa: E402
 from training.erm import TrainConfig  # noqa: E402
 from training.retrain import RetrainConfig  # noqa: E402
 from training.selection import SelectionConfig  # noqa: E402
@@ -73,13 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_fit.add_cluster_args(parser)
 
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", choices=sorted(ARCHS), default=None,
-                       help="backbone (default: the one in --checkpoint, else mlp for digits/cmnist and "
-                            "resnet18 for photo data sets)")
-    model.add_argument("--hidden_dim", type=positive_int, default=256, help="MLP width")
-    model.add_argument("--cnn_width", type=positive_int, default=32, help="small CNN base width")
-    model.add_argument("--imagenet", action="store_true", help="start ResNets from torchvision's ImageNet weights")
-    model.add_argument("--pretrained_path", default=None, help="local torchvision-format ResNet weights (offline)")
+    add_options(model, ModelConfig)
     model.add_argument("--checkpoint", default=None, help="a .pt written by an earlier mode")
 
     train = parser.add_argument_group("ERM training")

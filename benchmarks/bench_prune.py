@@ -27,7 +27,7 @@ import run  # noqa: E402
 from data import build_splits  # noqa: E402
 from models.masking import attach_masks, set_mask_mode  # noqa: E402
 from training.contrastive import cluster_contrastive_loss  # noqa: E402
-from models.factory import model_from_args  # noqa: E402
+from models.factory import ModelConfig, model_from_args  # noqa: E402
 from training.loops import make_optimizer, train_classifier  # noqa: E402
 from training.prune import PruneConfig, learn_masks  # noqa: E402
 from utils.options import from_args  # noqa: E402
@@ -85,7 +85,7 @@ def main() -> None:
     train = build_splits(args)["train"]
     clusters = train.y * 2 + (torch.arange(len(train)) % 2)  # any two clusters per class: cost only
     device = torch.device("cpu")
-    model, _ = model_from_args(args, train)
+    model, _ = model_from_args(from_args(ModelConfig, args), train)
 
     erm_model = copy.deepcopy(model)
     loader = make_loader(train, args.batch_size, shuffle=True, generator=seed_everything(0))

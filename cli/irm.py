@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from data import SpuriousDataset, build_splits
+from data import build_splits
 from invariant_learning.construction import describe, load_environment, rebuild_data_args
 from methods.base import Context
 from methods.irm import IRM, IrmConfig, accuracy_on, add_training_args, fit_irm, irm_environments, true_environments
@@ -62,8 +62,9 @@ class ChannelSum(nn.Module):
         return x.sum(dim=1, keepdim=True)
 
 
-def build_irm_model(args: argparse.Namespace, train: SpuriousDataset) -> tuple[nn.Module, dict]:
+def build_irm_model(ctx: Context) -> tuple[nn.Module, dict]:
     """The IRM paper's model shape: a two-hidden-layer MLP, optionally on the channel sum."""
+    args, train = ctx.args, ctx.train
     shape = tuple(train.input_shape)
     if not args.grayscale_model:
         return build_model("mlp", shape, train.n_classes, hidden_dim=args.hidden_dim), {}

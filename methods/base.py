@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from data import SpuriousDataset
+from models.factory import ModelConfig, model_from_args
 from training.erm import TrainConfig, train_erm
 from training.loops import Stateful
 from training.reference import Clusters, ReferenceModel, load_or_train_reference, reference_clusters
@@ -86,6 +87,10 @@ class Context:
     def runtime(self) -> Runtime:
         """How models run in this run (device, precision, memory format, workers, eval batch size)."""
         return runtime_from_args(self.args, self.device)
+
+    def new_model(self) -> tuple[nn.Module, dict[str, Any]]:
+        """A fresh model of the run's model flags for the training split, and its rebuild arguments."""
+        return model_from_args(self.part(ModelConfig), self.train)
 
     def part(self, cls: type[T]) -> T:
         """The settings of ``cls`` (a frozen dataclass of flags, :mod:`utils.options`) in this run."""

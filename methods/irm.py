@@ -39,7 +39,6 @@ from invariant_learning.construction import (add_construction_args, check_agains
 from invariant_learning.penalty import irm_penalty, penalty_weight_at
 from methods.base import Context, Fitted, Method, MethodUnavailable
 from methods.registry import register
-from models.factory import model_from_args
 from training.loops import check_finite, load_step, predict, save_step
 from utils.cli import non_negative, positive_int
 from utils.errors import UserError
@@ -121,12 +120,12 @@ def train_irm(model: nn.Module, envs: list[SpuriousDataset], irm: IrmConfig, bat
 
 
 def fit_irm(ctx: Context, irm: IrmConfig, envs: list[SpuriousDataset], offset: int = 0, desc: str = "IRM",
-            build: Callable[[argparse.Namespace, SpuriousDataset], tuple[nn.Module, dict]] = model_from_args,
+            build: Callable[[Context], tuple[nn.Module, dict]] = Context.new_model,
             step: str = "irm") -> tuple[nn.Module, dict]:
-    """A model from ``build`` (given the run's flags) trained by :func:`train_irm` with seed ``--seed + offset``
-    (initialisation and batches), and its rebuild arguments; ``step`` names its resume state."""
+    """A model from ``build`` (the run's model by default) trained by :func:`train_irm` with seed ``--seed +
+    offset`` (initialisation and batches), and its rebuild arguments; ``step`` names its resume state."""
     generator = ctx.generator(offset)
-    model, arch_args = build(ctx.args, ctx.train)
+    model, arch_args = build(ctx)
     batch_size = ctx.args.batch_size if irm.irm_batch_size is None else irm.irm_batch_size  # not given: --batch_size
     train_irm(model, envs, irm, batch_size, ctx.runtime, generator, desc, resume=ctx.step(step))
     return model, arch_args

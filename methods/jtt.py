@@ -22,7 +22,6 @@ from torch import nn
 from data import SpuriousDataset
 from methods.base import Context, Fitted, Method, train_and_select
 from methods.registry import register
-from models.factory import model_from_args
 from training.erm import TrainConfig, train_erm
 from training.loops import predict
 from training.selection import Selector
@@ -68,13 +67,13 @@ class JTT(Method):
         return requested
 
     def fit(self, ctx: Context) -> Fitted:
-        args, train, jtt = ctx.args, ctx.train, ctx.part(JttConfig)
-        identifier, _ = model_from_args(args, train)
+        train, jtt = ctx.train, ctx.part(JttConfig)
+        identifier, _ = ctx.new_model()
         train_erm(identifier, train, ctx.part(TrainConfig), ctx.runtime, ctx.generator(), epochs=jtt.jtt_id_epochs,
                   desc="JTT identification", resume=ctx.step("jtt_identification"))
         errors = error_set(identifier, train, ctx.runtime)
         atomic_write_text(ctx.out_dir / ERROR_SET_NAME, pd.DataFrame({"index": errors.numpy()}).to_csv(index=False))
-        model, arch_args = model_from_args(args, train)
+        model, arch_args = ctx.new_model()
         best = train_and_select(ctx, "jtt", model, upsampled(train, errors, jtt.jtt_lambda_up), self.selector(ctx.requested_selector),
                                 seed_offset=1, desc="JTT")
         return Fitted(model, arch_args=arch_args, info={

@@ -12,7 +12,7 @@ import run
 from conftest import read_results
 from data import build_splits
 from models import build_model
-from models.factory import model_from_args
+from models.factory import ModelConfig, model_from_args
 from models.masking import mask_parameters
 from training.erm import TrainConfig, train_erm
 from training.loops import make_optimizer, predict_logits, train_classifier
@@ -108,7 +108,7 @@ def test_fp32_runtime_trains_exactly_like_a_plain_loop():
     assert runtime_from_args(args) == Runtime(CPU)
     train = build_splits(args)["train"]
     seed_everything(0)
-    model, _ = model_from_args(args, train)
+    model, _ = model_from_args(from_args(ModelConfig, args), train)
     plain = copy.deepcopy(model)
     train_erm(model, train, from_args(TrainConfig, args), runtime_from_args(args, CPU), seed_everything(0))
 

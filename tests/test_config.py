@@ -13,7 +13,6 @@ import methods
 import run
 from cli import environments, irm
 from methods.base import Context, Fitted, Method
-from models.factory import model_from_args
 from utils.options import option
 from benchmarks.same_metrics import numbers
 from conftest import read_results
@@ -144,7 +143,7 @@ def test_a_new_methods_config_is_one_dataclass(run_cli, tmp_path):
 
         def fit(self, ctx: Context) -> Fitted:
             settings = ctx.part(ConstantConfig)
-            model, arch_args = model_from_args(ctx.args, ctx.train)
+            model, arch_args = ctx.new_model()
             with torch.no_grad():
                 model.head.weight.zero_()
                 model.head.bias.copy_(torch.eye(2)[settings.constant_class])

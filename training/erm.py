@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from data import SpuriousDataset
-from models.factory import checkpoint_content, model_from_args
+from models.factory import ModelConfig, checkpoint_content, model_from_args
 from training.loops import LossFn, Stateful, make_optimizer, mean_cross_entropy, train_classifier
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
@@ -98,7 +98,7 @@ def train_and_save_erm(args: argparse.Namespace, train_set: SpuriousDataset, dev
                        generator: torch.Generator, out_dir: Path, resume: StepState | None = None) -> ErmRun:
     """A fresh ``args.arch`` model trained with ERM, saved as ``<out_dir>/erm.pt`` (plus the
     ``--cluster_epoch`` snapshot when that is not the last epoch, and those of :func:`snapshot_epochs`)."""
-    model, arch_args = model_from_args(args, train_set)
+    model, arch_args = model_from_args(from_args(ModelConfig, args), train_set)
     snapshot = snapshot_path(out_dir, args.cluster_epoch, args.epochs)
     saved = snapshot_epochs(args.cluster_epoch, args.epochs, getattr(args, "clusters_auto", False))
     snapshots = {e: Path(out_dir) / f"erm_epoch{e}.pt" for e in saved}
