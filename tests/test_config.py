@@ -45,7 +45,7 @@ def test_values_go_through_the_flags_types(tmp_path):
                                         'cluster_epoch = 2\ndfr_c_grid = [1, 0.5]\nprune_layers = 2\n')
     args = run.parse_args(["--config", str(config)])
     assert args.methods == ["erm", "prusc"] and args.amp == "force" and args.per_class is False
-    assert args.cluster_epoch == 2 and args.dfr_c_grid == [1.0, 0.5] and args.prune_layers == "2"
+    assert args.cluster_epoch == 2 and args.dfr_c_grid == (1.0, 0.5) and args.prune_layers == "2"
 
 
 @pytest.mark.parametrize("text, says", [
