@@ -185,7 +185,7 @@ def train_and_select(ctx: Context, step: str, model: nn.Module, train_set: Spuri
     def select(epoch: int) -> None:
         best.record(selector.score_model(model, val, cells, ctx.runtime), epoch + 1)
 
-    train_erm(model, train_set, ctx.part(TrainConfig), ctx.runtime, generator, on_epoch_end=select, resume=ctx.step(step),
-              stateful={"best": best, **(stateful or {})}, **train_kwargs)
+    train_erm(model, train_set, ctx.part(TrainConfig), ctx.runtime, generator, on_epoch_end=select,
+              resume=ctx.step(step), stateful={"best": best, **(stateful or {})}, **train_kwargs)
     best.restore()
     return best

@@ -184,7 +184,8 @@ def masks_learned(model: nn.Module, *flags: str) -> list[torch.Tensor]:
     args = run.parse_args([*TINY, "--arch", "cnn", "--cnn_width", "4", "--batch_size", "32", *flags,
                            "--out_dir", "unused"])
     train = build_splits(args)["train"]
-    learn_masks(model, train, train.y * 2 + train.a, from_args(PruneConfig, args), args.batch_size, runtime_from_args(args, CPU), seed_everything(0))
+    learn_masks(model, train, train.y * 2 + train.a, from_args(PruneConfig, args), args.batch_size,
+                runtime_from_args(args, CPU), seed_everything(0))
     return [p.detach().clone() for p in mask_parameters(model)]
 
 

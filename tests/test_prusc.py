@@ -33,7 +33,8 @@ def test_pruning_step_never_changes_weights_or_batchnorm_statistics():
     model(torch.randn(32, *train.input_shape))  # non-trivial running statistics
     before = copy.deepcopy(model.state_dict())
     args = run.parse_args(["--pruning_ep", "1", "--batch_size", "32", "--lambda_sparse", "1e-6"])
-    learn_masks(model, train, train.y * 2 + train.a, from_args(PruneConfig, args), args.batch_size, torch.device("cpu"), seed_everything(0))
+    learn_masks(model, train, train.y * 2 + train.a, from_args(PruneConfig, args), args.batch_size, torch.device("cpu"),
+                seed_everything(0))
     after = model.state_dict()
     for key, value in before.items():
         moved = key.replace(".weight", ".parametrizations.weight.original") if key not in after else key

@@ -145,7 +145,8 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
                 resume: StepState | None = None) -> list[dict[str, float]]:
     """Attach masks to ``model`` and learn them for up to ``--pruning_ep`` epochs; return one record per check.
 
-    ``checkpoint(model)`` is what ``save_to`` gets at each check that may be kept. ``score(model)`` rates the masked model (higher is better, e.g. worst-cluster val accuracy);
+    ``checkpoint(model)`` is what ``save_to`` gets at each check that may be kept. ``score(model)`` rates
+    the masked model (higher is better, e.g. worst-cluster val accuracy);
     without it every check scores 0, so the sparsest (usually the last) mask is kept. The model
     ends with the kept mask, fixed (deterministic). With ``resume`` the state (mask logits,
     optimizer, checks, random states) is saved after every epoch and a saved state is continued.

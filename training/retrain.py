@@ -85,8 +85,8 @@ def retrain(model: nn.Module, data: RetrainData, selector: Selector, recipe: Ret
         cells = {"cluster": data.fit_cells, "class": data.fit.y, "none": None}[recipe.retrain_balance]
         loader = training_loader(data.fit, train.batch_size, generator, runtime.num_workers, cells)
         optimizer = make_optimizer(trainable, train.optimizer, recipe.lr_main, train.weight_decay)
-        losses = train_classifier(model, loader, optimizer, runtime, recipe.retrain_ep,
-                                  "retrain", on_epoch_end=select, train_mode=recipe.retrain_scope == "all", resume=resume,
+        losses = train_classifier(model, loader, optimizer, runtime, recipe.retrain_ep, "retrain",
+                                  on_epoch_end=select, train_mode=recipe.retrain_scope == "all", resume=resume,
                                   generator=generator, stateful={"best": best}, lr_flag="--lr_main")
     best.restore()
     for p in model.parameters():
