@@ -19,11 +19,14 @@ from cluster.io import warn_single_cluster_classes  # noqa: E402
 from data import add_data_args, canonical_name, data_settings, default_arch  # noqa: E402
 from methods import add_method_args, method_names, modes, parse_methods  # noqa: E402
 from methods.prusc import RECIPES, apply_recipe  # noqa: E402
-from models import ARCHS  # noqa: E402
-from models.factory import Expect, checked_checkpoint  # noqa: E402
-from training.prune import PENALTIES  # noqa: E402
+from models.factory import Expect, ModelConfig, checked_checkpoint  # noqa: E402
+from training.erm import TrainConfig  # noqa: E402
+from training.retrain import RetrainConfig  # noqa: E402
+from training.selection import SelectionConfig  # noqa: E402
 from utils.checkpoint import plain_args  # noqa: E402
-from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_float, positive_int  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, positive_int  # noqa: E402
+from utils.config_file import add_config_arg, parse_with_config  # noqa: E402
+from utils.options import add_options  # noqa: E402
 from utils.distributed import (fail_together, init_from_env, is_main, main_print, quiet_unless_main,  # noqa: E402
                                run_on_main, shutdown)
 from utils.errors import UserError  # noqa: E402
@@ -62,91 +65,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--recipe", choices=["none", *sorted(RECIPES)], default="none",
                         help="a named set of hyperparameters (original: the PruSC authors' code; docs/recipe.md); "
-                             "flags given on the command line override its values")
+                             "flags given on the command line or in --config override its values")
+    add_config_arg(parser)
     add_runtime_args(parser)
     add_data_args(parser)
     cluster_fit.add_cluster_args(parser)
 
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", choices=sorted(ARCHS), default=None,
-                       help="backbone (default: the one in --checkpoint, else mlp for digits/cmnist and "
-                            "resnet18 for photo data sets)")
-    model.add_argument("--hidden_dim", type=positive_int, default=256, help="MLP width")
-    model.add_argument("--cnn_width", type=positive_int, default=32, help="small CNN base width")
-    model.add_argument("--imagenet", action="store_true", help="start ResNets from torchvision's ImageNet weights")
-    model.add_argument("--pretrained_path", default=None, help="local torchvision-format ResNet weights (offline)")
+    add_options(model, ModelConfig)
     model.add_argument("--checkpoint", default=None, help="a .pt written by an earlier mode")
 
     train = parser.add_argument_group("ERM training")
-    train.add_argument("--epochs", type=positive_int, default=30, help="ERM epochs")
-    train.add_argument("--lr", type=non_negative(float), default=1e-3, help="ERM learning rate")
-    train.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    train.add_argument("--weight_decay", type=non_negative(float), default=1e-4)
-    train.add_argument("--batch_size", type=positive_int, default=64)
-    train.add_argument("--eval_batch_size", type=positive_int, default=512)
+    add_options(train, TrainConfig)
+    train.add_argument("--eval_batch_size", type=positive_int, default=512, help="batch size of inference")
 
-    prusc = parser.add_argument_group("PruSC pruning and retraining")
+    prusc = parser.add_argument_group("reference clusters, retraining and model selection")
     prusc.add_argument("--clusters", default=None, help="clusters.csv of the training split (computed when absent)")
     prusc.add_argument("--cluster_epoch", type=cluster_epoch, default="auto",
                        help="when ERM is trained here, cluster its snapshot after this epoch (saved as "
                             "erm_epoch<E>.pt): a number, auto (a tenth of --epochs, at least 1) or final")
     prusc.add_argument("--cluster_checkpoint", default=None,
                        help="cluster this checkpoint's features instead of --checkpoint's")
-    prusc.add_argument("--pruning_ep", type=non_negative(int), default=20, help="mask-learning epochs")
-    prusc.add_argument("--lr_prune", type=non_negative(float), default=None,
-                       help="Adam learning rate of mask logits (None: 2 * mask_init / total pruning steps, so "
-                            "the density reached does not follow the number of steps)")
-    prusc.add_argument("--lambda_sparse", type=non_negative(float), default=5e-8,
-                       help="sparsity penalty per weight of a ResNet-50-sized network: the term is lambda * "
-                            "23.46M * (share of weights kept), the same trade-off at any network size")
-    prusc.add_argument("--sparsity_penalty", choices=list(PENALTIES), default="mean_keep",
-                       help="mean_keep: lambda * 23.46M * (share of weights kept); sum_logits: lambda * sum of "
-                            "the mask logits (the original code's form)")
-    prusc.add_argument("--min_layer_density", type=non_negative(float), default=0.1,
-                       help="the sparsity term stops pushing a layer at or below this density")
-    prusc.add_argument("--prune_checks", type=positive_int, default=10,
-                       help="how often the mask is scored during pruning (worst-cluster val accuracy, or "
-                            "--selection oracle); the sparsest mask within --prune_tolerance of the best is kept")
-    prusc.add_argument("--prune_tolerance", type=non_negative(float), default=0.02,
-                       help="accuracy a sparser mask may lose against the best-scoring one and still be kept")
-    prusc.add_argument("--lambda_con_prune", type=non_negative(float), default=1.0,
-                       help="weight of the cluster-contrastive loss")
-    prusc.add_argument("--temperature", type=positive_float, default=0.2, help="contrastive temperature")
-    prusc.add_argument("--prune_layers", default="all", help="all, head, or N (the last N Conv2d/Linear layers)")
-    prusc.add_argument("--mask_init", type=float, default=3.0, help="initial mask logit (> 0: all weights kept)")
-    prusc.add_argument("--mask_temperature", type=positive_float, default=1.0, help="Gumbel-sigmoid temperature")
-    prusc.add_argument("--retrain_ep", type=non_negative(int), default=20, help="retraining epochs (0: none)")
-    prusc.add_argument("--lr_main", type=non_negative(float), default=1e-3, help="retraining learning rate")
-    prusc.add_argument("--retrain_split", choices=["val", "train"], default="val",
-                       help="data for retraining (val: half fits, half selects)")
-    prusc.add_argument("--retrain_scope", choices=["all", "head"], default="all", help="weights fine-tuned")
-    prusc.add_argument("--retrain_balance", choices=["cluster", "class", "none"], default="cluster",
-                       help="balance retraining batches over (label, cluster) cells, labels, or not")
-    prusc.add_argument("--selection", choices=["worst_cluster", "oracle"], default="worst_cluster",
-                       help="model selection on val of the annotation-free methods (retraining, JTT); "
-                            "oracle uses group labels and is labelled so")
-    prusc.add_argument("--min_cell_size", type=positive_int, default=5,
-                       help="smallest (label, cluster) cell counted by worst-cluster selection")
+    add_options(prusc, RetrainConfig)
+    add_options(prusc, SelectionConfig)
     parser.add_argument("--methods", default=",".join(method_names()),
                         help="--mode all: comma-separated methods to compare, in this order (or all)")
     add_method_args(parser)
     return parser
 
 
-def given_flags(argv: list[str] | None) -> set[str]:
-    """Destinations of the flags typed in ``argv``: a second parse into a namespace whose every value is
-    a marker (argparse fills in defaults only where a value is missing), so the typed ones replace it."""
-    parser, unset = build_parser(), object()
-    start = argparse.Namespace(**{name: unset for name in vars(parser.parse_args([]))})
-    parsed = parser.parse_args(sys.argv[1:] if argv is None else argv, namespace=start)
-    return {name for name, value in vars(parsed).items() if value is not unset}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    """The flags over the values of ``--config`` (utils/config_file.py), every derived default settled."""
+    args, explicit = parse_with_config(build_parser(), argv)
+    return resolve(args, explicit)
+
+
+def resolve(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
+    """Settle the derived defaults once, in order: the canonical data set name; the ``--recipe`` values on
+    every flag not in ``explicit`` (typed or in the config file); the ``--methods`` list; the default
+    ``--arch`` of the data set (with ``--checkpoint``, :func:`check_inputs` adopts the file's); ``--cluster_epoch
+    auto|final`` as a number; the time-stamped ``--out_dir``."""
     args.data = canonical_name(args.data)
-    if args.recipe != "none":
-        apply_recipe(args, given_flags(argv))
+    apply_recipe(args, explicit)
     args.methods = parse_methods(args.methods)
     if args.arch is None and not args.checkpoint:
         args.arch = default_arch(args.data)

@@ -13,6 +13,7 @@ Prints, on the training split of the chosen data set (default: Colored Digits):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,10 @@ import run  # noqa: E402
 from data import build_splits  # noqa: E402
 from models.masking import attach_masks, set_mask_mode  # noqa: E402
 from training.contrastive import cluster_contrastive_loss  # noqa: E402
-from models.factory import model_from_args  # noqa: E402
+from models.factory import ModelConfig, model_from_args  # noqa: E402
 from training.loops import make_optimizer, train_classifier  # noqa: E402
-from training.prune import learn_masks  # noqa: E402
+from training.prune import PruneConfig, learn_masks  # noqa: E402
+from utils.options import from_args  # noqa: E402
 from utils.runtime import make_loader, seed_everything  # noqa: E402
 
 PRUNE_BUDGET = 2.0
@@ -60,13 +62,13 @@ def timed(fn, repeats: int = 1) -> float:
     return best
 
 
-def prune_epoch_seconds(model: nn.Module, train, clusters: torch.Tensor, args, device: torch.device) -> float:
+def prune_epoch_seconds(model: nn.Module, train, clusters: torch.Tensor, prune: PruneConfig, batch_size: int,
+                        device: torch.device) -> float:
     """Seconds per mask-learning epoch: (time of 4 epochs - time of 1) / 3 cancels the one-off set-up."""
     def epochs(n: int) -> float:
         pruned = copy.deepcopy(model)
-        run_args = copy.copy(args)
-        run_args.pruning_ep = n
-        return timed(lambda: learn_masks(copy.deepcopy(pruned), train, clusters, run_args, device,
+        settings = dataclasses.replace(prune, pruning_ep=n)
+        return timed(lambda: learn_masks(copy.deepcopy(pruned), train, clusters, settings, batch_size, device,
                                          seed_everything(0)), repeats=3)
     return (epochs(4) - epochs(1)) / 3
 
@@ -83,13 +85,13 @@ def main() -> None:
     train = build_splits(args)["train"]
     clusters = train.y * 2 + (torch.arange(len(train)) % 2)  # any two clusters per class: cost only
     device = torch.device("cpu")
-    model, _ = model_from_args(args, train)
+    model, _ = model_from_args(from_args(ModelConfig, args), train)
 
     erm_model = copy.deepcopy(model)
     loader = make_loader(train, args.batch_size, shuffle=True, generator=seed_everything(0))
     optimizer = make_optimizer(erm_model.parameters(), args.optimizer, args.lr)
     erm_s = timed(lambda: train_classifier(erm_model, loader, optimizer, device, 1, "ERM"), repeats=3)
-    prune_s = prune_epoch_seconds(model, train, clusters, args, device)
+    prune_s = prune_epoch_seconds(model, train, clusters, from_args(PruneConfig, args), args.batch_size, device)
     print(f"data {args.data} ({len(train)} training samples), arch {args.arch}, batch {args.batch_size}, "
           f"{threads} thread(s)")
     print(f"ERM epoch:     {erm_s:7.3f} s")

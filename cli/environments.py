@@ -14,19 +14,26 @@ from invariant_learning.construction import (ROLES, WEAK_CONTRAST, add_construct
                                              data_flags, describe, label_attr_agreement, summarize,
                                              write_environments)
 from utils.cli import OneLineErrorParser, exit_code
+from utils.config_file import add_config_arg, parse_with_config
 from utils.run_dir import check_folder_path, check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="environments.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--clusters", required=True, help="clusters.csv of the training split (cluster/clustering.py)")
-    parser.add_argument("--output_dir", required=True, help="folder that receives minority/ and balanced/")
+    parser.add_argument("--clusters", help="clusters.csv of the training split (cluster/clustering.py; required)")
+    parser.add_argument("--output_dir", help="folder that receives minority/ and balanced/ (required)")
+    add_config_arg(parser)
     add_construction_args(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     parser.add_argument("--overwrite", action="store_true", help="replace environments already in --output_dir")
     add_data_args(parser)
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags over the values of ``--config`` (docs/cli.md)."""
+    return parse_with_config(build_parser(), argv, required=("clusters", "output_dir"))[0]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -53,4 +60,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_code("environments.py", lambda: run(build_parser().parse_args(argv)))
+    return exit_code("environments.py", lambda: run(parse_args(argv)))

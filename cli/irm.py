@@ -26,6 +26,7 @@ and ``test_worst_group_acc`` as mean and sample std over restarts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -35,13 +36,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from data import SpuriousDataset, build_splits
+from data import build_splits
 from invariant_learning.construction import describe, load_environment, rebuild_data_args
 from methods.base import Context
-from methods.irm import IRM, accuracy_on, add_training_args, fit_irm, irm_environments, true_environments
+from methods.irm import IRM, IrmConfig, accuracy_on, add_training_args, fit_irm, irm_environments, true_environments
 from models import build_model
 from training.experiment import evaluate_model, results_payload
 from utils.cli import OneLineErrorParser, exit_code, positive_int
+from utils.config_file import add_config_arg, parse_with_config
 from utils.report import format_comparison
 from utils.checkpoint import plain_args
 from utils.results import write_results
@@ -60,8 +62,9 @@ class ChannelSum(nn.Module):
         return x.sum(dim=1, keepdim=True)
 
 
-def build_irm_model(args: argparse.Namespace, train: SpuriousDataset) -> tuple[nn.Module, dict]:
+def build_irm_model(ctx: Context) -> tuple[nn.Module, dict]:
     """The IRM paper's model shape: a two-hidden-layer MLP, optionally on the channel sum."""
+    args, train = ctx.args, ctx.train
     shape = tuple(train.input_shape)
     if not args.grayscale_model:
         return build_model("mlp", shape, train.n_classes, hidden_dim=args.hidden_dim), {}
@@ -106,16 +109,18 @@ def run_variant(name: str, env_indices: list[torch.Tensor], ctx: Context) -> dic
     args, train = ctx.args, ctx.train
     envs = [train.subset(idx) for idx in env_indices]
     pooled = train.subset(torch.cat(env_indices))
-    penalty_weight = 0.0 if name == "erm" else args.penalty_weight
+    irm = ctx.part(IrmConfig)
+    if name == "erm":  # pooled ERM: the same training without the penalty
+        irm = dataclasses.replace(irm, penalty_weight=0.0)
     restarts = []
     for restart in range(args.n_restarts):
         finished, training = StepState(ctx.out_dir, f"{name}_restart{restart}"), f"{name}_restart{restart}_training"
         entry = finished.load()
         if entry is None:
-            model, _ = fit_irm(ctx, args, envs, penalty_weight, offset=restart,
+            model, _ = fit_irm(ctx, irm, envs, offset=restart,
                                desc=f"{LABELS[name]} restart {restart + 1}", build=build_irm_model, step=training)
-            entry = {"seed": args.seed + restart, "train_acc": accuracy_on(model, pooled, args, ctx.device),
-                     "splits": evaluate_model(model, ctx.splits, args, ctx.device)}
+            entry = {"seed": args.seed + restart, "train_acc": accuracy_on(model, pooled, ctx.runtime),
+                     "splits": evaluate_model(model, ctx.splits, ctx.runtime)}
             finished.save(entry)
             StepState(ctx.out_dir, training).clear()
         else:
@@ -131,7 +136,7 @@ def run_variant(name: str, env_indices: list[torch.Tensor], ctx: Context) -> dic
         "selection": IRM.selection,
         "val_samples": "the whole val split",
         "env_sizes": [len(idx) for idx in env_indices],
-        "penalty_weight": penalty_weight,
+        "penalty_weight": irm.penalty_weight,
         "train_acc": stats([r["train_acc"] for r in restarts]),
         "test_acc": stats([r["splits"]["test"]["avg_acc"] for r in restarts]),
         "test_worst_group_acc": stats([r["splits"]["test"]["worst_group_acc"] for r in restarts]),
@@ -165,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(describe(files["minority"]))
     print(describe(files["balanced"]))
     variants = {name: run_variant(name, indices, ctx) for name, indices in environments.items()}
-    payload = results_payload("irm", args, started, variants["irm_clusters"]["splits"],
+    payload = results_payload("irm", plain_args(args), started, variants["irm_clusters"]["splits"],
                               primary_method="irm_clusters", methods=variants,
                               environments={"minority": files["minority"], "balanced": files["balanced"]})
     path = write_results(ctx.out_dir, payload)
@@ -199,8 +204,9 @@ def renamed_flags(argv: Sequence[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="irm.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--minority_env", required=True, help="minority/ folder written by environments.py")
-    parser.add_argument("--balance_env", required=True, help="balanced/ folder written by environments.py")
+    parser.add_argument("--minority_env", help="minority/ folder written by environments.py (required)")
+    parser.add_argument("--balance_env", help="balanced/ folder written by environments.py (required)")
+    add_config_arg(parser)
     add_training_args(parser)
     parser.set_defaults(irm_batch_size=0)  # the IRM paper's full batch
     parser.add_argument("--n_restarts", type=positive_int, default=3, help="trainings per variant (seeds seed..)")
@@ -216,8 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The flags, with the default ``--out_dir`` filled in from the environments' data set."""
-    args = build_parser().parse_args(renamed_flags(sys.argv[1:] if argv is None else argv))
+    """The flags (over ``--config``'s values), with the default ``--out_dir`` filled in from the environments'
+    data set."""
+    args, _ = parse_with_config(build_parser(), renamed_flags(sys.argv[1:] if argv is None else argv),
+                                required=("minority_env", "balance_env"))
     if args.out_dir is None:
         data = load_environment(args.minority_env, "--minority_env").summary["data"]
         args.out_dir = default_out_dir(data, args.seed)

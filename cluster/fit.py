@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from utils.checkpoint import plain_args
 from utils.cli import int_at_least
 from utils.distributed import run_on_main
 from utils.errors import UserError
+from utils.options import add_options, from_args, option
 from utils.results import atomic_write_text
 from utils.run_dir import RunKind, prepare_out_dir
 from utils.runtime import resolve_device, runtime_from_args, seed_everything
@@ -46,8 +47,27 @@ def num_clusters_type(text: str) -> int | str:
     return text if text == "auto" else at_least_two(text)
 
 
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The clustering settings (:func:`add_cluster_args` says why the defaults are what they are)."""
+
+    num_clusters: int | str = option(DEFAULT_NUM_CLUSTERS, "k of k-means (per class with --per_class), or auto: best "
+                                                           "silhouette in 2..--max_clusters", type=num_clusters_type)
+    max_clusters: int = option(DEFAULT_MAX_CLUSTERS, "largest k tried by --num_clusters auto", type=at_least_two)
+    per_class: bool | None = option(None, "cluster each class separately (ids stay unique); default: per class when "
+                                          "PruSC computes its clusters (--mode prune/all), over all samples otherwise",
+                                    action=argparse.BooleanOptionalAction)
+    clusters_auto: bool = option(False, "choose the ERM snapshot to cluster and --per_class (k=2) without group "
+                                        "labels: the one whose clusters best predict how many snapshots misclassify "
+                                        "each val sample (cluster/choose.py); with ERM trained here, snapshots after "
+                                        "epoch 1, E/4 and E/2 are saved as candidates", action="store_true")
+    plot: str | None = option(None, "--mode cluster: save clusters.png, a 2-D PCA (default) or t-SNE picture",
+                              nargs="?", const="pca", choices=["pca", "tsne"])
+
+
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
-    """Clustering flags, shared by run.py (``--mode cluster``, ``prune``, ``all``) and cluster/clustering.py.
+    """Clustering flags (:class:`ClusterConfig`), shared by run.py (``--mode cluster``, ``prune``, ``all``) and
+    cluster/clustering.py.
 
     The defaults suit a binary spurious attribute such as the colour of Colored Digits and
     ColoredMNIST: 2 clusters over all samples, one per colour, so that each cluster's majority
@@ -58,38 +78,25 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     the ERM features cluster by label globally, leaving PruSC almost no positives).
     """
     group = parser.add_argument_group("clustering")
-    group.add_argument("--num_clusters", type=num_clusters_type, default=DEFAULT_NUM_CLUSTERS,
-                       help="k of k-means (per class with --per_class), or auto: best silhouette in 2..--max_clusters")
-    group.add_argument("--max_clusters", type=at_least_two, default=DEFAULT_MAX_CLUSTERS,
-                       help="largest k tried by --num_clusters auto")
-    group.add_argument("--per_class", action=argparse.BooleanOptionalAction, default=None,
-                       help="cluster each class separately (ids stay unique); default: per class when PruSC "
-                            "computes its clusters (--mode prune/all), over all samples otherwise")
-    group.add_argument("--clusters_auto", action="store_true",
-                       help="choose the ERM snapshot to cluster and --per_class (k=2) without group labels: the "
-                            "one whose clusters best predict how many snapshots misclassify each val sample "
-                            "(cluster/choose.py); with ERM trained here, snapshots after epoch 1, E/4 and E/2 are "
-                            "saved as candidates")
-    group.add_argument("--plot", nargs="?", const="pca", choices=["pca", "tsne"], default=None,
-                       help="--mode cluster: save clusters.png, a 2-D PCA (default) or t-SNE picture")
+    add_options(group, ClusterConfig)
     group.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="alias of --out_dir")
 
 
-def cluster_features(features: torch.Tensor, train_set: SpuriousDataset,
-                     args: argparse.Namespace) -> tuple[ClusterFit, dict]:
+def cluster_features(features: torch.Tensor, train_set: SpuriousDataset, settings: ClusterConfig,
+                     seed: int) -> tuple[ClusterFit, dict]:
     """k-means on ``features`` (k chosen by silhouette for ``auto``) and its quality summary; under
     ``torchrun`` rank 0 fits and every rank gets its result."""
-    return run_on_main(_cluster_features, features, train_set, args, where="while clustering")
+    return run_on_main(_cluster_features, features, train_set, settings, seed, where="while clustering")
 
 
-def _cluster_features(features: torch.Tensor, train_set: SpuriousDataset,
-                      args: argparse.Namespace) -> tuple[ClusterFit, dict]:
-    per_class = bool(args.per_class)  # None (flag not given) means over all samples here
+def _cluster_features(features: torch.Tensor, train_set: SpuriousDataset, settings: ClusterConfig,
+                      seed: int) -> tuple[ClusterFit, dict]:
+    per_class = bool(settings.per_class)  # None (flag not given) means over all samples here
     labels = train_set.y if per_class else None
-    k, silhouette = args.num_clusters, None
+    k, silhouette = settings.num_clusters, None
     if k == "auto":
-        k, silhouette = select_k(features, range(2, args.max_clusters + 1), args.seed, labels)
-    fit = fit_kmeans(features, k, args.seed, labels)
+        k, silhouette = select_k(features, range(2, settings.max_clusters + 1), seed, labels)
+    fit = fit_kmeans(features, k, seed, labels)
     if fit.cluster_label is None:
         fit = replace(fit, cluster_label=majority_label(fit.assign, train_set.y))
     return fit, summarize(fit.assign, train_set.y, train_set.a, per_class, silhouette)
@@ -104,9 +111,10 @@ def prepare_output(out_dir: str, overwrite: bool) -> Path:
     return prepare_out_dir(out_dir, overwrite, finished=CLUSTERS_NAME)
 
 
-def default_description(args: argparse.Namespace) -> str:
-    """The clustering ``--mode cluster`` makes without ``--clusters_auto``, in words."""
-    return f"{Path(args.checkpoint or '').stem}, {'per class' if args.per_class else 'global'}, k={args.num_clusters}"
+def default_description(checkpoint: str | None, settings: ClusterConfig) -> str:
+    """The clustering ``--mode cluster`` makes of ``checkpoint`` without ``--clusters_auto``, in words."""
+    scope = "per class" if settings.per_class else "global"
+    return f"{Path(checkpoint or '').stem}, {scope}, k={settings.num_clusters}"
 
 
 def choose(args: argparse.Namespace, splits: dict[str, SpuriousDataset], default: str) -> SnapshotChoice:
@@ -142,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
                                                    n_classes=train.n_classes)).model
         features = extract_features(model, train, runtime_from_args(args), args.eval_batch_size,
                                     num_workers=args.num_workers)
-    default = default_description(args)
+    default = default_description(args.checkpoint, from_args(ClusterConfig, args))
     if args.clusters_auto:
         made = choose(args, splits, default)
     chosen = None if made is None else made.choice.chosen
@@ -155,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
         assign = load_clusters(args.clusters, train)
         summary = summarize(assign, train.y, train.a, per_class=None)
     else:
-        fit, summary = cluster_features(features, train, args)
+        fit, summary = cluster_features(features, train, from_args(ClusterConfig, args), args.seed)
         assign = fit.assign
         summary["clusters_file"] = str(write_clusters(out_dir / CLUSTERS_NAME, train, assign))
     if args.plot:

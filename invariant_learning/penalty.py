@@ -6,12 +6,8 @@ on the logits: zero when rescaling the logits cannot lower that environment's ri
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
-
-from utils.cli import non_negative
 
 
 def irm_penalty(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -31,12 +27,3 @@ def penalty_weight_at(step: int, penalty_weight: float, anneal_iters: int) -> fl
         return penalty_weight
     return 1.0
 
-
-def add_penalty_args(group: argparse._ArgumentGroup) -> None:
-    """The IRMv1 objective's flags, shared by run.py and invariant_learning/irm.py."""
-    group.add_argument("--penalty_weight", type=non_negative(float), default=1e4,
-                       help="IRM: IRMv1 penalty weight after annealing")
-    group.add_argument("--penalty_anneal_iters", type=non_negative(int), default=100,
-                       help="IRM: steps with penalty weight 1 before --penalty_weight applies")
-    group.add_argument("--l2_regularizer_weight", type=non_negative(float), default=1e-3,
-                       help="IRM: L2 penalty on the weights")

@@ -10,19 +10,23 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from data import SpuriousDataset
-from training.erm import train_erm
+from models.factory import ModelConfig, model_from_args
+from training.erm import TrainConfig, train_erm
 from training.loops import Stateful
 from training.reference import Clusters, ReferenceModel, load_or_train_reference, reference_clusters
 from training.selection import BestEpoch, Selector, cells_of, requested_selector, selection_facts
 from utils.errors import UserError
 from utils.run_dir import StepState
-from utils.runtime import seed_everything
+from utils.options import add_options, from_args
+from utils.runtime import Runtime, runtime_from_args, seed_everything
+
+T = TypeVar("T")
 
 
 class MethodUnavailable(UserError):
@@ -80,6 +84,19 @@ class Context:
         return StepState(self.out_dir, name, background=self.device.type == "cuda")
 
     @property
+    def runtime(self) -> Runtime:
+        """How models run in this run (device, precision, memory format, workers, eval batch size)."""
+        return runtime_from_args(self.args, self.device)
+
+    def new_model(self) -> tuple[nn.Module, dict[str, Any]]:
+        """A fresh model of the run's model flags for the training split, and its rebuild arguments."""
+        return model_from_args(self.part(ModelConfig), self.train)
+
+    def part(self, cls: type[T]) -> T:
+        """The settings of ``cls`` (a frozen dataclass of flags, :mod:`utils.options`) in this run."""
+        return from_args(cls, self.args)
+
+    @property
     def requested_selector(self) -> Selector:
         """The selector ``--selection`` (and ``--min_cell_size``) ask for."""
         return requested_selector(self.args.selection, self.args.min_cell_size)
@@ -115,7 +132,8 @@ class Method:
     - ``group_labels``: where they are used (``"none"`` otherwise);
     - ``selection``: how the reported model is chosen, in words; with a :meth:`selector`, a sentence
       whose ``{score}`` the selector's words fill (results.json then says what was really used);
-    - ``needs_attributes``: the method cannot run on data without attribute labels.
+    - ``needs_attributes``: the method cannot run on data without attribute labels;
+    - ``config``: the frozen dataclass of its own flags (one field per flag, :mod:`utils.options`).
     """
 
     name: ClassVar[str]
@@ -123,10 +141,14 @@ class Method:
     group_labels: ClassVar[str] = "none"
     selection: ClassVar[str] = "last epoch"
     needs_attributes: ClassVar[bool] = False
+    config: ClassVar[type | None] = None  # the frozen dataclass of its own settings (utils/options.py), if any
 
-    @staticmethod
-    def add_args(group: argparse._ArgumentGroup) -> None:
-        """Add the method's own flags (published defaults) to run.py's parser."""
+    @classmethod
+    def add_args(cls, group: argparse._ArgumentGroup) -> None:
+        """Add the method's own flags (published defaults) to run.py's parser: those of its ``config``
+        (``fit`` reads them as ``ctx.part(self.config)``)."""
+        if cls.config is not None:
+            add_options(group, cls.config)
 
     def selector(self, requested: Selector) -> Selector | None:
         """The rule that picks the reported model (training/selection.py), given the one ``--selection``
@@ -161,9 +183,9 @@ def train_and_select(ctx: Context, step: str, model: nn.Module, train_set: Spuri
     best = BestEpoch(model)
 
     def select(epoch: int) -> None:
-        best.record(selector.score_model(model, val, cells, ctx.args, ctx.device), epoch + 1)
+        best.record(selector.score_model(model, val, cells, ctx.runtime), epoch + 1)
 
-    train_erm(model, train_set, ctx.args, ctx.device, generator, on_epoch_end=select, resume=ctx.step(step),
-              stateful={"best": best, **(stateful or {})}, **train_kwargs)
+    train_erm(model, train_set, ctx.part(TrainConfig), ctx.runtime, generator, on_epoch_end=select,
+              resume=ctx.step(step), stateful={"best": best, **(stateful or {})}, **train_kwargs)
     best.restore()
     return best

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,12 +27,12 @@ from methods.registry import register
 from training.selection import Selector, WorstGroup, stratified_halves
 from utils.cli import positive_int
 from utils.errors import UserError
-from utils.runtime import runtime_from_args
+from utils.options import option
 
 HELD_OUT_NOTE = "held-out half of val (the other half was used for the last-layer fit; this half chose C)"
 
 
-def c_grid(text: str) -> list[float]:
+def c_grid(text: str) -> tuple[float, ...]:
     """argparse type: comma-separated positive numbers."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -39,8 +40,18 @@ def c_grid(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
     if not values or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: every C must be > 0")
-    return values
+    return tuple(values)
 
+
+
+@dataclass(frozen=True)
+class DfrConfig:
+    """DFR's own settings (the paper's defaults)."""
+
+    dfr_c_grid: tuple[float, ...] = option(c_grid("1,0.7,0.3,0.1,0.07,0.03,0.01"),
+                                           "DFR: inverse L1 strengths tried (the paper's grid)", type=c_grid)
+    dfr_num_retrains: int = option(20, "DFR: balanced fits averaged into the final layer (paper: 20)",
+                                   type=positive_int)
 
 def balanced_fit(feats: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, rng: np.random.Generator,
                  n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,21 +86,15 @@ class DFR(Method):
     group_labels = "validation (balanced last-layer fit and the choice of C)"
     selection = "C with the best {score} on a held-out half of val"
     needs_attributes = True
-
-    @staticmethod
-    def add_args(group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--dfr_c_grid", type=c_grid, default=c_grid("1,0.7,0.3,0.1,0.07,0.03,0.01"),
-                           help="DFR: inverse L1 strengths tried (the paper's grid)")
-        group.add_argument("--dfr_num_retrains", type=positive_int, default=20,
-                           help="DFR: balanced fits averaged into the final layer (paper: 20)")
+    config = DfrConfig
 
     def selector(self, requested: Selector) -> Selector:
         return WorstGroup()
 
     def fit(self, ctx: Context) -> Fitted:
-        args, val = ctx.args, ctx.splits["val"]
+        args, val, dfr = ctx.args, ctx.splits["val"], ctx.part(DfrConfig)
         model = copy.deepcopy(ctx.reference.model)
-        feats = extract_features(model, val, runtime_from_args(args, ctx.device), args.eval_batch_size,
+        feats = extract_features(model, val, ctx.runtime, args.eval_batch_size,
                                  normalize=False, num_workers=args.num_workers).numpy()
         fit_idx, select_idx = (i.numpy() for i in stratified_halves(val.groups, args.seed))
         mean, std = feats[fit_idx].mean(0), feats[fit_idx].std(0) + 1e-8
@@ -99,11 +104,11 @@ class DFR(Method):
             raise UserError("DFR needs at least two (label, attribute) groups in the validation split")
         selector, held_out = self.selector(ctx.requested_selector), val.subset(torch.as_tensor(select_idx))
         scores = {}
-        for c in args.dfr_c_grid:
+        for c in dfr.dfr_c_grid:
             w, b = averaged_fit(z[fit_idx], y[fit_idx], groups[fit_idx], c, 1, args.seed, val.n_classes)
             scores[c] = selector.score(torch.as_tensor(z[select_idx] @ w.T + b).argmax(1), held_out, None)
         best_c = max(scores, key=lambda c: (scores[c], -c))
-        w, b = averaged_fit(z[fit_idx], y[fit_idx], groups[fit_idx], best_c, args.dfr_num_retrains, args.seed,
+        w, b = averaged_fit(z[fit_idx], y[fit_idx], groups[fit_idx], best_c, dfr.dfr_num_retrains, args.seed,
                             val.n_classes)
         head = model.head
         with torch.no_grad():  # fold the standardisation into the layer: w.(x - mean)/std + b

@@ -25,38 +25,50 @@ when ``w > 1``. The last step's model is reported (no model selection), as in th
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from cluster.fit import cluster_features
+from cluster.fit import ClusterConfig, cluster_features
 from data import SpuriousDataset
 from invariant_learning.construction import (add_construction_args, check_against, check_pair, conflicting_mask,
                                              describe, label_attr_agreement, load_environment, split_environments)
-from invariant_learning.penalty import add_penalty_args, irm_penalty, penalty_weight_at
+from invariant_learning.penalty import irm_penalty, penalty_weight_at
 from methods.base import Context, Fitted, Method, MethodUnavailable
 from methods.registry import register
-from models.factory import model_from_args
-from training.loops import check_finite, load_step, predict_logits, save_step
+from training.loops import check_finite, load_step, predict, save_step
 from utils.cli import non_negative, positive_int
 from utils.errors import UserError
 from utils.run_dir import StepState
-from utils.runtime import make_loader, progress, runtime_from_args, to_device
+from utils.options import add_options, option
+from utils.runtime import Runtime, as_runtime, make_loader, progress, to_device
 
 FULL_BATCH_CHUNK = 4096
 SAVE_EVERY = 100  # IRM steps between resume states
 ENV_KINDS = ("clusters", "files", "random", "true")
 
 
+@dataclass(frozen=True)
+class IrmConfig:
+    """IRM's objective and optimisation settings, the same flags in run.py and irm.py."""
+
+    penalty_weight: float = option(1e4, "IRM: IRMv1 penalty weight after annealing", type=non_negative(float))
+    penalty_anneal_iters: int = option(100, "IRM: steps with penalty weight 1 before --penalty_weight applies",
+                                       type=non_negative(int))
+    l2_regularizer_weight: float = option(1e-3, "IRM: L2 penalty on the weights", type=non_negative(float))
+    irm_lr: float = option(1e-3, "IRM: Adam learning rate", type=non_negative(float))
+    irm_steps: int = option(501, "IRM: optimisation steps", type=positive_int)
+    irm_batch_size: int | None = option(None, "IRM: samples per environment per step, 0: every environment whole "
+                                              "(run.py's default: its --batch_size; irm.py's: 0)",
+                                        type=non_negative(int))
+
+
 def add_training_args(group: argparse._ArgumentGroup) -> None:
-    """IRM's objective and optimisation flags, the same in run.py and irm.py."""
-    add_penalty_args(group)
-    group.add_argument("--irm_lr", type=non_negative(float), default=1e-3, help="IRM: Adam learning rate")
-    group.add_argument("--irm_steps", type=positive_int, default=501, help="IRM: optimisation steps")
-    group.add_argument("--irm_batch_size", type=non_negative(int), default=None,
-                       help="IRM: samples per environment per step, 0: every environment whole (run.py's default: "
-                            "its --batch_size; irm.py's: 0)")
+    """IRM's objective and optimisation flags (:class:`IrmConfig`), the same in run.py and irm.py."""
+    add_options(group, IrmConfig)
 
 
 def whole(dataset: SpuriousDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,25 +86,27 @@ def environment_batch(env: SpuriousDataset, batch_size: int, generator: torch.Ge
     return to_device(x, device), y.to(device)
 
 
-def train_irm(model: nn.Module, envs: list[SpuriousDataset], args: argparse.Namespace, penalty_weight: float,
-              device: torch.device, generator: torch.Generator, desc: str, resume: StepState | None = None) -> None:
-    """IRMv1 training of ``model`` in place (objective in the module docstring). With ``resume`` the
-    state is saved every :data:`SAVE_EVERY` steps and a saved state is continued."""
+def train_irm(model: nn.Module, envs: list[SpuriousDataset], irm: IrmConfig, batch_size: int,
+              runtime: Runtime | torch.device, generator: torch.Generator, desc: str,
+              resume: StepState | None = None) -> None:
+    """IRMv1 training of ``model`` in place (objective in the module docstring), ``batch_size`` samples per
+    environment per step (0: whole). With ``resume`` the state is saved every :data:`SAVE_EVERY` steps and
+    a saved state is continued."""
+    runtime = as_runtime(runtime)
+    device = runtime.device
     model.to(device).train()
-    runtime = runtime_from_args(args, device)
-    batch_size = args.batch_size if args.irm_batch_size is None else args.irm_batch_size  # not given: --batch_size
     full = [whole(env, device) for env in envs] if batch_size == 0 else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.irm_lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=irm.irm_lr)
     weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
     parts = {"model": model, "optimizer": optimizer}
-    state = load_step(resume, parts, generator, desc, args.irm_steps, unit="step")
-    for step in progress(range(state["epoch"] if state else 0, args.irm_steps), desc=desc):
+    state = load_step(resume, parts, generator, desc, irm.irm_steps, unit="step")
+    for step in progress(range(state["epoch"] if state else 0, irm.irm_steps), desc=desc):
         batches = full or [environment_batch(env, batch_size, generator, device) for env in envs]
-        weight = penalty_weight_at(step, penalty_weight, args.penalty_anneal_iters)
+        weight = penalty_weight_at(step, irm.penalty_weight, irm.penalty_anneal_iters)
         with runtime.autocast():
             logits = [model(runtime.batch(x)).float() for x, _ in batches]
         loss = torch.stack([nn.functional.cross_entropy(z, y) for z, (_, y) in zip(logits, batches)]).mean()
-        loss = loss + args.l2_regularizer_weight * sum(w.pow(2).sum() for w in weights)
+        loss = loss + irm.l2_regularizer_weight * sum(w.pow(2).sum() for w in weights)
         if weight:
             loss = loss + weight * torch.stack([irm_penalty(z, y) for z, (_, y) in zip(logits, batches)]).mean()
         if weight > 1:
@@ -101,26 +115,25 @@ def train_irm(model: nn.Module, envs: list[SpuriousDataset], args: argparse.Name
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if resume is not None and ((step + 1) % SAVE_EVERY == 0 or step + 1 == args.irm_steps):
-            save_step(resume, step + 1, step + 1 == args.irm_steps, parts, generator)
+        if resume is not None and ((step + 1) % SAVE_EVERY == 0 or step + 1 == irm.irm_steps):
+            save_step(resume, step + 1, step + 1 == irm.irm_steps, parts, generator)
 
 
-def fit_irm(ctx: Context, args: argparse.Namespace, envs: list[SpuriousDataset], penalty_weight: float,
-            offset: int = 0, desc: str = "IRM",
-            build: Callable[[argparse.Namespace, SpuriousDataset], tuple[nn.Module, dict]] = model_from_args,
+def fit_irm(ctx: Context, irm: IrmConfig, envs: list[SpuriousDataset], offset: int = 0, desc: str = "IRM",
+            build: Callable[[Context], tuple[nn.Module, dict]] = Context.new_model,
             step: str = "irm") -> tuple[nn.Module, dict]:
-    """A model from ``build`` trained by :func:`train_irm` with seed ``--seed + offset`` (initialisation and
-    batches), and its rebuild arguments; ``step`` names its resume state."""
+    """A model from ``build`` (the run's model by default) trained by :func:`train_irm` with seed ``--seed +
+    offset`` (initialisation and batches), and its rebuild arguments; ``step`` names its resume state."""
     generator = ctx.generator(offset)
-    model, arch_args = build(args, ctx.train)
-    train_irm(model, envs, args, penalty_weight, ctx.device, generator, desc, resume=ctx.step(step))
+    model, arch_args = build(ctx)
+    batch_size = ctx.args.batch_size if irm.irm_batch_size is None else irm.irm_batch_size  # not given: --batch_size
+    train_irm(model, envs, irm, batch_size, ctx.runtime, generator, desc, resume=ctx.step(step))
     return model, arch_args
 
 
-def accuracy_on(model: nn.Module, dataset: SpuriousDataset, args: argparse.Namespace, device: torch.device) -> float:
+def accuracy_on(model: nn.Module, dataset: SpuriousDataset, runtime: Runtime | torch.device) -> float:
     """Plain accuracy of ``model`` on ``dataset`` (e.g. the pooled training environments)."""
-    loader = make_loader(dataset, args.eval_batch_size, num_workers=args.num_workers)
-    preds = predict_logits(model, loader, runtime_from_args(args, device), desc="train accuracy").argmax(1)
+    preds = predict(model, dataset, runtime, desc="train accuracy").argmax(1)
     return float((preds == dataset.y).double().mean())
 
 
@@ -152,7 +165,7 @@ def cluster_environments(ctx: Context) -> tuple[list[torch.Tensor], dict[str, An
     assign = ctx.clusters.train
     if bool((conflicting_mask(train.y, assign) == 0).all()):  # label-pure (e.g. per-class) clusters
         fit, _ = cluster_features(ctx.clusters.train_features, train,
-                                  argparse.Namespace(**{**vars(args), "per_class": False}))
+                                  dataclasses.replace(ctx.part(ClusterConfig), per_class=False), args.seed)
         assign = fit.assign
     conflicting = conflicting_mask(train.y, assign)
     if not bool(conflicting.any()):
@@ -233,7 +246,7 @@ class IRM(Method):
             print(describe(summary[role]))
         if not roles:
             print(f"IRM {summary['source']} environments: {', '.join(str(len(i)) for i in indices)} samples")
-        model, arch_args = fit_irm(ctx, args, [ctx.train.subset(i) for i in indices], args.penalty_weight)
+        model, arch_args = fit_irm(ctx, ctx.part(IrmConfig), [ctx.train.subset(i) for i in indices])
         info: dict[str, Any] = {"environments": summary, "env_sizes": [len(i) for i in indices]}
         if kind == "true":  # the environments are the data set's own groups of samples
             info.update(uses_group_labels=True, group_labels="training (the true environments)")

@@ -13,7 +13,7 @@ CelebA values (its Waterbirds values are T = 60, lambda_up = 100).
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -22,22 +22,30 @@ from torch import nn
 from data import SpuriousDataset
 from methods.base import Context, Fitted, Method, train_and_select
 from methods.registry import register
-from models.factory import model_from_args
-from training.erm import train_erm
-from training.loops import predict_logits
+from training.erm import TrainConfig, train_erm
+from training.loops import predict
 from training.selection import Selector
 from utils.cli import positive_int
+from utils.options import option
 from utils.results import atomic_write_text
-from utils.runtime import make_loader, runtime_from_args
+from utils.runtime import Runtime
 
 ERROR_SET_NAME = "jtt_error_set.csv"
 
 
-def error_set(model: nn.Module, train: SpuriousDataset, args: argparse.Namespace,
-              device: torch.device) -> torch.Tensor:
+@dataclass(frozen=True)
+class JttConfig:
+    """JTT's own settings."""
+
+    jtt_id_epochs: int = option(1, "JTT: ERM epochs of the identification model (T; paper: 1 CelebA, 60 Waterbirds)",
+                                type=positive_int)
+    jtt_lambda_up: int = option(50, "JTT: copies of each error-set sample (lambda_up; paper: 50 CelebA, 100 "
+                                    "Waterbirds)", type=positive_int)
+
+
+def error_set(model: nn.Module, train: SpuriousDataset, runtime: Runtime | torch.device) -> torch.Tensor:
     """Sorted training positions the model classifies wrongly."""
-    loader = make_loader(train, args.eval_batch_size, num_workers=args.num_workers)
-    preds = predict_logits(model, loader, runtime_from_args(args, device), desc="JTT error set").argmax(1)
+    preds = predict(model, train, runtime, desc="JTT error set").argmax(1)
     return torch.nonzero(preds != train.y).flatten()
 
 
@@ -51,27 +59,22 @@ class JTT(Method):
     """Train an identification model, upsample its training mistakes, train again."""
 
     name = "jtt"
+    config = JttConfig
     selection = "epoch with the best {score} on val"
 
-    @staticmethod
-    def add_args(group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--jtt_id_epochs", type=positive_int, default=1,
-                           help="JTT: ERM epochs of the identification model (T; paper: 1 CelebA, 60 Waterbirds)")
-        group.add_argument("--jtt_lambda_up", type=positive_int, default=50,
-                           help="JTT: copies of each error-set sample (lambda_up; paper: 50 CelebA, 100 Waterbirds)")
 
     def selector(self, requested: Selector) -> Selector:
         return requested
 
     def fit(self, ctx: Context) -> Fitted:
-        args, train = ctx.args, ctx.train
-        identifier, _ = model_from_args(args, train)
-        train_erm(identifier, train, args, ctx.device, ctx.generator(), epochs=args.jtt_id_epochs,
+        train, jtt = ctx.train, ctx.part(JttConfig)
+        identifier, _ = ctx.new_model()
+        train_erm(identifier, train, ctx.part(TrainConfig), ctx.runtime, ctx.generator(), epochs=jtt.jtt_id_epochs,
                   desc="JTT identification", resume=ctx.step("jtt_identification"))
-        errors = error_set(identifier, train, args, ctx.device)
+        errors = error_set(identifier, train, ctx.runtime)
         atomic_write_text(ctx.out_dir / ERROR_SET_NAME, pd.DataFrame({"index": errors.numpy()}).to_csv(index=False))
-        model, arch_args = model_from_args(args, train)
-        best = train_and_select(ctx, "jtt", model, upsampled(train, errors, args.jtt_lambda_up), self.selector(ctx.requested_selector),
+        model, arch_args = ctx.new_model()
+        best = train_and_select(ctx, "jtt", model, upsampled(train, errors, jtt.jtt_lambda_up), self.selector(ctx.requested_selector),
                                 seed_offset=1, desc="JTT")
         return Fitted(model, arch_args=arch_args, info={
             "error_set_size": len(errors), "error_set_file": str(ctx.out_dir / ERROR_SET_NAME),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from methods.base import Context, Fitted, Method, train_and_select
 from methods.registry import register
-from models.factory import model_from_args
 from training.selection import Selector, WorstGroup
 
 
@@ -30,8 +29,8 @@ class GroupBalancedOracle(Method):
         return super().unavailable(ctx)
 
     def fit(self, ctx: Context) -> Fitted:
-        args, train = ctx.args, ctx.train
-        model, arch_args = model_from_args(args, train)
+        train = ctx.train
+        model, arch_args = ctx.new_model()
         best = train_and_select(ctx, self.name, model, train, self.selector(ctx.requested_selector),
                                 cells=train.groups, desc="group-balanced ERM")
         return Fitted(model, arch_args=arch_args, info={"best_epoch": best.epoch, "selection_scores": best.scores})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 from typing import Any
 
 from torch import nn
@@ -18,7 +19,9 @@ from torch import nn
 from methods.base import Context, Fitted, Method
 from methods.registry import register
 from methods.retrain_only import recipe_data, retrain_fitted
-from training.prune import learn_masks
+from models.factory import checkpoint_content
+from training.erm import TrainConfig
+from training.prune import PruneConfig, learn_masks
 from training.selection import Selector
 
 
@@ -67,26 +70,32 @@ class PruSC(Method):
     """Mask learning with ``--lambda_con_prune`` * L_con, then retraining."""
 
     name = "prusc"
+    config = PruneConfig
     selection = ("sparsest mask within --prune_tolerance of the best, then the best retraining epoch, both by {score} "
                  "on the selection samples")
 
     def selector(self, requested: Selector) -> Selector:
         return requested
 
-    def pruning_args(self, args: argparse.Namespace) -> argparse.Namespace:
-        return args
+    def pruning(self, prune: PruneConfig) -> PruneConfig:
+        """The mask-learning settings of this variant, given those of the flags."""
+        return prune
 
     def fit(self, ctx: Context) -> Fitted:
-        args = self.pruning_args(ctx.args)
+        prune = self.pruning(ctx.part(PruneConfig))
         model = copy.deepcopy(ctx.reference.model)
         data = recipe_data(ctx)
         selector = self.selector(ctx.requested_selector)
+        runtime, arch_args = ctx.runtime, ctx.reference.arch_args
 
         def score(masked: nn.Module) -> float:  # the retraining's selection rule, on its selection samples
-            return selector.score_model(masked, data.select, data.select_cells, args, ctx.device)
+            return selector.score_model(masked, data.select, data.select_cells, runtime)
 
-        history = learn_masks(model, ctx.train, ctx.clusters.train, args, ctx.device, ctx.generator(),
-                              save_to=ctx.out_dir / f"{self.name}_pruned.pt", arch_args=ctx.reference.arch_args,
+        def checkpoint(masked: nn.Module) -> dict[str, Any]:
+            return checkpoint_content(masked, ctx.args, arch_args, ctx.train.n_classes)
+
+        history = learn_masks(model, ctx.train, ctx.clusters.train, prune, ctx.part(TrainConfig).batch_size, runtime,
+                              ctx.generator(), save_to=ctx.out_dir / f"{self.name}_pruned.pt", checkpoint=checkpoint,
                               score=score, resume=ctx.step(f"{self.name}_prune"))
         fitted = retrain_fitted(model, ctx, data, selector, f"{self.name}_retrain")
         fitted.info["pruning"] = history
@@ -99,8 +108,8 @@ class PruSCNoCon(PruSC):
 
     name = "prusc_no_con"
 
-    def pruning_args(self, args: argparse.Namespace) -> argparse.Namespace:
-        return argparse.Namespace(**{**vars(args), "lambda_con_prune": 0.0})
+    def pruning(self, prune: PruneConfig) -> PruneConfig:
+        return dataclasses.replace(prune, lambda_con_prune=0.0)
 
 
 register(PruSC)

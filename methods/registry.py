@@ -36,6 +36,8 @@ def parse_methods(text: str) -> list[str]:
 
 
 def add_method_args(parser: argparse.ArgumentParser) -> None:
-    """Each registered method's own flags, in one argument group per method."""
+    """Each registered method's own flags, in one argument group per method (a variant that inherits its
+    parent's flags, such as prusc_no_con, adds none)."""
     for cls in REGISTRY.values():
-        cls.add_args(parser.add_argument_group(f"method {cls.name}"))
+        if "add_args" in vars(cls) or "config" in vars(cls):
+            cls.add_args(parser.add_argument_group(f"method {cls.name}"))

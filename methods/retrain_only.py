@@ -11,7 +11,8 @@ from torch import nn
 
 from methods.base import Context, Fitted, Method
 from methods.registry import register
-from training.retrain import RetrainData, retrain, retrain_data
+from training.erm import TrainConfig
+from training.retrain import RetrainConfig, RetrainData, retrain, retrain_data
 from training.selection import Selector
 
 HELD_OUT_NOTE = "held-out half of val (the other half was used for retraining)"
@@ -25,9 +26,10 @@ def recipe_data(ctx: Context) -> RetrainData:
 def retrain_fitted(model: nn.Module, ctx: Context, data: RetrainData, selector: Selector, step: str) -> Fitted:
     """Retrain ``model`` in place with the ``--retrain_*`` recipe on ``data`` and select the epoch with
     ``selector``; ``step`` names the resume state."""
-    args = ctx.args
-    info = retrain(model, data, selector, args, ctx.device, ctx.generator(), resume=ctx.step(step))
-    on_val = args.retrain_split == "val"
+    recipe = ctx.part(RetrainConfig)
+    info = retrain(model, data, selector, recipe, ctx.part(TrainConfig), ctx.runtime, ctx.generator(),
+                   resume=ctx.step(step))
+    on_val = recipe.retrain_split == "val"
     return Fitted(model, info=info, val=data.select if on_val else None, val_note=HELD_OUT_NOTE if on_val else None)
 
 

@@ -49,7 +49,7 @@ def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any
     if fitted.val is not None:
         splits["val"] = fitted.val
     result: dict[str, Any] = {
-        "splits": evaluate_model(fitted.model, splits, ctx.args, ctx.device),
+        "splits": evaluate_model(fitted.model, splits, ctx.runtime),
         **method.selection_facts(ctx.requested_selector),
         "val_samples": fitted.val_note or "the whole val split",
     }
@@ -129,7 +129,7 @@ def finish(mode: str, ctx: Context, started: float, results: dict[str, dict[str,
     extra.update(ctx.facts)
     if "density" in results[main]:
         extra["density"] = results[main]["density"]
-    payload = results_payload(mode, ctx.args, started, results[main]["splits"], primary_method=main,
+    payload = results_payload(mode, plain_args(ctx.args), started, results[main]["splits"], primary_method=main,
                               methods=results, **extra)
     picture = run_on_main(write_report, Path(ctx.out_dir) / "report.png", [payload]) if report else None
     path = write_results(ctx.out_dir, payload)  # last: results.json marks the run finished, picture included

@@ -19,28 +19,43 @@ from torch import nn
 
 from data import data_settings
 from data.base import SpuriousDataset
-from models import build_model
+from models import ARCHS, build_model
 from models.masking import load_mask_logits, set_mask_mode, split_state
 from utils.checkpoint import check_data_settings, load_checkpoint, plain_args
+from utils.cli import positive_int
 from utils.errors import UserError
+from utils.options import option
 
 
-def arch_args_from_cli(args: argparse.Namespace) -> dict[str, Any]:
-    """Constructor keyword arguments of ``args.arch`` taken from the flags."""
-    if args.arch == "mlp":
-        return {"hidden_dim": args.hidden_dim}
-    if args.arch == "cnn":
-        return {"width": args.cnn_width}
-    return {"imagenet": bool(args.imagenet), "pretrained_path": args.pretrained_path}
+@dataclass(frozen=True)
+class ModelConfig:
+    """The backbone a run builds (``--arch`` is settled by ``run.resolve`` or adopted from ``--checkpoint``)."""
+
+    arch: str | None = option(None, "backbone (default: the one in --checkpoint, else mlp for digits/cmnist and "
+                                    "resnet18 for photo data sets)", choices=sorted(ARCHS))
+    hidden_dim: int = option(256, "MLP width", type=positive_int)
+    cnn_width: int = option(32, "small CNN base width", type=positive_int)
+    imagenet: bool = option(False, "start ResNets from torchvision's ImageNet weights", action="store_true")
+    pretrained_path: str | None = option(None, "local torchvision-format ResNet weights (offline)")
 
 
-def model_from_args(args: argparse.Namespace, train_set: SpuriousDataset) -> tuple[nn.Module, dict[str, Any]]:
-    """A fresh model for ``args.arch``, plus the arguments that rebuild it from a checkpoint.
+def arch_args_from_cli(settings: ModelConfig) -> dict[str, Any]:
+    """Constructor keyword arguments of ``settings.arch`` taken from the flags."""
+    if settings.arch == "mlp":
+        return {"hidden_dim": settings.hidden_dim}
+    if settings.arch == "cnn":
+        return {"width": settings.cnn_width}
+    return {"imagenet": bool(settings.imagenet), "pretrained_path": settings.pretrained_path}
+
+
+def model_from_args(settings: ModelConfig, train_set: SpuriousDataset) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh model for ``settings.arch`` (the model flags), plus the arguments that rebuild it from a
+    checkpoint.
 
     Pretrained-weight options are not stored: the checkpoint's ``state_dict`` carries the weights.
     """
-    arch_args = arch_args_from_cli(args)
-    model = build_model(args.arch, train_set.input_shape, train_set.n_classes, **arch_args)
+    arch_args = arch_args_from_cli(settings)
+    model = build_model(settings.arch, train_set.input_shape, train_set.n_classes, **arch_args)
     rebuild = {k: v for k, v in arch_args.items() if k not in ("imagenet", "pretrained_path")}
     rebuild["input_shape"] = list(train_set.input_shape)
     return model, rebuild

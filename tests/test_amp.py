@@ -12,13 +12,14 @@ import run
 from conftest import read_results
 from data import build_splits
 from models import build_model
-from models.factory import model_from_args
+from models.factory import ModelConfig, model_from_args
 from models.masking import mask_parameters
-from training.erm import train_erm
+from training.erm import TrainConfig, train_erm
 from training.loops import make_optimizer, predict_logits, train_classifier
-from training.prune import learn_masks
+from training.prune import PruneConfig, learn_masks
 from training.samplers import training_loader
 from utils import runtime as runtime_module
+from utils.options import from_args
 from utils.runtime import Runtime, runtime_from_args, seed_everything
 
 CPU = torch.device("cpu")
@@ -107,9 +108,9 @@ def test_fp32_runtime_trains_exactly_like_a_plain_loop():
     assert runtime_from_args(args) == Runtime(CPU)
     train = build_splits(args)["train"]
     seed_everything(0)
-    model, _ = model_from_args(args, train)
+    model, _ = model_from_args(from_args(ModelConfig, args), train)
     plain = copy.deepcopy(model)
-    train_erm(model, train, args, CPU, seed_everything(0))
+    train_erm(model, train, from_args(TrainConfig, args), runtime_from_args(args, CPU), seed_everything(0))
 
     generator = seed_everything(0)
     loader = training_loader(train, args.batch_size, generator, 0, None)
@@ -183,7 +184,8 @@ def masks_learned(model: nn.Module, *flags: str) -> list[torch.Tensor]:
     args = run.parse_args([*TINY, "--arch", "cnn", "--cnn_width", "4", "--batch_size", "32", *flags,
                            "--out_dir", "unused"])
     train = build_splits(args)["train"]
-    learn_masks(model, train, train.y * 2 + train.a, args, CPU, seed_everything(0))
+    learn_masks(model, train, train.y * 2 + train.a, from_args(PruneConfig, args), args.batch_size,
+                runtime_from_args(args, CPU), seed_everything(0))
     return [p.detach().clone() for p in mask_parameters(model)]
 
 

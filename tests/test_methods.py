@@ -17,8 +17,7 @@ from methods.base import Context, Fitted, Method
 from methods.dfr import DFR
 from methods.groupdro import GroupDROLoss
 from methods.jtt import JTT, upsampled
-from models.factory import model_from_args
-from training.erm import train_erm
+from training.erm import TrainConfig, train_erm
 from utils.runtime import resolve_device, seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +78,7 @@ def test_a_method_registered_elsewhere_appears_in_mode_all(tmp_path, run_cli):
         name = "dummy_constant"
 
         def fit(self, ctx: Context) -> Fitted:
-            model, arch_args = model_from_args(ctx.args, ctx.train)
+            model, arch_args = ctx.new_model()
             with torch.no_grad():
                 model.head.weight.zero_()
                 model.head.bias.copy_(torch.tensor([1.0, 0.0]))
@@ -128,8 +127,8 @@ def test_jtt_error_set_is_the_identification_models_training_mistakes(tmp_path):
     JTT().fit(ctx)
     written = pd.read_csv(tmp_path / "jtt_error_set.csv")["index"].tolist()
     seed_everything(ctx.args.seed)
-    identifier, _ = model_from_args(ctx.args, ctx.train)
-    train_erm(identifier, ctx.train, ctx.args, ctx.device, seed_everything(ctx.args.seed), epochs=1)
+    identifier, _ = ctx.new_model()
+    train_erm(identifier, ctx.train, ctx.part(TrainConfig), ctx.runtime, seed_everything(ctx.args.seed), epochs=1)
     with torch.no_grad():
         identifier.eval()
         preds = identifier(ctx.train.load_images(torch.arange(len(ctx.train)))).argmax(1)

@@ -10,8 +10,9 @@ from conftest import read_results
 from data.digits import make_colored_digits
 from models import build_model
 from models.masking import attach_masks, density_report, iter_masks
-from training.prune import learn_masks
+from training.prune import PruneConfig, learn_masks
 from utils.checkpoint import load_checkpoint
+from utils.options import from_args
 from utils.runtime import seed_everything
 
 FAST = ("--data", "digits", "--device", "cpu", "--epochs", "3", "--pruning_ep", "2", "--retrain_ep", "2",
@@ -32,7 +33,8 @@ def test_pruning_step_never_changes_weights_or_batchnorm_statistics():
     model(torch.randn(32, *train.input_shape))  # non-trivial running statistics
     before = copy.deepcopy(model.state_dict())
     args = run.parse_args(["--pruning_ep", "1", "--batch_size", "32", "--lambda_sparse", "1e-6"])
-    learn_masks(model, train, train.y * 2 + train.a, args, torch.device("cpu"), seed_everything(0))
+    learn_masks(model, train, train.y * 2 + train.a, from_args(PruneConfig, args), args.batch_size, torch.device("cpu"),
+                seed_everything(0))
     after = model.state_dict()
     for key, value in before.items():
         moved = key.replace(".weight", ".parametrizations.weight.original") if key not in after else key

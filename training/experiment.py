@@ -1,7 +1,6 @@
 """What every mode shares: evaluate a model on the splits, package the results."""
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -9,35 +8,34 @@ import torch
 from torch import nn
 
 from data import SpuriousDataset
-from training.loops import predict_logits
-from utils.checkpoint import plain_args
+from training.loops import predict
 from utils.metrics import compute_metrics, group_counts
-from utils.runtime import make_loader, runtime_from_args
+from utils.runtime import Runtime
 
 
-def evaluate_model(model: nn.Module, splits: dict[str, SpuriousDataset], args: argparse.Namespace,
-                   device: torch.device, names: tuple[str, ...] = ("val", "test")) -> dict[str, dict]:
+def evaluate_model(model: nn.Module, splits: dict[str, SpuriousDataset], runtime: Runtime | torch.device,
+                   names: tuple[str, ...] = ("val", "test")) -> dict[str, dict]:
     """Per-group metrics on each named split, weighted-average weights from the training groups."""
     train = splits["train"]
     train_counts = group_counts(train.y, train.a)
-    out, runtime = {}, runtime_from_args(args, device)
+    out = {}
     for name in names:
         ds = splits[name]
-        loader = make_loader(ds, args.eval_batch_size, num_workers=args.num_workers)
-        logits = predict_logits(model, loader, runtime, desc=f"evaluate {name}")
+        logits = predict(model, ds, runtime, desc=f"evaluate {name}")
         out[name] = compute_metrics(logits.argmax(1), ds.y, ds.a, train_counts)
     return out
 
 
-def results_payload(mode: str, args: argparse.Namespace, started: float, splits_metrics: dict[str, dict],
+def results_payload(mode: str, args: dict[str, Any], started: float, splits_metrics: dict[str, dict],
                     **extra: Any) -> dict[str, Any]:
-    """The results.json dict: the top-level keys every mode shares (ARCHITECTURE.md, "Results"), then ``extra``."""
+    """The results.json dict: the top-level keys every mode shares (ARCHITECTURE.md, "Results"), then ``extra``;
+    ``args`` are the run's arguments as recorded (:func:`utils.checkpoint.plain_args`)."""
     return {
         "mode": mode,
-        "data": args.data,
-        "arch": args.arch,
-        "seed": args.seed,
-        "args": plain_args(args),
+        "data": args["data"],
+        "arch": args["arch"],
+        "seed": args["seed"],
+        "args": args,
         "time_s": round(time.time() - started, 3),
         "splits": splits_metrics,
         **extra,

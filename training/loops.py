@@ -208,6 +208,13 @@ def train_classifier(
     return history
 
 
+def predict(model: nn.Module, dataset: Any, runtime: Runtime | torch.device, desc: str = "predict") -> torch.Tensor:
+    """:func:`predict_logits` over ``dataset`` in batches of the runtime's ``eval_batch_size`` and workers."""
+    runtime = as_runtime(runtime)
+    loader = make_loader(dataset, runtime.eval_batch_size, num_workers=runtime.num_workers)
+    return predict_logits(model, loader, runtime, desc)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: DataLoader, runtime: Runtime | torch.device,
                    desc: str = "predict") -> torch.Tensor:

@@ -37,8 +37,8 @@ The loss is read back from the device only at checks (every ``CHECK_EVERY`` step
 """
 from __future__ import annotations
 
-import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,7 +47,6 @@ from torch import nn
 
 from data import SpuriousDataset
 from models.masking import attach_masks, density_report, iter_masks, mask_parameters, set_mask_mode
-from models.factory import checkpoint_content
 from training.contrastive import cluster_contrastive_loss
 from training.parallel import data_parallel
 from utils.distributed import all_gather_cat, all_gather_with_grad, together
@@ -56,9 +55,11 @@ from training.loops import (CHECK_EVERY, INIT_FACTOR, LossWatch, check_contrasti
 from training.selection import cells_of, sparsest_within
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
+from utils.cli import non_negative, positive_float, positive_int
 from utils.errors import UserError
+from utils.options import option
 from utils.run_dir import StepState
-from utils.runtime import progress, runtime_from_args
+from utils.runtime import Runtime, as_runtime, progress
 
 REFERENCE_WEIGHTS = 23_459_008  # Conv2d + Linear weights of a two-class torchvision ResNet-50
 PATIENCE = 3
@@ -66,11 +67,39 @@ LOSS_TERMS = ("ce", "con", "sparse")
 PENALTIES = ("mean_keep", "sum_logits")
 
 
-def prune_learning_rate(args: argparse.Namespace, total_steps: int) -> float:
+@dataclass(frozen=True)
+class PruneConfig:
+    """The mask-learning settings (PruSC's pruning flags, added to the parser by methods/prusc.py)."""
+
+    pruning_ep: int = option(20, "mask-learning epochs", type=non_negative(int))
+    lr_prune: float | None = option(None, "Adam learning rate of mask logits (None: 2 * mask_init / total pruning "
+                                          "steps, so the density reached does not follow the number of steps)",
+                                    type=non_negative(float))
+    lambda_sparse: float = option(5e-8, "sparsity penalty per weight of a ResNet-50-sized network: the term is "
+                                        "lambda * 23.46M * (share of weights kept), the same trade-off at any "
+                                        "network size", type=non_negative(float))
+    sparsity_penalty: str = option("mean_keep", "mean_keep: lambda * 23.46M * (share of weights kept); sum_logits: "
+                                                "lambda * sum of the mask logits (the original code's form)",
+                                   choices=list(PENALTIES))
+    min_layer_density: float = option(0.1, "the sparsity term stops pushing a layer at or below this density",
+                                      type=non_negative(float))
+    prune_checks: int = option(10, "how often the mask is scored during pruning (worst-cluster val accuracy, or "
+                                   "--selection oracle); the sparsest mask within --prune_tolerance of the best is "
+                                   "kept", type=positive_int)
+    prune_tolerance: float = option(0.02, "accuracy a sparser mask may lose against the best-scoring one and still "
+                                          "be kept", type=non_negative(float))
+    lambda_con_prune: float = option(1.0, "weight of the cluster-contrastive loss", type=non_negative(float))
+    temperature: float = option(0.2, "contrastive temperature", type=positive_float)
+    prune_layers: str = option("all", "all, head, or N (the last N Conv2d/Linear layers)")
+    mask_init: float = option(3.0, "initial mask logit (> 0: all weights kept)", type=float)
+    mask_temperature: float = option(1.0, "Gumbel-sigmoid temperature", type=positive_float)
+
+
+def prune_learning_rate(prune: PruneConfig, total_steps: int) -> float:
     """``--lr_prune``, or with ``auto`` the rate that lets a steadily pushed logit cross zero halfway."""
-    if args.lr_prune is not None:
-        return args.lr_prune
-    return 2 * args.mask_init / max(total_steps, 1)
+    if prune.lr_prune is not None:
+        return prune.lr_prune
+    return 2 * prune.mask_init / max(total_steps, 1)
 
 
 def kept_share(model: nn.Module, floor: float) -> torch.Tensor:
@@ -109,31 +138,32 @@ def _score(score: Callable[[nn.Module], float] | None, model: nn.Module) -> floa
         return float(score(model))
 
 
-def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Tensor, args: argparse.Namespace,
-                device: torch.device, generator: torch.Generator,
-                save_to: Path | None = None, arch_args: dict[str, Any] | None = None,
+def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Tensor, prune: PruneConfig,
+                batch_size: int, runtime: Runtime | torch.device, generator: torch.Generator,
+                save_to: Path | None = None, checkpoint: Callable[[nn.Module], dict[str, Any]] | None = None,
                 score: Callable[[nn.Module], float] | None = None,
                 resume: StepState | None = None) -> list[dict[str, float]]:
     """Attach masks to ``model`` and learn them for up to ``--pruning_ep`` epochs; return one record per check.
 
-    ``score(model)`` rates the masked model (higher is better, e.g. worst-cluster val accuracy);
+    ``checkpoint(model)`` is what ``save_to`` gets at each check that may be kept. ``score(model)`` rates
+    the masked model (higher is better, e.g. worst-cluster val accuracy);
     without it every check scores 0, so the sparsest (usually the last) mask is kept. The model
     ends with the kept mask, fixed (deterministic). With ``resume`` the state (mask logits,
     optimizer, checks, random states) is saved after every epoch and a saved state is continued.
     """
-    attach_masks(model, args.prune_layers, args.mask_init, args.mask_temperature)
-    runtime = runtime_from_args(args, device).for_pruning()
+    attach_masks(model, prune.prune_layers, prune.mask_init, prune.mask_temperature)
+    runtime = as_runtime(runtime).for_pruning()
+    device = runtime.device
     runtime.place(model).eval()
     logits = mask_parameters(model)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in logits:
         p.requires_grad_(True)
-    loader = training_loader(train_set, args.batch_size, generator, args.num_workers,
-                             cells_of(train_set.y, clusters))
-    total_steps = args.pruning_ep * len(loader)
-    optimizer = torch.optim.Adam(logits, lr=prune_learning_rate(args, total_steps))
-    every = max(1, math.ceil(total_steps / max(args.prune_checks, 1)))
+    loader = training_loader(train_set, batch_size, generator, runtime.num_workers, cells_of(train_set.y, clusters))
+    total_steps = prune.pruning_ep * len(loader)
+    optimizer = torch.optim.Adam(logits, lr=prune_learning_rate(prune, total_steps))
+    every = max(1, math.ceil(total_steps / max(prune.prune_checks, 1)))
     clusters = clusters.to(device)
     checks: list[dict[str, float]] = []
     candidates: dict[int, list[torch.Tensor]] = {}  # check index -> its binary masks, while in the band
@@ -149,23 +179,23 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
         set_mask_mode(model, "sample")
         best = max(c["score"] for c in checks)
         candidates[len(checks) - 1] = [p.detach() >= 0 for p in logits]
-        for index in [i for i in candidates if checks[i]["score"] < best - args.prune_tolerance]:
+        for index in [i for i in candidates if checks[i]["score"] < best - prune.prune_tolerance]:
             del candidates[index]  # the best score never falls, so it can never be chosen again
-        if sparsest_within(checks, args.prune_tolerance) == len(checks) - 1:
-            if save_to is not None and arch_args is not None:
+        if sparsest_within(checks, prune.prune_tolerance) == len(checks) - 1:
+            if save_to is not None and checkpoint is not None:
                 set_mask_mode(model, "fixed")
-                save_checkpoint(save_to, checkpoint_content(model, args, arch_args, train_set.n_classes))
+                save_checkpoint(save_to, checkpoint(model))
                 set_mask_mode(model, "sample")
         print(f"prune step {step}/{total_steps}: ce {record['ce']:.4f}  con {record['con']:.4f}  "
               f"density {record['density']:.4f}  score {record['score']:.4f}")
         recent = checks[-PATIENCE:]
-        return len(recent) == PATIENCE and all(c["score"] < best - args.prune_tolerance for c in recent)
+        return len(recent) == PATIENCE and all(c["score"] < best - prune.prune_tolerance for c in recent)
 
     set_mask_mode(model, "sample")
-    loss_limit = (cross_entropy_limit(train_set.n_classes) + args.lambda_sparse * REFERENCE_WEIGHTS
-                  + args.lambda_con_prune * INIT_FACTOR * math.log(max(args.batch_size, 2)))
+    loss_limit = (cross_entropy_limit(train_set.n_classes) + prune.lambda_sparse * REFERENCE_WEIGHTS
+                  + prune.lambda_con_prune * INIT_FACTOR * math.log(max(batch_size, 2)))
     parts = {"model": model, "optimizer": optimizer}
-    state = load_step(resume, parts, generator, "pruning", args.pruning_ep)
+    state = load_step(resume, parts, generator, "pruning", prune.pruning_ep)
     if state is None:
         check(0, torch.zeros(len(LOSS_TERMS)), 0)
         step, stop, first_epoch, n = 0, False, 0, 0
@@ -177,11 +207,11 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
         step, stop, first_epoch, n = state["step"], state["stop"], state["epoch"], state["n"]
         sums, watch = state["sums"].to(device), LossWatch(state["loss_baseline"], loss_limit, "--lr_prune")
     net = data_parallel(model, device)  # under torchrun: DDP, which synchronises the mask logits' gradients
-    for epoch in range(first_epoch, args.pruning_ep):
+    for epoch in range(first_epoch, prune.pruning_ep):
         if stop:
             break
         where = f"in pruning epoch {epoch + 1}"
-        batches = together(progress(loader, desc=f"prune epoch {epoch + 1}/{args.pruning_ep}"), where)
+        batches = together(progress(loader, desc=f"prune epoch {epoch + 1}/{prune.pruning_ep}"), where)
         total, count = torch.zeros((), device=device), 0
         for x, y, _a, idx in batches:
             x, y = runtime.batch(x), y.to(device)
@@ -191,9 +221,9 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
             feats, scores = all_gather_with_grad(feats.float()), all_gather_with_grad(scores.float())
             y, idx = all_gather_cat(y), all_gather_cat(idx.to(device))
             ce = nn.functional.cross_entropy(scores, y)
-            con = cluster_contrastive_loss(nn.functional.normalize(feats, dim=1), y, clusters[idx], args.temperature)
-            sparse = sparsity_term(model, args.sparsity_penalty, args.min_layer_density)
-            loss = ce + args.lambda_sparse * sparse + args.lambda_con_prune * con
+            con = cluster_contrastive_loss(nn.functional.normalize(feats, dim=1), y, clusters[idx], prune.temperature)
+            sparse = sparsity_term(model, prune.sparsity_penalty, prune.min_layer_density)
+            loss = ce + prune.lambda_sparse * sparse + prune.lambda_con_prune * con
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -204,8 +234,8 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
             sums += torch.stack([ce, con, sparse]).detach()  # read only at the next check
             at_check = step % every == 0 or step == total_steps
             if count % CHECK_EVERY == 0 or at_check:  # before a check, which may save the mask
-                if args.lambda_con_prune > 0:
-                    check_contrastive(args.batch_size, args.temperature,
+                if prune.lambda_con_prune > 0:
+                    check_contrastive(batch_size, prune.temperature,
                                       f"{where} (by step {step}){last_good(save_to)}", float(sums[1]) / max(n, 1))
                 watch.check(total, count, f"{where} (by step {step}){last_good(save_to)}")
             if at_check:
@@ -215,11 +245,11 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
                     print(f"pruning stopped early at step {step}: the score fell below the best for {PATIENCE} checks")
                     break
         watch.check(total, count, f"{where}{last_good(save_to)}")
-        last = stop or epoch + 1 == args.pruning_ep
+        last = stop or epoch + 1 == prune.pruning_ep
         if resume is not None and (last or (epoch + 1) % runtime.resume_every == 0):
             save_step(resume, epoch + 1, last, parts, generator, step=step,
                       stop=stop, n=n, sums=sums, checks=checks, candidates=candidates, loss_baseline=watch.baseline)
-    chosen = sparsest_within(checks, args.prune_tolerance)
+    chosen = sparsest_within(checks, prune.prune_tolerance)
     checks[chosen]["kept"] = True
     with torch.no_grad():
         for p, keep in zip(logits, candidates[chosen]):
@@ -228,8 +258,8 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
           f"score {checks[chosen]['score']:.4f})")
     if checks[chosen]["density"] == 0:
         raise UserError(f"pruning removed every weight (density 0) by step {checks[chosen]['step']}: the model is "
-                        f"empty; raise --mask_temperature (now {args.mask_temperature:g}) or lower --lambda_sparse "
-                        f"(now {args.lambda_sparse:g})")
+                        f"empty; raise --mask_temperature (now {prune.mask_temperature:g}) or lower --lambda_sparse "
+                        f"(now {prune.lambda_sparse:g})")
     set_mask_mode(model, "fixed")
     for p in model.parameters():
         p.requires_grad_(True)

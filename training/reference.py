@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cluster.choose import choose_from_checkpoints, format_choice, snapshot_files
-from cluster.fit import cluster_features
+from cluster.fit import ClusterConfig, cluster_features
 from cluster.features import cluster_centroids, extract_features
 from cluster.io import load_clusters, write_clusters
 from cluster.kmeans import assign_nearest, majority_label
@@ -24,6 +24,7 @@ from cluster.report import format_summary, summarize
 from data import SpuriousDataset
 from training.erm import train_and_save_erm
 from models.factory import Expect, load_model
+from utils.options import from_args
 from utils.run_dir import StepState
 from utils.runtime import rng_state, runtime_from_args, set_rng_state
 
@@ -118,7 +119,7 @@ def make_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset], 
         assign = load_clusters(args.clusters, train)
         clusters_file = str(args.clusters)
     else:
-        fit, summary = cluster_features(feats, train, args)
+        fit, summary = cluster_features(feats, train, from_args(ClusterConfig, args), args.seed)
         print(format_summary(summary))
         assign = fit.assign
         clusters_file = str(write_clusters(out_dir / "clusters.csv", train, assign))

@@ -13,7 +13,6 @@ Recipe (``--retrain_split``, ``--retrain_scope``, ``--retrain_balance``, ``--ret
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +20,26 @@ from torch import nn
 
 from data import SpuriousDataset
 from models.masking import mask_parameters
+from training.erm import TrainConfig
 from training.loops import make_optimizer, train_classifier
 from training.samplers import training_loader
 from training.selection import BestEpoch, Selector, cells_of, stratified_halves
+from utils.cli import non_negative
+from utils.options import option
 from utils.run_dir import StepState
-from utils.runtime import runtime_from_args
+from utils.runtime import Runtime, as_runtime
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """The retraining recipe of PruSC and retrain-only (the module docstring)."""
+
+    retrain_ep: int = option(20, "retraining epochs (0: none)", type=non_negative(int))
+    lr_main: float = option(1e-3, "retraining learning rate", type=non_negative(float))
+    retrain_split: str = option("val", "data for retraining (val: half fits, half selects)", choices=["val", "train"])
+    retrain_scope: str = option("all", "weights fine-tuned", choices=["all", "head"])
+    retrain_balance: str = option("cluster", "balance retraining batches over (label, cluster) cells, labels, or not",
+                                  choices=["cluster", "class", "none"])
 
 
 @dataclass
@@ -48,12 +62,14 @@ def retrain_data(splits: dict[str, SpuriousDataset], train_clusters: torch.Tenso
     return RetrainData(val.subset(fit_idx), val_cells[fit_idx], val.subset(select_idx), val_cells[select_idx])
 
 
-def retrain(model: nn.Module, data: RetrainData, selector: Selector, args: argparse.Namespace, device: torch.device,
-            generator: torch.Generator, resume: StepState | None = None) -> dict:
+def retrain(model: nn.Module, data: RetrainData, selector: Selector, recipe: RetrainConfig, train: TrainConfig,
+            runtime: Runtime | torch.device, generator: torch.Generator, resume: StepState | None = None) -> dict:
     """Fine-tune ``model`` in place (mask fixed) and restore the epoch ``selector`` scores best on the
-    selection samples; with ``resume``, saved after every epoch and continued when a saved state exists."""
+    selection samples (batch size, optimizer and weight decay from ``train``); with ``resume``, saved after
+    every epoch and continued when a saved state exists."""
+    runtime = as_runtime(runtime)
     logits = {id(p) for p in mask_parameters(model)}
-    scope = model.head.parameters() if args.retrain_scope == "head" else model.parameters()
+    scope = model.head.parameters() if recipe.retrain_scope == "head" else model.parameters()
     trainable = [p for p in scope if id(p) not in logits]
     trainable_ids = {id(p) for p in trainable}
     for p in model.parameters():
@@ -61,16 +77,16 @@ def retrain(model: nn.Module, data: RetrainData, selector: Selector, args: argpa
     best = BestEpoch(model)
 
     def select(epoch: int) -> None:  # epoch -1: before the first
-        best.record(selector.score_model(model, data.select, data.select_cells, args, device), epoch + 1)
+        best.record(selector.score_model(model, data.select, data.select_cells, runtime), epoch + 1)
 
     select(-1)
     losses: list[float] = []
-    if args.retrain_ep > 0:
-        cells = {"cluster": data.fit_cells, "class": data.fit.y, "none": None}[args.retrain_balance]
-        loader = training_loader(data.fit, args.batch_size, generator, args.num_workers, cells)
-        optimizer = make_optimizer(trainable, args.optimizer, args.lr_main, args.weight_decay)
-        losses = train_classifier(model, loader, optimizer, runtime_from_args(args, device), args.retrain_ep,
-                                  "retrain", on_epoch_end=select, train_mode=args.retrain_scope == "all", resume=resume,
+    if recipe.retrain_ep > 0:
+        cells = {"cluster": data.fit_cells, "class": data.fit.y, "none": None}[recipe.retrain_balance]
+        loader = training_loader(data.fit, train.batch_size, generator, runtime.num_workers, cells)
+        optimizer = make_optimizer(trainable, train.optimizer, recipe.lr_main, train.weight_decay)
+        losses = train_classifier(model, loader, optimizer, runtime, recipe.retrain_ep, "retrain",
+                                  on_epoch_end=select, train_mode=recipe.retrain_scope == "all", resume=resume,
                                   generator=generator, stateful={"best": best}, lr_flag="--lr_main")
     best.restore()
     for p in model.parameters():

@@ -17,17 +17,19 @@ of val.
 """
 from __future__ import annotations
 
-import argparse
 import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from data import SpuriousDataset
-from training.loops import predict_logits
+from training.loops import predict
+from utils.cli import positive_int
 from utils.metrics import compute_metrics
-from utils.runtime import make_loader, runtime_from_args
+from utils.options import option
+from utils.runtime import Runtime
 
 ORACLE_GROUP_LABELS = "model selection (--selection oracle)"
 
@@ -62,6 +64,17 @@ def worst_cell_accuracy(preds: torch.Tensor, y: torch.Tensor, cells: torch.Tenso
     return min(accs or fallback)
 
 
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How the annotation-free methods choose their model (:func:`requested_selector`)."""
+
+    selection: str = option("worst_cluster", "model selection on val of the annotation-free methods (retraining, "
+                                             "JTT); oracle uses group labels and is labelled so",
+                            choices=["worst_cluster", "oracle"])
+    min_cell_size: int = option(5, "smallest (label, cluster) cell counted by worst-cluster selection",
+                                type=positive_int)
+
+
 class Selector:
     """A score of a model on selection samples, with the words and group-label facts results.json shows."""
 
@@ -79,11 +92,9 @@ class Selector:
         raise NotImplementedError
 
     def score_model(self, model: nn.Module, data: SpuriousDataset, cells: torch.Tensor | None,
-                    args: argparse.Namespace, device: torch.device) -> float:
+                    runtime: Runtime | torch.device) -> float:
         """The score of ``model``'s predictions on ``data``."""
-        loader = make_loader(data, args.eval_batch_size, num_workers=args.num_workers)
-        preds = predict_logits(model, loader, runtime_from_args(args, device), desc="selection").argmax(1)
-        return self.score(preds, data, cells)
+        return self.score(predict(model, data, runtime, desc="selection").argmax(1), data, cells)
 
 
 class WorstCell(Selector):

@@ -124,6 +124,8 @@ class Runtime:
     prune_channels_last: bool = False  # the same for PruSC's mask-learning step
     resume_every: int = 1  # epochs between resume-state saves (the last epoch is always saved)
     note: str = ""  # what the one runtime line says about the choices (e.g. why --amp fell back)
+    num_workers: int = 0  # DataLoader worker processes (--num_workers)
+    eval_batch_size: int = 512  # batch size of inference (--eval_batch_size)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context every model forward runs in: bf16 autocast, or nothing (fp32)."""
@@ -206,7 +208,8 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
 
 def runtime_from_args(args: argparse.Namespace, device: torch.device | str | None = None) -> Runtime:
     """The :class:`Runtime` of the flags (``--device`` unless ``device`` is given, ``--amp``,
-    ``--channels_last``, ``--prune_memory_format``, ``--resume_every``); the one place that maps them."""
+    ``--channels_last``, ``--prune_memory_format``, ``--resume_every``, ``--num_workers``,
+    ``--eval_batch_size``); the one place that maps them."""
     device = resolve_device(args.device) if device is None else torch.device(device)
     bf16, note = choose_bf16(device, getattr(args, "amp", False))
     channels_last = bool(getattr(args, "channels_last", False))
@@ -214,7 +217,8 @@ def runtime_from_args(args: argparse.Namespace, device: torch.device | str | Non
     every = getattr(args, "resume_every", 1)
     if every < 1:
         raise UserError(f"--resume_every {every}: give a positive number of epochs")
-    return Runtime(device, bf16, channels_last, prune_cl, every, note)
+    return Runtime(device, bf16, channels_last, prune_cl, every, note, getattr(args, "num_workers", 0),
+                   getattr(args, "eval_batch_size", 512))
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
