@@ -10,18 +10,18 @@ worst-group validation accuracy, as the paper does: an oracle, not an annotation
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from methods.base import Context, Fitted, Method, train_and_select
 from methods.registry import register
-from models.factory import model_from_args
 from training.selection import Selector, WorstGroup
 from utils.cli import non_negative
 from utils.metrics import group_key
+from utils.options import option
 
 
 def absent_groups(groups: torch.Tensor, n_classes: int, n_attrs: int) -> list[str]:
@@ -61,6 +61,16 @@ class GroupDROLoss:
         self.q = state["q"].to(self.q.device)
 
 
+@dataclass(frozen=True)
+class GroupDROConfig:
+    """Group DRO's own settings."""
+
+    groupdro_eta: float = option(0.01, "GroupDRO: step size of the group weights (paper: 0.01)",
+                                 type=non_negative(float))
+    groupdro_adj: float = option(0.0, "GroupDRO: group adjustment C, added as C/sqrt(group size) (paper default 0)",
+                                 type=non_negative(float))
+
+
 @register
 class GroupDRO(Method):
     """ERM's loop with the Group DRO loss on the true groups (uses group labels)."""
@@ -70,25 +80,19 @@ class GroupDRO(Method):
     group_labels = "training (group losses) and model selection"
     selection = "epoch with the best {score} on val"
     needs_attributes = True
-
-    @staticmethod
-    def add_args(group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--groupdro_eta", type=non_negative(float), default=0.01,
-                           help="GroupDRO: step size of the group weights (paper: 0.01)")
-        group.add_argument("--groupdro_adj", type=non_negative(float), default=0.0,
-                           help="GroupDRO: group adjustment C, added as C/sqrt(group size) (paper default 0)")
+    config = GroupDROConfig
 
     def selector(self, requested: Selector) -> Selector:
         return WorstGroup()
 
     def fit(self, ctx: Context) -> Fitted:
-        args, train = ctx.args, ctx.train
-        model, arch_args = model_from_args(args, train)
+        settings, train = ctx.part(GroupDROConfig), ctx.train
+        model, arch_args = ctx.new_model()
         absent = absent_groups(train.groups, train.n_classes, train.n_attrs)
         if absent:
             print(f"warning: groupdro: the training split has no sample of group(s) {', '.join(absent)}; their "
                   "weight never moves, so Group DRO guards only the groups present", file=sys.stderr)
-        loss = GroupDROLoss(train.groups, train.n_classes * train.n_attrs, args.groupdro_eta, args.groupdro_adj,
+        loss = GroupDROLoss(train.groups, train.n_classes * train.n_attrs, settings.groupdro_eta, settings.groupdro_adj,
                             ctx.device)
         best = train_and_select(ctx, "groupdro", model, train, self.selector(ctx.requested_selector), stateful={"loss": loss},
                                 loss_fn=loss, desc="GroupDRO")
