@@ -582,6 +582,18 @@ def test_a_resume_state_of_another_run_is_refused(run_cli, tmp_path, other):
     assert f"{other[0]} {dict(seed='0', hidden_dim='256', lr='0.001')[other[0][2:]]} (recorded {other[1]})" in err
 
 
+def test_states_of_a_torchrun_job_are_refused_at_once_by_a_run_with_another_process_count(run_cli, tmp_path):
+    out = tmp_path / "out"
+    state = state_of_run(out, *ERM)
+    for name in ("erm.pt", "methods.pt"):  # as a 2-process job leaves them: each records its process count
+        content = torch.load(state, weights_only=True)
+        torch.save({**content, "world_size": 2}, out / "resume" / name)
+    before = files_of(tmp_path)
+    rc, out_text, err = run_cli(*ERM, "--out_dir", out)
+    assert rc == 2 and one_line(err) and "were written by 2 process(es), this run has 1; continue with 2" in err, err
+    assert "ERM epoch" not in out_text and files_of(tmp_path) == before  # refused before any training
+
+
 @pytest.mark.parametrize("record", [None, "{not json", '{"tool": "run.py"}'])
 @pytest.mark.parametrize("overwrite", [(), ("--overwrite",)])
 def test_states_without_a_readable_run_record_are_refused(run_cli, tmp_path, record, overwrite):
