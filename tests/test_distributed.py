@@ -1,12 +1,12 @@
 """Data-parallel pieces under ``torchrun --nproc_per_node=2`` (gloo, CPU) against one process.
 
-Four jobs are launched at once (tests/distributed_worker.py): ``checks`` records sampler shards,
-gathered features, one ERM and one mask-learning step and shared failures; two others make rank 1
-fail, inside and outside a shared failure point; ``cli`` runs ``run.py --mode all`` (ERM, feature
-extraction and k-means, every method with its retraining, evaluation), compared with one process. Tolerances: the distributed runs do the same
-float32 arithmetic on the same rows as one process except that DDP sums two ranks' gradients
-(one extra rounding per element, relative error ~1e-7); 1e-6 is ten times that, far below any
-real difference (e.g. using only one rank's share changes the contrastive loss by ~50%).
+Three jobs are launched at once (tests/distributed_worker.py): ``cli_and_checks`` runs ``run.py --mode all``
+(ERM, feature extraction and k-means, every method with its retraining, evaluation), compared with one
+process, then records sampler shards, gathered features, one ERM and one mask-learning step and shared
+failures; two others make rank 1 fail, inside and outside a shared failure point. Tolerances: the
+distributed runs do the same float32 arithmetic on the same rows as one process except that DDP sums
+two ranks' gradients (one extra rounding per element, relative error ~1e-7); 1e-6 is ten times that,
+far below any real difference (e.g. using only one rank's share changes the contrastive loss by ~50%).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ MODE_ALL = ("--mode", "all", "--data", "digits", "--device", "cpu", "--arch", "m
 
 def launch(scenario: str, out: Path) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
-    flags = MODE_ALL if scenario == "cli" else ()
+    flags = MODE_ALL if scenario == "cli_and_checks" else ()
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(WORKER), scenario, str(out), *flags],
@@ -51,10 +51,10 @@ def launch(scenario: str, out: Path) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
-    """{scenario: (exit code, combined output, seconds, out dir)} of the three torchrun jobs."""
+    """{scenario: (exit code, combined output, seconds, out dir)} of the three torchrun jobs; ``cli`` and
+    ``checks`` are the two parts of the job ``cli_and_checks``, with their own out dirs."""
     root = tmp_path_factory.mktemp("ddp")
-    started = {s: (launch(s, root / s), time.monotonic())
-               for s in ("checks", "fail_guarded", "fail_unguarded", "cli")}
+    started = {s: (launch(s, root / s), time.monotonic()) for s in ("cli_and_checks", "fail_guarded", "fail_unguarded")}
     done = {}
     for scenario, (proc, t0) in started.items():
         try:
@@ -64,7 +64,8 @@ def jobs(tmp_path_factory):
             output = proc.communicate()[0]
             pytest.fail(f"torchrun job {scenario} hung for {JOB_LIMIT_S} s:\n{output[-3000:]}")
         done[scenario] = (proc.returncode, output, time.monotonic() - t0, root / scenario)
-    return done
+    both = done.pop("cli_and_checks")
+    return {**done, "cli": (*both[:3], both[3] / "cli"), "checks": (*both[:3], both[3] / "checks")}
 
 
 @pytest.fixture(scope="module")
