@@ -3,11 +3,20 @@ shared by the whole test run."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-import pytest
+# One thread per process, for this process and every process a test starts (CLI runs, torchrun, sweep
+# jobs), unless the caller chose a number: the test models are tiny, and on a shared machine a second
+# thread that is not running stalls every parallel region (a --mode all run took 70 s instead of 3).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import run
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import run  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True, scope="session")

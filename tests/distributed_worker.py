@@ -2,11 +2,13 @@
 
     python3 -m torch.distributed.run --standalone --nproc_per_node=2 tests/distributed_worker.py SCENARIO OUT_DIR
 
-``checks`` records what the sharded pieces produce (rank 0 writes ``checks.pt``); the test compares
-it with one process. ``fail_guarded`` / ``fail_unguarded`` make rank 1 fail, inside or outside a
-shared failure point; the test checks that every rank stops with the message printed once.
-``cli OUT_DIR RUN_FLAGS...`` runs ``run.py`` and reports on stderr every file each rank opened for
-writing (or renamed) under OUT_DIR.
+``cli_and_checks OUT_DIR RUN_FLAGS...`` first runs ``run.py RUN_FLAGS --out_dir OUT_DIR/cli`` (which joins
+the process group itself, as under a plain ``torchrun run.py``) and reports on stderr every file each
+rank opened for writing (or renamed) there; then, in the same process group, it records what the
+sharded pieces produce in ``OUT_DIR/checks`` (rank 0 writes ``checks.pt``), which the test compares
+with one process. One job for both saves a torchrun start (three processes importing torch).
+``fail_guarded`` / ``fail_unguarded`` make rank 1 fail, inside or outside a shared failure point; the
+test checks that every rank stops with the message printed once.
 """
 from __future__ import annotations
 
@@ -128,8 +130,15 @@ def cli(out: Path, flags: list[str]) -> int:
 
 def main() -> int:
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    if scenario == "cli":
-        return cli(out, sys.argv[3:])
+    if scenario == "cli_and_checks":
+        (out / "checks").mkdir(parents=True, exist_ok=True)
+        import run
+        rc = run.main(["--mode", "erm", "--data", "digits", "--device", "cpu", "--epochs", "1",
+                       "--out_dir", str(out / "mistake" / "a_file" / "run")])
+        print(f"MISTAKE rank={os.environ.get('RANK')} rc={rc}", file=sys.stderr, flush=True)
+        if cli(out / "cli", sys.argv[3:]) != 0:
+            return 1
+        scenario, out = "checks", out / "checks"
     D.init_from_env(torch.device("cpu"), timeout_s=600)  # a hang must show, not be rescued
     try:
         return exit_code("worker", lambda: {"checks": checks, "fail_guarded": fail_guarded,

@@ -62,18 +62,6 @@ def test_bad_flags_fail_on_one_line(capsys, tmp_path, argv, needle):
     assert not (tmp_path / "results.json").exists()
 
 
-@pytest.mark.slow
-def test_bad_flag_message_is_one_line(tmp_path):
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "run.py", "--spurious_ratio", "1.5", "--out_dir", str(tmp_path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "--spurious_ratio" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
 def test_finished_out_dir_is_not_overwritten(run_cli, tmp_path):
     assert run_cli(*ERM_FAST, "--out_dir", tmp_path)[0] == 0
     before = (tmp_path / "results.json").read_text()

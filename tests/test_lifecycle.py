@@ -74,37 +74,39 @@ def erm_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_second_run_on_a_locked_folder_exits_2_naming_the_holder(tmp_path):
+def test_second_run_on_a_locked_folder_exits_2_naming_the_holder(run_cli, tmp_path):
     proc = holder(tmp_path / "out")
     try:
-        second = cli(*ERM, "--out_dir", tmp_path / "out")
+        rc, _, err = run_cli(*ERM, "--out_dir", tmp_path / "out")
     finally:
         proc.kill()
         proc.wait()
-    assert second.returncode == 2 and one_line(second.stderr), second.stderr
-    assert "is in use by another run" in second.stderr and f"pid {proc.pid}" in second.stderr
+    assert rc == 2 and one_line(err), err
+    assert "is in use by another run" in err and f"pid {proc.pid}" in err
     assert not (tmp_path / "out" / "results.json").exists()
 
 
 @pytest.mark.slow
-def test_two_concurrent_runs_only_one_writes(tmp_path):
+def test_two_concurrent_runs_only_one_writes(run_cli, tmp_path):
     first = cli(*ERM[:-1], "200", "--out_dir", tmp_path / "out", wait=False)
-    while not (tmp_path / "out" / "run_args.json").exists():
-        assert first.poll() is None, first.stderr.read()
-        time.sleep(0.05)
-    second = cli(*ERM, "--out_dir", tmp_path / "out")
-    first.kill()
-    first.wait()
-    assert second.returncode == 2 and "is in use by another run" in second.stderr
+    try:
+        while not (tmp_path / "out" / "run_args.json").exists():
+            assert first.poll() is None, first.stderr.read()
+            time.sleep(0.05)
+        rc, _, err = run_cli(*ERM, "--out_dir", tmp_path / "out")
+    finally:
+        first.kill()
+        first.wait()
+    assert rc == 2 and "is in use by another run" in err
 
 
 @pytest.mark.slow
-def test_a_killed_run_leaves_no_stuck_lock(tmp_path):
+def test_a_killed_run_leaves_no_stuck_lock(run_cli, tmp_path):
     proc = holder(tmp_path / "out")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = cli(*ERM, "--out_dir", tmp_path / "out")
-    assert done.returncode == 0, done.stderr
+    rc, _, err = run_cli(*ERM, "--out_dir", tmp_path / "out")
+    assert rc == 0, err
     assert not (tmp_path / ".out.lock").exists()
 
 
@@ -152,9 +154,9 @@ def test_orphan_temporary_files_are_removed(run_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_overwrite_leaves_one_run(tmp_path):
+def test_interrupted_overwrite_leaves_one_run(run_cli, tmp_path):
     out = tmp_path / "out"
-    assert cli(*ERM, "--out_dir", out).returncode == 0
+    assert run_cli(*ERM, "--out_dir", out)[0] == 0
     old = (out / "results.json").read_text()
     proc = cli(*ERM[:-1], "300", "--overwrite", "--out_dir", out, wait=False)
     backup = tmp_path / ".out.replaced"
@@ -166,29 +168,27 @@ def test_interrupted_overwrite_leaves_one_run(tmp_path):
     # the folder holds the new, unfinished run only; the old one is whole, aside
     assert not (out / "results.json").exists() and (backup / "results.json").read_text() == old
     # another command puts the old run back (and, it being finished, refuses to touch it)
-    again = cli(*ERM, "--seed", "1", "--out_dir", out)
-    assert again.returncode == 2 and "already holds results.json" in again.stderr
+    rc, _, err = run_cli(*ERM, "--seed", "1", "--out_dir", out)
+    assert rc == 2 and "already holds results.json" in err
     assert (out / "results.json").read_text() == old and not backup.exists()
     # a completed --overwrite replaces it whole
-    assert cli(*ERM, "--seed", "1", "--overwrite", "--out_dir", out).returncode == 0
+    assert run_cli(*ERM, "--seed", "1", "--overwrite", "--out_dir", out)[0] == 0
     assert read_results(out)["seed"] == 1 and not backup.exists()
     assert json.loads((out / "run_args.json").read_text())["args"]["seed"] == 1
 
 
-@pytest.mark.slow
-def test_the_same_command_continues_an_interrupted_overwrite(tmp_path):
+def test_the_same_command_continues_an_interrupted_overwrite(run_cli, tmp_path):
     out, backup = tmp_path / "out", tmp_path / ".out.replaced"
     unfinished_run(out, *ERM, "--seed", "3")
     backup.mkdir()
     (backup / "results.json").write_text("{}")
-    assert cli(*ERM, "--seed", "3", "--out_dir", out).returncode == 0
+    assert run_cli(*ERM, "--seed", "3", "--out_dir", out)[0] == 0
     assert read_results(out)["seed"] == 3 and not backup.exists()
 
 
-@pytest.mark.slow
-def test_overwrite_refuses_to_delete_its_own_input(erm_dir):
-    done = cli("--mode", "evaluate", "--checkpoint", erm_dir / "erm.pt", "--out_dir", erm_dir, "--overwrite")
-    assert done.returncode == 2 and one_line(done.stderr) and "lies inside --out_dir" in done.stderr
+def test_overwrite_refuses_to_delete_its_own_input(run_cli, erm_dir):
+    rc, _, err = run_cli("--mode", "evaluate", "--checkpoint", erm_dir / "erm.pt", "--out_dir", erm_dir, "--overwrite")
+    assert rc == 2 and one_line(err) and "lies inside --out_dir" in err
     assert (erm_dir / "erm.pt").exists()
 
 
@@ -196,10 +196,9 @@ def test_overwrite_refuses_to_delete_its_own_input(erm_dir):
 def test_ctrl_c_prints_where_it_stopped_on_one_line(tmp_path):
     proc = cli(*ERM[:-1], "100000", "--out_dir", tmp_path / "out", wait=False)
     try:
-        while not (tmp_path / "out" / "run_args.json").exists():
+        while not (tmp_path / "out" / "resume" / "erm.pt").exists():  # ERM has finished an epoch
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.05)
-        time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=60)[1]
     finally:
@@ -480,9 +479,9 @@ def test_the_same_overwrite_command_continues_an_unfinished_run(run_cli, tmp_pat
 
 
 @pytest.mark.slow
-def test_an_overwrite_job_killed_and_started_again_resumes(tmp_path):
+def test_an_overwrite_job_killed_and_started_again_resumes(run_cli, tmp_path):
     out = tmp_path / "out"
-    assert cli(*ERM, "--out_dir", out).returncode == 0
+    assert run_cli(*ERM, "--out_dir", out)[0] == 0
     argv = (*ERM[:-1], "300", "--overwrite", "--out_dir", out)
     proc = cli(*argv, wait=False)
     while not (out / "resume" / "erm.pt").exists():

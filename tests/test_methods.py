@@ -151,6 +151,7 @@ def test_dfr_refits_only_the_last_layer(tmp_path):
     assert fitted.val is not None and len(fitted.val) < len(ctx.splits["val"])
 
 
+@pytest.mark.slow  # the sweep's fork server: a process importing every tool
 def test_multi_seed_aggregates_an_irm_run(tmp_path, capsys):
     from scripts import multi_seed
     from test_irm import make_envs

@@ -1,6 +1,8 @@
 """Interrupted runs continue where they stopped: a real SIGKILL during ERM, during the pruning of
 ``--mode all`` and during an IRM restart, then the same command again, gives exactly the metrics
-of an uninterrupted run, losing at most the epoch (IRM: 100 steps) that was running. Plus the
+of an uninterrupted run, losing at most the epoch (IRM: 100 steps) that was running. Only the killed
+run is a process of its own; the uninterrupted and the resumed runs run in the test's process (one
+torch thread, as the killed one: tests/conftest.py), so all three do the same arithmetic. Plus the
 checks that keep a resumed or reused result honest (multi_seed's argument check) and degenerate
 runs that must stop or warn (a diverging loss, an oracle without some groups)."""
 import json
@@ -16,6 +18,7 @@ import torch
 
 import run
 from data import build_splits
+from invariant_learning import irm
 from training.loops import LossWatch
 from utils.errors import UserError
 from utils.run_dir import StepState
@@ -26,14 +29,18 @@ ALL = ("--mode", "all", "--data", "digits", "--device", "cpu", "--epochs", "3", 
        "--retrain_ep", "2", "--methods", "erm,retrain_only,prusc_no_con,prusc")
 
 
-def tool(script: str, *argv, kill_at: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
-    """``script`` in a fresh process (so every run has the same threads and start-up), optionally
-    SIGKILLed at the N-th call of a function."""
-    prefix = [str(ROOT / "tests" / "sigkill_at.py"), kill_at[0], str(kill_at[1])] if kill_at else []
-    cmd = [sys.executable, *prefix, *([] if kill_at else [str(ROOT / script)]), *([script] if kill_at else []),
-           *map(str, argv)]
+def killed_at(function: str, call: int, script: str, *argv) -> subprocess.CompletedProcess:
+    """``script`` in a process of its own, SIGKILLed at the ``call``-th call of ``function``."""
+    cmd = [sys.executable, str(ROOT / "tests" / "sigkill_at.py"), function, str(call), script, *map(str, argv)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+
+
+def in_process(main, capsys, *argv) -> tuple[int, str]:
+    """``main(argv)`` here: (exit code, stdout)."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().out
 
 
 def metrics(out: Path) -> dict:
@@ -42,18 +49,16 @@ def metrics(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigkill_during_erm_resumes_and_ends_with_identical_metrics(tmp_path):
+def test_sigkill_during_erm_resumes_and_ends_with_identical_metrics(tmp_path, capsys):
     steps_per_epoch = math.ceil(len(build_splits(run.parse_args(list(ERM)))["train"]) / 64)
-    whole = tool("run.py", *ERM, "--out_dir", tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr
-    killed = tool("run.py", *ERM, "--out_dir", tmp_path / "cut",
-                  kill_at=("torch.optim:Adam.step", 2 * steps_per_epoch + steps_per_epoch // 2))
-    assert killed.returncode == -signal.SIGKILL
+    assert in_process(run.main, capsys, *ERM, "--out_dir", tmp_path / "whole")[0] == 0
+    killed = killed_at("torch.optim:Adam.step", 2 * steps_per_epoch + steps_per_epoch // 2,
+                       "run.py", *ERM, "--out_dir", tmp_path / "cut")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert StepState(tmp_path / "cut", "erm").load()["epoch"] == 2  # killed in epoch 3: one epoch lost at most
     assert not (tmp_path / "cut" / "results.json").exists()
-    resumed = tool("run.py", *ERM, "--out_dir", tmp_path / "cut")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming ERM after epoch 2/5" in resumed.stdout
+    code, out = in_process(run.main, capsys, *ERM, "--out_dir", tmp_path / "cut")
+    assert code == 0 and "resuming ERM after epoch 2/5" in out
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
     assert not (tmp_path / "cut" / "resume").exists()  # a finished run keeps no resume state
     final = [torch.load(tmp_path / d / "erm.pt", weights_only=True)["state_dict"] for d in ("whole", "cut")]
@@ -61,40 +66,37 @@ def test_sigkill_during_erm_resumes_and_ends_with_identical_metrics(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_during_pruning_of_mode_all_resumes_and_ends_with_identical_metrics(tmp_path):
-    whole = tool("run.py", *ALL, "--out_dir", tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr
+def test_sigkill_during_pruning_of_mode_all_resumes_and_ends_with_identical_metrics(tmp_path, capsys):
+    assert in_process(run.main, capsys, *ALL, "--out_dir", tmp_path / "whole")[0] == 0
     checks = json.loads((tmp_path / "whole" / "results.json").read_text())["methods"]["prusc_no_con"]["pruning"]
     first_run = checks[-1]["step"]  # steps of prusc_no_con's pruning; prusc's pruning follows
     per_epoch = round(checks[1]["step"] / checks[1]["epoch"])
-    killed = tool("run.py", *ALL, "--out_dir", tmp_path / "cut",
-                  kill_at=("training.prune:kept_share", first_run + per_epoch + per_epoch // 2))
-    assert killed.returncode == -signal.SIGKILL
+    killed = killed_at("training.prune:kept_share", first_run + per_epoch + per_epoch // 2,
+                       "run.py", *ALL, "--out_dir", tmp_path / "cut")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert StepState(tmp_path / "cut", "prusc_prune").load()["epoch"] == 1
-    resumed = tool("run.py", *ALL, "--out_dir", tmp_path / "cut")
-    assert resumed.returncode == 0, resumed.stderr
+    code, out = in_process(run.main, capsys, *ALL, "--out_dir", tmp_path / "cut")
+    assert code == 0
     for name in ("erm", "retrain_only", "prusc_no_con"):
-        assert f"== method {name}: reusing its finished result" in resumed.stdout
-    assert "reusing the finished ERM" in resumed.stdout and "resuming pruning after epoch 1/2" in resumed.stdout
+        assert f"== method {name}: reusing its finished result" in out
+    assert "reusing the finished ERM" in out and "resuming pruning after epoch 1/2" in out
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
 
 
 @pytest.mark.slow
-def test_sigkill_during_irm_reuses_finished_restarts_and_continues_the_running_one(tmp_path):
+def test_sigkill_during_irm_reuses_finished_restarts_and_continues_the_running_one(tmp_path, capsys):
     from test_irm import env_args, make_envs
 
-    steps = 250
+    steps = 150
     argv = (*env_args(make_envs(tmp_path / "data")), "--steps", str(steps), "--penalty_anneal_iters", "10",
             "--hidden_dim", "32", "--device", "cpu", "--n_restarts", "2")
-    whole = tool("invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr
-    killed = tool("invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "cut",  # ERM's two restarts, then
-                  kill_at=("methods.irm:penalty_weight_at", 2 * steps + 150))  # step 150 of IRM's first
-    assert killed.returncode == -signal.SIGKILL
-    resumed = tool("invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "cut")
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.count("reusing the finished restart") == 2
-    assert "resuming IRM cluster envs restart 1 after step 100/250" in resumed.stdout
+    assert in_process(irm.main, capsys, *argv, "--out_dir", tmp_path / "whole")[0] == 0
+    killed = killed_at("methods.irm:penalty_weight_at", 2 * steps + 120,  # ERM's two restarts, then step 120
+                       "invariant_learning/irm.py", *argv, "--out_dir", tmp_path / "cut")  # of IRM's first
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    code, out = in_process(irm.main, capsys, *argv, "--out_dir", tmp_path / "cut")
+    assert code == 0 and out.count("reusing the finished restart") == 2
+    assert "resuming IRM cluster envs restart 1 after step 100/150" in out
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
 
 
