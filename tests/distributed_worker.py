@@ -132,10 +132,6 @@ def main() -> int:
     scenario, out = sys.argv[1], Path(sys.argv[2])
     if scenario == "cli_and_checks":
         (out / "checks").mkdir(parents=True, exist_ok=True)
-        import run
-        rc = run.main(["--mode", "erm", "--data", "digits", "--device", "cpu", "--epochs", "1",
-                       "--out_dir", str(out / "mistake" / "a_file" / "run")])
-        print(f"MISTAKE rank={os.environ.get('RANK')} rc={rc}", file=sys.stderr, flush=True)
         if cli(out / "cli", sys.argv[3:]) != 0:
             return 1
         scenario, out = "checks", out / "checks"
