@@ -20,14 +20,9 @@ from methods.base import Context, Fitted, Method, train_and_select
 from methods.registry import register
 from training.selection import Selector, WorstGroup
 from utils.cli import non_negative
-from utils.metrics import group_key
+from utils.metrics import absent_groups
 from utils.options import option
 
-
-def absent_groups(groups: torch.Tensor, n_classes: int, n_attrs: int) -> list[str]:
-    """Names of the (label, attribute) groups without a training sample, which Group DRO cannot weigh."""
-    present = set(groups.unique().tolist())
-    return [group_key(g // n_attrs, g % n_attrs) for g in range(n_classes * n_attrs) if g not in present]
 
 
 class GroupDROLoss:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from methods.base import Context, Fitted, Method, train_and_select
 from methods.registry import register
 from training.selection import Selector, WorstGroup
+from utils.metrics import absent_groups
 
 
 @register
@@ -22,10 +23,10 @@ class GroupBalancedOracle(Method):
 
     def unavailable(self, ctx: Context) -> str | None:
         train = ctx.train
-        present, n_groups = int(len(train.groups.unique())), train.n_classes * train.n_attrs
-        if present < n_groups and not super().unavailable(ctx):
-            return (f"the training split holds only {present} of the {n_groups} (label, attribute) groups, so "
-                    "group-balanced batches cannot cover the others")
+        absent, n_groups = absent_groups(train.groups, train.n_classes, train.n_attrs), train.n_classes * train.n_attrs
+        if absent and not super().unavailable(ctx):
+            return (f"the training split holds only {n_groups - len(absent)} of the {n_groups} (label, attribute) "
+                    "groups, so group-balanced batches cannot cover the others")
         return super().unavailable(ctx)
 
     def fit(self, ctx: Context) -> Fitted:

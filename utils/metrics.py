@@ -22,6 +22,12 @@ def group_key(y: int, a: int) -> str:
     return f"y={y},a={a}"
 
 
+def absent_groups(groups: torch.Tensor, n_classes: int, n_attrs: int) -> list[str]:
+    """Names of the (label, attribute) groups that have no sample in ``groups`` (group ids)."""
+    present = set(groups.unique().tolist())
+    return [group_key(g // n_attrs, g % n_attrs) for g in range(n_classes * n_attrs) if g not in present]
+
+
 def group_counts(y: torch.Tensor, a: torch.Tensor) -> dict[str, int]:
     """Number of samples in each (y, a) group, keyed like results.json."""
     pairs = torch.stack([y.long(), a.long()], dim=1)
