@@ -27,8 +27,8 @@ from utils.checkpoint import plain_args  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, positive_int  # noqa: E402
 from utils.config_file import add_config_arg, parse_with_config  # noqa: E402
 from utils.options import add_options  # noqa: E402
-from utils.distributed import (fail_together, init_from_env, is_main, main_print, quiet_unless_main,  # noqa: E402
-                               run_on_main, shutdown)
+from utils.distributed import (fail_together, init_from_env, is_distributed, is_main, main_print,  # noqa: E402
+                               quiet_unless_main, run_on_main, shutdown)
 from utils.errors import UserError  # noqa: E402
 from utils.run_dir import RESULTS_RUN, open_run  # noqa: E402
 from utils.runtime import add_runtime_args, resolve_device, runtime_from_args  # noqa: E402
@@ -152,8 +152,14 @@ def run_inputs(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Parse, join the ``torchrun`` process group when launched by it, run the mode, leave the group."""
+    """Parse, join the ``torchrun`` process group when launched by it, run the mode, leave the group.
+
+    A caller that already holds a process group (a test driver, a notebook under ``torchrun``) keeps it:
+    destroying it here would make the caller start a second default group in the same job, whose
+    ranks can read the first one's stale addresses from torchrun's store and time out connecting.
+    """
     args = parse_args(argv)
+    joined_here = not is_distributed()
     args.device = str(init_from_env(resolve_device(args.device)))
     try:
         args.out_dir = run_on_main(lambda: args.out_dir)  # the time-stamped default differs between ranks
@@ -167,7 +173,8 @@ def run(argv: list[str] | None = None) -> None:
         with quiet_unless_main(), folder:
             MODES[args.mode](args)
     finally:
-        shutdown()
+        if joined_here:
+            shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

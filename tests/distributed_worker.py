@@ -6,7 +6,8 @@
 the process group itself, as under a plain ``torchrun run.py``) and reports on stderr every file each
 rank opened for writing (or renamed) there; then, in the same process group, it records what the
 sharded pieces produce in ``OUT_DIR/checks`` (rank 0 writes ``checks.pt``), which the test compares
-with one process. One job for both saves a torchrun start (three processes importing torch).
+with one process. The worker joins the group before ``run.py`` does, so ``run.py`` leaves it standing:
+a second default group in one job can read the first one's stale addresses from torchrun's store. One job for both saves a torchrun start (three processes importing torch).
 ``fail_guarded`` / ``fail_unguarded`` make rank 1 fail, inside or outside a shared failure point; the
 test checks that every rank stops with the message printed once.
 """
@@ -130,13 +131,13 @@ def cli(out: Path, flags: list[str]) -> int:
 
 def main() -> int:
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    if scenario == "cli_and_checks":
-        (out / "checks").mkdir(parents=True, exist_ok=True)
-        if cli(out / "cli", sys.argv[3:]) != 0:
-            return 1
-        scenario, out = "checks", out / "checks"
     D.init_from_env(torch.device("cpu"), timeout_s=600)  # a hang must show, not be rescued
     try:
+        if scenario == "cli_and_checks":  # one process group for both: run.py keeps a group it did not join
+            (out / "checks").mkdir(parents=True, exist_ok=True)
+            if cli(out / "cli", sys.argv[3:]) != 0:
+                return 1
+            scenario, out = "checks", out / "checks"
         return exit_code("worker", lambda: {"checks": checks, "fail_guarded": fail_guarded,
                                             "fail_unguarded": fail_unguarded}[scenario](out))
     finally:

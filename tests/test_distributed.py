@@ -1,6 +1,6 @@
 """Data-parallel pieces under ``torchrun --nproc_per_node=2`` (gloo, CPU) against one process.
 
-Three jobs are launched at once (tests/distributed_worker.py): ``cli_and_checks`` runs ``run.py --mode all``
+Four jobs are launched at once (tests/distributed_worker.py): ``cli_and_checks`` runs ``run.py --mode all``
 (ERM, feature extraction and k-means, every method with its retraining, evaluation), compared with one
 process, then records sampler shards, gathered features, one ERM and one mask-learning step and shared
 failures; two others make rank 1 fail, inside and outside a shared failure point; ``mistake`` gives
