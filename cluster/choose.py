@@ -42,9 +42,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.special import gammaln
-from sklearn.metrics import adjusted_rand_score
-
 from torch import nn
 
 from cluster.features import extract_features
@@ -148,6 +145,8 @@ def _entropy(counts: np.ndarray) -> float:
 def expected_mutual_information(rows: np.ndarray, cols: np.ndarray) -> float:
     """E[MI] (nats) of two partitions with these marginal counts under random pairing: the chance
     level AMI subtracts. It depends only on the marginals, so permutation nulls reuse it."""
+    from scipy.special import gammaln  # on use, as scikit-learn below: both take seconds to import
+
     n = int(rows.sum())
     total = 0.0
     for a in rows[rows > 0]:
@@ -207,6 +206,8 @@ class WithinClassAmi:
 
 def seed_stability(fit: ClusterFit, other: ClusterFit, y: torch.Tensor) -> float:
     """Class-weighted adjusted Rand index of two fits of the same candidate inside each class."""
+    from sklearn.metrics import adjusted_rand_score  # on use: scikit-learn takes seconds to import
+
     total = 0.0
     for cls in torch.unique(y).tolist():
         member = y == cls

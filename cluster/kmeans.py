@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
 from torch import nn
 
 from cluster.features import cluster_centroids
@@ -51,6 +48,9 @@ def _kmeans(unit: torch.Tensor, k: int, seed: int, who: str) -> torch.Tensor:
         raise UserError(f"--num_clusters {k} is below 2; one cluster carries no information, use 2 or more")
     if k > len(unit):
         raise UserError(f"--num_clusters {k} exceeds the {len(unit)} samples of {who}; use at most {len(unit)}")
+    from sklearn.cluster import KMeans  # on use: scikit-learn takes seconds to import (runs without k-means skip it)
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported below as a UserError
         ids = KMeans(n_clusters=k, n_init=N_INIT, random_state=seed).fit_predict(unit.numpy())
@@ -122,6 +122,8 @@ def select_k(features: torch.Tensor, candidates: Sequence[int], seed: int,
     if not tried:
         raise UserError(f"--num_clusters auto: no k in {list(candidates)} fits {smallest} samples "
                         "(silhouette needs 2 <= k < samples); pass --num_clusters N")
+    from sklearn.metrics import silhouette_score  # on use: scikit-learn takes seconds to import
+
     scores = {}
     for k in tried:
         assign = fit_kmeans(unit, k, seed, None if labels is None else labels[keep]).assign

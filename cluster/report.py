@@ -18,10 +18,6 @@ import os
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
-from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 from cluster.kmeans import majority_label
@@ -33,6 +29,8 @@ PROJECTIONS = {"pca": "PCA", "tsne": "t-SNE"}
 
 def agreement(assign: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """Purity (with its one-cluster baseline) and NMI of a clustering against a target partition."""
+    from sklearn.metrics import normalized_mutual_info_score  # on use: scikit-learn takes seconds to import
+
     majority_in_cluster = sum(int(torch.bincount(target[assign == k]).max()) for k in torch.unique(assign))
     return {
         "purity": majority_in_cluster / len(target),
@@ -110,6 +108,10 @@ def plot_clusters(features: torch.Tensor, assign: torch.Tensor, y: torch.Tensor,
                   path: str | os.PathLike, method: str = "pca", seed: int = 0) -> Path:
     """PNG of a 2-D projection (PCA or t-SNE) of the normalised features, coloured by cluster and by
     attribute (by label where the attribute is unknown), on a seeded subsample of ``PLOT_SAMPLES``."""
+    from matplotlib.figure import Figure  # on use: matplotlib takes a second to import
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
     keep = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:PLOT_SAMPLES]
     unit = nn.functional.normalize(features[keep].float(), dim=1).numpy()
     if method == "pca":

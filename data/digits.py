@@ -21,7 +21,6 @@ import argparse
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 from data.base import TensorSpuriousDataset
 
@@ -42,6 +41,8 @@ def colourise(images: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
 def make_colored_digits(spurious_ratio: float = DEFAULT_SPURIOUS_RATIO, label_noise: float = 0.0,
                         data_seed: int = 0) -> dict[str, TensorSpuriousDataset]:
     """Build the three splits of Colored Digits (see the module docstring)."""
+    from sklearn.datasets import load_digits  # on use: scikit-learn takes seconds to import
+
     bunch = load_digits()
     images = torch.tensor(bunch.images / 16.0, dtype=torch.float32)
     digits = torch.tensor(bunch.target, dtype=torch.long)

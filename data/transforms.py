@@ -10,6 +10,9 @@ device. The image cache (``data/cache.py``) stores the evaluation crop itself, s
 decoded evaluation batches are the same bytes; for augmented training it stores the whole image
 squeezed to a square, and :func:`augment_batch` draws the same random crops and flips as the
 PIL path (same random numbers) and resizes them from there.
+
+torchvision is imported inside the functions that use it: it takes seconds to import, and runs on
+the embedded digits or on tensors never need it.
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms as T
 
 from utils.errors import UserError
 from utils.runtime import IMAGENET_MEAN, IMAGENET_STD
@@ -45,17 +47,20 @@ def resize_side(size: int) -> int:
 
 def eval_pixels(size: int) -> Pixels:
     """Deterministic: resize the short side, centre crop to ``size`` x ``size``."""
+    from torchvision import transforms as T  # imported on use: torchvision takes seconds to import
     return Pixels(T.Compose([T.Resize(resize_side(size)), T.CenterCrop(size)]))
 
 
 def augment_pixels(size: int) -> Pixels:
     """Training augmentation on the decoded image: random resized crop and horizontal flip."""
+    from torchvision import transforms as T  # imported on use: torchvision takes seconds to import
     return Pixels(T.Compose([T.RandomResizedCrop(size, scale=AUGMENT_SCALE, ratio=AUGMENT_RATIO),
                              T.RandomHorizontalFlip()]))
 
 
 def square_pixels(size: int) -> Pixels:
     """The whole image resized to a ``resize_side(size)`` square: what the cache keeps for augmentation."""
+    from torchvision import transforms as T  # imported on use: torchvision takes seconds to import
     side = resize_side(size)
     return Pixels(T.Resize((side, side)))
 
@@ -67,6 +72,7 @@ def augment_batch(squares: np.ndarray, original_hw: np.ndarray, size: int) -> np
     them (same calls, same random numbers), mapped onto the square and resized with antialiased
     bilinear interpolation.
     """
+    from torchvision import transforms as T  # imported on use: torchvision takes seconds to import
     side = squares.shape[1]
     out = np.empty((len(squares), size, size, 3), dtype=np.uint8)
     for k, (square, (height, width)) in enumerate(zip(squares, original_hw)):

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 
 from cluster.features import extract_features
 from methods.base import Context, Fitted, Method
@@ -56,6 +54,9 @@ class DfrConfig:
 def balanced_fit(feats: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, rng: np.random.Generator,
                  n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Weights (K, D) and bias (K,) of an L1 logistic regression on a group-balanced subsample."""
+    from sklearn.exceptions import ConvergenceWarning  # on use: scikit-learn takes seconds to import
+    from sklearn.linear_model import LogisticRegression
+
     smallest = min(int((groups == g).sum()) for g in np.unique(groups))
     keep = np.concatenate([rng.choice(np.flatnonzero(groups == g), smallest, replace=False) for g in np.unique(groups)])
     with warnings.catch_warnings():  # convergence, and scikit-learn >= 1.8's deprecation of penalty="l1"

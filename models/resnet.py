@@ -8,15 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from utils.errors import UserError
 
-_BUILDERS = {
-    "resnet18": (torchvision.models.resnet18, "ResNet18_Weights"),
-    "resnet50": (torchvision.models.resnet50, "ResNet50_Weights"),
-}
+_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}  # torchvision's builder: the key
 
 
 class ResNet(nn.Module):
@@ -25,9 +21,11 @@ class ResNet(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], n_classes: int, depth: str = "resnet18",
                  imagenet: bool = False, pretrained_path: str | None = None) -> None:
         super().__init__()
-        if depth not in _BUILDERS:
-            raise UserError(f"unknown ResNet {depth!r}; choose one of {sorted(_BUILDERS)}")
-        builder, weights_enum = _BUILDERS[depth]
+        if depth not in _WEIGHTS:
+            raise UserError(f"unknown ResNet {depth!r}; choose one of {sorted(_WEIGHTS)}")
+        import torchvision  # imported on use: it takes seconds, and MLP runs never need it
+
+        builder, weights_enum = getattr(torchvision.models, depth), _WEIGHTS[depth]
         weights = None
         if imagenet and pretrained_path is None:
             weights = getattr(torchvision.models, weights_enum).IMAGENET1K_V1

@@ -32,7 +32,6 @@ def test_imagenet_offline_message(monkeypatch):
     def offline(weights=None):
         raise OSError("no network")
 
-    monkeypatch.setitem(__import__("models.resnet", fromlist=["_BUILDERS"])._BUILDERS, "resnet18",
-                        (offline, "ResNet18_Weights"))
+    monkeypatch.setattr(torchvision.models, "resnet18", offline)
     with pytest.raises(UserError, match="--pretrained_path"):
         build_model("resnet18", (3, 32, 32), 2, imagenet=True)

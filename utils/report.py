@@ -13,8 +13,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-
 from utils.results import atomic_write
 
 METRICS = ("avg_acc", "worst_group_acc", "mean_group_acc")
@@ -77,6 +75,7 @@ def format_group_table(metrics: dict, split: str) -> str:
 def write_report(path: str | os.PathLike, payloads: list[dict[str, Any]], title: str | None = None) -> Path:
     """A PNG of per-group test accuracy: one cluster of bars per group, one bar per method (mean over
     runs, sample std as error bar), worst-group accuracy in the legend."""
+    from matplotlib.figure import Figure  # on use: matplotlib takes a second to import
     table = collect(payloads)
     groups = sorted({g for row in table.values() for g in row["groups"]})
     names = list(table)

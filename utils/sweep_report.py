@@ -22,12 +22,13 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from utils.errors import UserError
 from utils.report import density_of, display_name, mean_std
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 from utils.results import RESULTS_NAME, atomic_write, atomic_write_text
 from utils.run_dir import ARGS_NAME
 
@@ -267,6 +268,7 @@ def csv_text(rows: list[Row], reference: str) -> str:
 
 def worst_group_figure(rows: list[Row]) -> Figure:
     """Bars of test worst-group accuracy per setting and method, sample std as error bars."""
+    from matplotlib.figure import Figure  # on use: matplotlib takes a second to import
     groups = list(dict.fromkeys(r.group.label for r in rows))
     methods = list(dict.fromkeys(r.method for r in rows))
     figure = Figure(figsize=(max(6.0, 0.35 * len(groups) * len(methods) + 2.5), 4.5), dpi=120)
@@ -299,6 +301,7 @@ def density_figure(rows: list[Row]) -> Figure | None:
     masked = [r for r in rows if statistics.mean(r.density) < 100]
     if not masked:
         return None
+    from matplotlib.figure import Figure  # on use: matplotlib takes a second to import
     figure = Figure(figsize=(6.5, 4.5), dpi=120)
     axes = figure.subplots()
     for method in dict.fromkeys(r.method for r in masked):
