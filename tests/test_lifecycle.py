@@ -491,8 +491,10 @@ def test_an_overwrite_job_killed_and_started_again_resumes(run_cli, tmp_path):
     proc.wait()
     again = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *map(str, argv)], stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
-    try:
-        lines = [again.stdout.readline() for _ in range(40)]
+    lines: list[str] = []
+    try:  # stop it once it has said where it resumes (or after 40 lines that do not)
+        while len(lines) < 40 and not any(line.startswith("resuming ERM after epoch") for line in lines[-1:]):
+            lines.append(again.stdout.readline())
     finally:
         again.kill()
         again.wait()
