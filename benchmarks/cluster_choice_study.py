@@ -13,6 +13,13 @@ candidate with the best within-class NMI in hindsight (a ceiling that uses group
 ``--methods`` the listed methods also run (``run.py --mode all --checkpoint erm.pt
 --cluster_checkpoint SNAPSHOT --clusters FILE``) on (a) and on (c), for their test worst-group
 accuracy. Flags after ``--`` go to every run.py call (data set, architecture, epochs...).
+
+    python3 benchmarks/cluster_choice_study.py --regime "..." --from_runs SWEEP_DEFAULT SWEEP_AUTO \
+        --summary docs/clustering_choice/x.json
+
+builds the same summary, with no new run, from two finished sweeps of ``run.py --mode all`` over the
+same seeds (``scripts/sweep.py``, folders ``seed<N>``): one with the default clusters, one with
+``--clusters_auto`` (whose ``results.json`` records every candidate with its attribute columns).
 """
 from __future__ import annotations
 
@@ -47,13 +54,16 @@ def run_quietly(argv: list, log: Path) -> None:
         sys.exit(f"run.py {' '.join(map(str, argv))} failed ({code}); see {log}")
 
 
-def quality(scored) -> dict:
-    """Within-class NMI and purity against the attribute, mean over classes, of one scored candidate."""
-    return {"candidate": scored.candidate.describe(),
-            "nmi": statistics.mean(q["nmi"] for q in scored.attribute.values()),
-            "purity": statistics.mean(q["purity"] for q in scored.attribute.values()),
-            "baseline": statistics.mean(q["baseline"] for q in scored.attribute.values()),
-            "per_class": scored.attribute}
+def describe(record: dict) -> str:
+    """A candidate of a results.json record, named as ``Candidate.describe`` names it."""
+    return f"{record['snapshot']}, {'per class' if record['per_class'] else 'global'}, k={record['k']}"
+
+
+def from_record(record: dict) -> dict:
+    """``quality`` of a candidate from its results.json record (the attribute columns it kept)."""
+    per_class = record["attribute_within_class_not_used"]
+    return {"candidate": describe(record), "per_class": per_class,
+            **{key: statistics.mean(q[key] for q in per_class.values()) for key in ("nmi", "purity", "baseline")}}
 
 
 def study_seed(seed: int, flags: list[str], root: Path, methods: str | None, log: Path,
@@ -71,13 +81,13 @@ def study_seed(seed: int, flags: list[str], root: Path, methods: str | None, log
     by_key = {(s.candidate.snapshot, s.candidate.per_class, s.candidate.k): s for s in choice.scored}
     default_snapshot = f"erm_epoch{args.cluster_epoch}" if args.cluster_epoch < args.epochs else "erm"
     picked = {"default": by_key[(default_snapshot, True, 2)], "global16_final": by_key[("erm", False, 16)],
-              "hindsight": max(choice.scored, key=lambda s: quality(s)["nmi"])}
+              "hindsight": max(choice.scored, key=lambda s: from_record(s.record())["nmi"])}
     picked["label_free"] = choice.chosen or picked["default"]
     erm = json.loads((erm_dir / "results.json").read_text())
     out = {"seed": seed, "confident": choice.chosen is not None, "p_value": choice.p_value,
            "erm_test_worst_group": erm["splits"]["test"]["worst_group_acc"],
            "erm_test_avg": erm["splits"]["test"]["avg_acc"],
-           "choice": choice.record(), **{name: quality(s) for name, s in picked.items()}}
+           "choice": choice.record(), **{name: from_record(s.record()) for name, s in picked.items()}}
     if methods:
         out["methods"] = {}
         for name in ("default", "label_free"):
@@ -98,6 +108,23 @@ def study_seed(seed: int, flags: list[str], root: Path, methods: str | None, log
           + f"; confident {out['confident']} (p {out['p_value']:.3f})"
           + (f"; methods {out['methods']}" if methods else ""), flush=True)
     return out
+
+
+def seed_from_runs(default_run: Path, auto_run: Path) -> dict:
+    """One seed's summary from a finished default-clusters run and a finished ``--clusters_auto`` run of
+    the same ERM: the grid and its attribute columns come from the latter's ``clusters_choice``."""
+    default, auto = (json.loads((run_dir / "results.json").read_text()) for run_dir in (default_run, auto_run))
+    choice = auto["clusters_choice"]
+    grid = {describe(c): from_record(c) for c in choice["candidates"]}
+    label_free = choice["default"] if choice["chosen"] is None else describe(choice["chosen"])
+    erm = default["methods"]["erm"]["splits"]["test"]
+    methods = [m for m in auto["methods"] if m != "erm" and m in default["methods"]]
+    return {"seed": auto["seed"], "confident": choice["confident"], "p_value": choice["p_value"],
+            "erm_test_worst_group": erm["worst_group_acc"], "erm_test_avg": erm["avg_acc"], "choice": choice,
+            "default": grid[choice["default"]], "global16_final": grid["erm, global, k=16"],
+            "label_free": grid[label_free], "hindsight": max(grid.values(), key=lambda q: q["nmi"]),
+            "methods": {name: {m: run["methods"][m]["splits"]["test"]["worst_group_acc"] for m in methods}
+                        for name, run in (("default", default), ("label_free", auto))}}
 
 
 def mean_std(values: list[float], scale: float = 1.0) -> str:
@@ -144,14 +171,22 @@ def main() -> None:
                         help="use the finished ERM run folders of another study, e.g. runs/erm_s{seed} "
                              "(their erm_epoch<E>.pt files are the candidate snapshots)")
     parser.add_argument("--table", nargs="+", help="print the Markdown tables of these JSON summaries and stop")
+    parser.add_argument("--from_runs", nargs=2, metavar=("SWEEP_DEFAULT", "SWEEP_AUTO"),
+                        help="no new run: summarise the seed<N> folders finished in both sweeps")
     args, flags = parser.parse_known_args()
     flags = [f for f in flags if f != "--"]
     if args.table:
         print(table(args.table))
         return
-    root = Path(args.out_root)
-    root.mkdir(parents=True, exist_ok=True)
-    seeds = [study_seed(s, flags, root, args.methods, root / "runs.log", args.erm_dir) for s in args.seeds]
+    if args.from_runs:
+        sweeps = [Path(p) for p in args.from_runs]
+        finished = sorted(int(d.name[4:]) for d in sweeps[1].glob("seed*")
+                          if all((sweep / d.name / "results.json").is_file() for sweep in sweeps))
+        seeds = [seed_from_runs(*(sweep / f"seed{s}" for sweep in sweeps)) for s in finished]
+    else:
+        root = Path(args.out_root)
+        root.mkdir(parents=True, exist_ok=True)
+        seeds = [study_seed(s, flags, root, args.methods, root / "runs.log", args.erm_dir) for s in args.seeds]
     summary = {"regime": args.regime, "flags": flags, "methods": args.methods,
                "command": " ".join(["python3 benchmarks/cluster_choice_study.py", *sys.argv[1:]]), "seeds": seeds}
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)

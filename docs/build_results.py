@@ -4,6 +4,8 @@ A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table -->`` i
 NAME being a key of ``TABLES``. ``python3 docs/build_results.py`` rewrites every such table;
 ``--check`` writes nothing and exits 1 naming each table that differs from its summary
 (``tests/test_docs.py`` runs it), so a typed number cannot drift from the file it came from.
+The pages ``docs/results/pretrained*.md`` are written whole by ``scripts/pretrained_table.py``; they
+are checked and rewritten here from their ``.json`` the same way.
 Formatting (decimals, bold, row labels) belongs to each table below; the numbers come from the JSON.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Callable
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT))  # the scripts and benchmarks that write some pages whole
 MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -349,6 +352,28 @@ def gpu_ratios() -> list[str]:
                  [[label, f"{fixed(ratios[key], 2)}{suffix}", goal] for key, label, suffix, goal in RATIO_ROWS])
 
 
+# --- The --clusters_auto study (docs/clustering_choice/*.json, benchmarks/cluster_choice_study.py) ---
+
+CHOICE = ("clustering_choice/digits.json", "clustering_choice/scenes64_scratch.json",
+          "clustering_choice/scenes32_pretrained.json")
+
+
+def clustering_choice() -> list[str]:
+    from benchmarks.cluster_choice_study import table as choice_table  # imports torch: only when asked
+
+    return choice_table([str(DOCS / p) for p in CHOICE]).rstrip("\n").splitlines()
+
+
+# --- Pages that a script writes whole from the summary kept beside them ---
+
+def whole_pages() -> dict[Path, Callable[[], str]]:
+    """``docs/results/pretrained*.md``, each written by ``scripts/pretrained_table.py`` with its ``.json``."""
+    from scripts.pretrained_table import markdown
+
+    return {path.with_suffix(".md"): (lambda path=path: markdown(json.loads(path.read_text())))
+            for path in sorted((DOCS / "results").glob("pretrained*.json"))}
+
+
 TABLES: dict[str, Callable[[], list[str]]] = {
     "digits_erm_ratio": digits_erm_ratio,
     "digits_5seeds": digits_5seeds,
@@ -370,6 +395,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "scenes_r50_gpu": scenes_r50_gpu,
     "gpu_throughput": gpu_throughput,
     "gpu_ratios": gpu_ratios,
+    "clustering_choice": clustering_choice,
 }
 
 
@@ -394,8 +420,10 @@ def render(text: str, where: str) -> str:
 
 
 def stale_tables(paths: list[Path] | None = None) -> list[str]:
-    """``file: table`` for every marked table whose text differs from what its summary gives."""
-    stale = []
+    """``file: table`` for every marked table (and, without ``paths``, every whole page) whose text
+    differs from what its summary gives."""
+    stale = [] if paths else [f"{shown(page)}: whole page" for page, produce in whole_pages().items()
+                              if not page.is_file() or page.read_text() != produce()]
     for path in paths or pages():
         text = path.read_text()
         for match in MARKER.finditer(text):
@@ -420,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         if new != text:
             path.write_text(new)
             print(f"rewrote the tables of {shown(path)}")
+    for page, produce in whole_pages().items():
+        if not page.is_file() or page.read_text() != produce():
+            page.write_text(produce())
+            print(f"rewrote {shown(page)}")
     return 0
 
 

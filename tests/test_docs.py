@@ -34,6 +34,13 @@ def test_a_table_that_drifts_from_its_summary_is_found(tmp_path):
     assert build_results.stale_tables([edited]) == [f"{edited}: scenes_r18"]
 
 
+def test_a_generated_page_edited_by_hand_is_found(tmp_path, monkeypatch):
+    page = tmp_path / "pretrained.md"
+    page.write_text("| prusc | 0 | 88.6 (1 seed) |\n")  # typed over what the summary gives
+    monkeypatch.setattr(build_results, "whole_pages", lambda: {page: lambda: "| prusc | 0 | 88.5 (1 seed) |\n"})
+    assert f"{page}: whole page" in build_results.stale_tables()
+
+
 def test_rounding_halves_up_as_a_reader_does():
     assert build_results.fixed(60.15) == "60.2" and build_results.fixed(60.149) == "60.1"
     assert build_results.mean_std([1.0, 2.0, 3.0]) == "2.0 ± 1.0"
