@@ -363,9 +363,10 @@ def run_training(model: nn.Module, objective: Objective, plan: Plan, optimizer: 
     return history
 
 
-def cross_entropy_objective(runtime: Runtime, loss_fn: LossFn = mean_cross_entropy) -> Objective:
+def cross_entropy_objective(runtime: Runtime, watch: LossWatch, loss_fn: LossFn = mean_cross_entropy) -> Objective:
     """The classifier objective: ``loss_fn`` of the global batch's logits, labels and indices (under
-    ``torchrun`` each rank runs its share, then every rank sees the whole batch's rows, with gradient)."""
+    ``torchrun`` each rank runs its share, then every rank sees the whole batch's rows, with gradient).
+    The first batch gives ``watch`` its limit, :func:`cross_entropy_limit` of the model's classes."""
     device = runtime.device
 
     def objective(net: nn.Module, batch: Any) -> Step:
@@ -374,6 +375,8 @@ def cross_entropy_objective(runtime: Runtime, loss_fn: LossFn = mean_cross_entro
         with runtime.autocast():
             logits = net(x)[1]
         logits, y = all_gather_with_grad(logits.float()), all_gather_cat(y)
+        if watch.limit is None:
+            watch.limit = cross_entropy_limit(logits.shape[-1])
         return Step(loss_fn(logits, y, all_gather_cat(idx.to(device, non_blocking=True))), len(y))
 
     return objective
@@ -399,14 +402,14 @@ def train_classifier(
 
     ``on_epoch_end(epoch)`` runs after every epoch; ``stateful`` is what it or ``loss_fn`` keep (saved and
     restored with ``resume``; ``generator`` is the loader's). A loss over :func:`cross_entropy_limit` of the
-    data set's classes, or one that explodes (:class:`LossWatch`), stops the run with one line naming ``lr_flag``.
+    model's classes, or one that explodes (:class:`LossWatch`), stops the run with one line naming ``lr_flag``.
     """
     runtime = as_runtime(runtime)
     callbacks: list[Callback] = [EpochLog(desc, epochs), Keep(stateful or {})]
     if on_epoch_end is not None:
         callbacks.append(EachEpoch(on_epoch_end))
-    watch = LossWatch(limit=cross_entropy_limit(loader.dataset.n_classes), flag=lr_flag)
-    return run_training(model, cross_entropy_objective(runtime, loss_fn), Epochs(loader, epochs, desc, desc),
+    watch = LossWatch(flag=lr_flag)
+    return run_training(model, cross_entropy_objective(runtime, watch, loss_fn), Epochs(loader, epochs, desc, desc),
                         optimizer, runtime, watch, callbacks, resume, generator, train_mode)
 
 
