@@ -61,5 +61,6 @@ register(DatasetSpec("waterbirds", waterbirds.build, aliases=("cub",)))
 register(DatasetSpec("isic", isic.build))
 register(DatasetSpec("csv", custom_csv.build))
 
-__all__ = ["SpuriousDataset", "TensorSpuriousDataset", "build_splits", "add_data_args", "data_settings", "dataset_names",
-           "canonical_name", "register", "DatasetSpec", "probability", "SPLITS", "DataConfig", "data_config"]
+__all__ = ["SpuriousDataset", "TensorSpuriousDataset", "build_splits", "add_data_args", "data_settings",
+           "dataset_names", "canonical_name", "register", "DatasetSpec", "probability", "SPLITS", "DataConfig",
+           "data_config"]

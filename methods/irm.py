@@ -124,7 +124,7 @@ def train_irm(model: nn.Module, envs: list[SpuriousDataset], irm: IrmConfig, bat
     weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
     run_training(model, irm_objective(irm, runtime, weights), Steps(draw, irm.irm_steps, SAVE_EVERY, desc),
                  optimizer, runtime, LossWatch(flag="--irm_lr"), resume=resume, generator=generator,
-                 distributed=False)
+                 parallel=False)
 
 
 def fit_irm(ctx: Context, irm: IrmConfig, envs: list[SpuriousDataset], offset: int = 0, desc: str = "IRM",

@@ -295,7 +295,7 @@ def pretrain(args: argparse.Namespace) -> dict:
     corpus = Corpus(x, item, family, n_held, args.batch_size, args.size, generator)
     steps = Schedule(schedule, args.max_steps, args.epochs, started)
     run_training(model, two_heads_objective, Epochs(corpus, args.epochs, "pretraining", "pretrain"), optimizer,
-                 as_runtime(torch.device("cpu")), LossWatch(), [steps], distributed=False)
+                 as_runtime(torch.device("cpu")), LossWatch(), [steps], parallel=False)
     step = steps.steps
     item_acc, family_acc = accuracy(model, x[:n_held], item[:n_held], family[:n_held], args.size)
     out = Path(args.out)

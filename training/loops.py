@@ -156,7 +156,7 @@ class Step:
 
 Objective = Callable[[nn.Module, Any], Step]
 """``objective(net, batch)`` -> :class:`Step`: the forward pass (in the runtime's precision and memory format)
-and the loss of one batch; ``net`` is the model, DDP-wrapped under ``torchrun`` when the loop is distributed."""
+and the loss of one batch; ``net`` is what :func:`run_training` calls the model through (its ``parallel``)."""
 
 
 class Callback:
@@ -241,13 +241,14 @@ class Epochs:
         """The batches of ``epoch`` (from 0), their progress label and number (None: the iterable's length)."""
         return self.loader, f"{self.label} epoch {epoch + 1}/{self.epochs}", None
 
-    def where(self, epoch: int, in_epoch: int = 0, step: int = 0) -> str:
-        """Where a loss failure happened, for its message (``in_epoch``: batches of the epoch done so far)."""
+    def where(self, epoch: int, in_epoch: int, step: int) -> str:
+        """Where a loss failure happened, for its message (``in_epoch``: batches of the epoch done so far, 0 at
+        its start and end; ``step``: over the run)."""
         by = f" (by step {step if self.global_steps else in_epoch})" if in_epoch else ""
         return f"in {self.desc} epoch {epoch + 1}{by}"
 
-    def done(self, epochs: int) -> int:
-        """Units finished after ``epochs`` epochs (what a resume state records)."""
+    def done(self, epochs: int, _steps: int) -> int:
+        """Units finished after ``epochs`` epochs and ``steps`` steps (what a resume state records)."""
         return epochs
 
     def epochs_done(self, done: int) -> int:
@@ -256,7 +257,7 @@ class Epochs:
 
 @dataclass
 class Steps:
-    """``count`` optimizer steps, each on ``draw(step)``, in epochs of ``every`` steps (IRM: batches drawn from
+    """``steps`` optimizer steps, each on ``draw(step)`` (from 0), in epochs of ``every`` steps (IRM: batches drawn from
     environments rather than a loader); checks and resume saves happen at those epochs' ends."""
 
     draw: Callable[[int], Any]
@@ -278,11 +279,11 @@ class Steps:
         return ((step, self.draw(step)) for step in range(first, last)), f"{self.desc} steps {first + 1}-{last}", \
             last - first
 
-    def where(self, epoch: int, in_epoch: int = 0, step: int = 0) -> str:
-        return f"in {self.desc} by step {step if in_epoch else self.done(epoch + 1)}"
+    def where(self, _epoch: int, _in_epoch: int, step: int) -> str:
+        return f"in {self.desc} by step {step}"
 
-    def done(self, epochs: int) -> int:
-        return min(epochs * self.every, self.steps)
+    def done(self, _epochs: int, steps: int) -> int:
+        return steps
 
     def epochs_done(self, done: int) -> int:
         return math.ceil(done / self.every)
@@ -294,16 +295,18 @@ Plan = Epochs | Steps
 def run_training(model: nn.Module, objective: Objective, plan: Plan, optimizer: torch.optim.Optimizer,
                  runtime: Runtime, watch: LossWatch, callbacks: Iterable[Callback] = (),
                  resume: StepState | None = None, generator: torch.Generator | None = None,
-                 train_mode: bool = True, distributed: bool = True) -> list[float]:
+                 train_mode: bool = True, parallel: bool = True) -> list[float]:
     """The one training loop: minimise ``objective`` over the batches of ``plan``; return each epoch's mean loss.
 
     Per batch: the objective's forward and loss, one optimizer step, the running loss kept on the device;
     ``watch`` reads it every :data:`CHECK_EVERY` batches, when a callback says a check is ``due``, and at
     each epoch's end (so no batch waits for the device). ``callbacks`` add selection, mid-epoch checks,
-    early stops and bookkeeping. ``distributed``: under ``torchrun`` the model runs DDP-wrapped (the
-    objective gathers the global batch). With ``resume``, the state (model, optimizer, ``callbacks``' parts
-    and values, random states of the global generators and ``generator``) is saved every
-    ``runtime.resume_every`` epochs and at the end, and a saved state is continued bit for bit.
+    early stops and bookkeeping. ``parallel``: the objective's ``net`` is
+    :func:`training.parallel.data_parallel`'s (``features, logits = net(x)``, DDP-wrapped under ``torchrun``,
+    the objective gathering the global batch); False: the model itself, trained whole by every rank.
+    With ``resume``, the state (model, optimizer, ``callbacks``' parts and values, random states of the
+    global generators and ``generator``) is saved every ``runtime.resume_every`` epochs and at the end
+    (or the early stop), and a saved state is continued bit for bit.
     ``train_mode=False`` keeps BatchNorm statistics and dropout as in evaluation.
     """
     callbacks = list(callbacks)
@@ -319,7 +322,7 @@ def run_training(model: nn.Module, objective: Objective, plan: Plan, optimizer: 
     step, stop = (state["step"], state["stop"]) if state else (0, False)
     if state:
         watch.baseline = state["loss_baseline"]
-    net = data_parallel(model, device) if distributed else model
+    net = data_parallel(model, device) if parallel else model
 
     def notes() -> str:
         return "".join(callback.note() for callback in callbacks)
@@ -332,7 +335,8 @@ def run_training(model: nn.Module, objective: Objective, plan: Plan, optimizer: 
         total = torch.zeros((), device=device)
         count = 0
         iterable, label, size = plan.batches(epoch)
-        for index, batch in enumerate(together(progress(iterable, desc=label, total=size), plan.where(epoch))):
+        batches = together(progress(iterable, desc=label, total=size), plan.where(epoch, 0, step))
+        for index, batch in enumerate(batches):
             out = objective(net, batch)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -350,7 +354,7 @@ def run_training(model: nn.Module, objective: Objective, plan: Plan, optimizer: 
             stop = any([callback.after_batch(step) for callback in callbacks])
             if stop:
                 break
-        history.append(watch.check(total, count, plan.where(epoch) + notes()))
+        history.append(watch.check(total, count, plan.where(epoch, 0, step) + notes()))
         for callback in callbacks:
             callback.after_epoch(epoch, history[-1], time.perf_counter() - started)
         last = stop or epoch + 1 == epochs
@@ -358,7 +362,7 @@ def run_training(model: nn.Module, objective: Objective, plan: Plan, optimizer: 
             plain: dict[str, Any] = {}
             for callback in callbacks:
                 plain |= callback.saved()
-            save_step(resume, plan.done(epoch + 1), last, parts, generator, history=history,
+            save_step(resume, plan.done(epoch + 1, step), last, parts, generator, history=history,
                       loss_baseline=watch.baseline, step=step, stop=stop, **plain)
     return history
 
