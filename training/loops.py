@@ -1,13 +1,19 @@
-"""The supervised training loop shared by ERM, retraining and the baselines, and batched prediction.
+"""The one training loop (:func:`run_training`) with its objectives, callbacks and plans, and batched prediction.
+
+Every training of the toolkit runs through :func:`run_training`: ERM, retraining and the baselines
+(:func:`train_classifier`, the cross-entropy objective or a method's loss hook), PruSC's mask
+learning (``training/prune.py``), IRM (``methods/irm.py``) and the pretraining script. An objective
+computes one batch's loss; callbacks add what a step needs around it (epoch lines, model selection,
+mid-epoch checks, early stops, per-batch bookkeeping, state to resume).
 
 The loop never reads a number back from the device inside an epoch: the running loss sum stays
 on the device and is checked (:class:`LossWatch`: NaN/inf, far above an untrained model's, or grown
-by orders of magnitude) every ``CHECK_EVERY`` steps and at the end of each epoch, so a GPU is not
-stalled once per step.
+by orders of magnitude) every ``CHECK_EVERY`` steps, when a callback asks, and at the end of each
+epoch, so a GPU is not stalled once per step.
 
 Given a :class:`~utils.run_dir.StepState`, the loop saves after every epoch what it needs to
-continue bit for bit (model, optimizer, epoch, losses, random states, the state of ``stateful``
-objects such as the best-epoch selection) and, when that state exists, continues from it.
+continue bit for bit (model, optimizer, epoch, losses, random states, the state of the callbacks
+such as the best-epoch selection) and, when that state exists, continues from it.
 """
 from __future__ import annotations
 
