@@ -324,10 +324,11 @@ def run_training(model: nn.Module, objective: Objective, plan: Plan, optimizer: 
     state = load_step(resume, parts, generator, plan.desc, plan.total, plan.unit)
     for callback in callbacks:
         callback.start(state)
-    history: list[float] = list(state["history"]) if state else []
-    step, stop = (state["step"], state["stop"]) if state else (0, False)
-    if state:
-        watch.baseline = state["loss_baseline"]
+    history: list[float] = []
+    step, stop = 0, False
+    if state:  # a state saved before this loop ran IRM lacks the last four (its "epoch" counts steps)
+        history, watch.baseline = list(state.get("history", [])), state.get("loss_baseline")
+        step, stop = state.get("step", state["epoch"] if plan.unit == "step" else 0), state.get("stop", False)
     net = data_parallel(model, device) if parallel else model
 
     def notes() -> str:
