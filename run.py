@@ -138,8 +138,8 @@ def check_inputs(args: argparse.Namespace) -> None:
     for flag in ("--checkpoint", "--cluster_checkpoint"):
         path = getattr(args, flag[2:])
         if path:
-            ckpt = checked_checkpoint(path, Expect(data=args.data, arch=args.arch, data_settings=data_settings(args),
-                                                   flag=flag))
+            ckpt = checked_checkpoint(path, Expect(data=args.data, arch=args.arch,
+                                                   data_settings=data_settings(vars(args)), flag=flag))
             if flag == "--checkpoint" and args.arch is None:
                 args.arch = ckpt["arch"]
     if args.clusters and args.mode in ("prune", "all") and args.lambda_con_prune > 0:

@@ -37,8 +37,8 @@ import run  # noqa: E402
 from cluster.choose import choose_from_checkpoints, snapshot_files  # noqa: E402
 from cluster.io import write_clusters  # noqa: E402
 from data import build_splits  # noqa: E402
-from utils.checkpoint import load_checkpoint  # noqa: E402
-from utils.runtime import resolve_device, seed_everything  # noqa: E402
+from models.factory import Expect, checked_checkpoint  # noqa: E402
+from utils.runtime import resolve_device, runtime_from_args, seed_everything  # noqa: E402
 
 COLUMNS = ("default", "global16_final", "label_free", "hindsight")
 
@@ -75,8 +75,10 @@ def study_seed(seed: int, flags: list[str], root: Path, methods: str | None, log
     seed_everything(seed)
     splits = build_splits(args)
     device = resolve_device(args.device)
-    args.arch = args.arch or load_checkpoint(erm_dir / "erm.pt")["arch"]
-    made = choose_from_checkpoints(snapshot_files(str(erm_dir / "erm.pt")), splits, args, device)
+    args.arch = args.arch or checked_checkpoint(erm_dir / "erm.pt", Expect())["arch"]
+    made = choose_from_checkpoints(snapshot_files(str(erm_dir / "erm.pt")), splits,
+                                   Expect(data=args.data, arch=args.arch), runtime_from_args(args, device),
+                                   args.num_clusters, args.min_cell_size, args.seed)
     choice = made.choice
     by_key = {(s.candidate.snapshot, s.candidate.per_class, s.candidate.k): s for s in choice.scored}
     default_snapshot = f"erm_epoch{args.cluster_epoch}" if args.cluster_epoch < args.epochs else "erm"

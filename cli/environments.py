@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> None:
     check_writable(check_folder_path(args.output_dir, "--output_dir"), "--output_dir")  # before any work
     train = build_splits(args)["train"]
     tables = build_environments(train, args.clusters, args.balanced_fraction, args.minority_share, args.seed)
-    source = {"data": args.data, "data_flags": data_flags(args), "n_train": len(train),
+    source = {"data": args.data, "data_flags": data_flags(vars(args)), "n_train": len(train),
               "input_shape": list(train.input_shape), "clusters": str(Path(args.clusters).resolve()),
               "construction": {"balanced_fraction": args.balanced_fraction,
                                "minority_share": args.minority_share, "seed": args.seed}}

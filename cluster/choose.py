@@ -35,8 +35,7 @@ labels, for analysis only: **they are never used for the choice**.
 """
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -50,7 +49,7 @@ from cluster.report import agreement
 from data import SpuriousDataset
 from models.factory import Expect, load_model
 from utils.distributed import run_on_main
-from utils.runtime import runtime_from_args
+from utils.runtime import Runtime
 
 PER_CLASS_KS = (2, 3, 4)
 GLOBAL_KS = (2, 4, 8, 16)
@@ -316,19 +315,21 @@ def snapshot_files(checkpoint: str, *extra: str | None) -> dict[str, str]:
     return files
 
 
-def choose_from_checkpoints(files: dict[str, str], splits: dict[str, SpuriousDataset],
-                            args: argparse.Namespace, device: torch.device) -> SnapshotChoice:
-    """:func:`choose_clustering` over the snapshot ``files`` (``args.data``/``args.arch`` checked), judged by
-    how many of the snapshots' models misclassify each val sample; an integer ``args.num_clusters`` joins
-    the k sets (and those chosen among)."""
+def choose_from_checkpoints(files: dict[str, str], splits: dict[str, SpuriousDataset], expect: Expect,
+                            runtime: Runtime, num_clusters: int | None, min_cell_size: int,
+                            seed: int) -> SnapshotChoice:
+    """:func:`choose_clustering` over the snapshot ``files`` (each checked against ``expect``, the run's data set
+    and architecture, and the splits' input shape and classes), judged by how many of the snapshots' models
+    misclassify each val sample; an integer ``num_clusters`` (``--num_clusters``) joins the k sets (and those
+    chosen among); ``min_cell_size`` and ``seed`` as in :func:`choose_clustering`."""
     train, val = splits["train"], splits["val"]
-    extra = (args.num_clusters,) if isinstance(args.num_clusters, int) else ()
-    runtime = runtime_from_args(args, device)
-    expect = Expect(data=args.data, arch=args.arch, input_shape=train.input_shape, n_classes=train.n_classes)
+    extra = (num_clusters,) if isinstance(num_clusters, int) else ()
+    device = runtime.device
+    expect = replace(expect, input_shape=train.input_shape, n_classes=train.n_classes)
 
     def features(model: nn.Module, dataset: SpuriousDataset) -> torch.Tensor:
-        return extract_features(model, dataset, runtime, args.eval_batch_size, normalize=False,
-                                num_workers=args.num_workers)
+        return extract_features(model, dataset, runtime, runtime.eval_batch_size, normalize=False,
+                                num_workers=runtime.num_workers)
 
     train_feats, val_feats, errors = {}, {}, {}
     for name, path in files.items():
@@ -336,7 +337,7 @@ def choose_from_checkpoints(files: dict[str, str], splits: dict[str, SpuriousDat
         train_feats[name], val_feats[name] = features(model, train), features(model, val)
         with torch.no_grad():
             errors[name] = (model.head(val_feats[name].to(device)).argmax(1).cpu() != val.y).long()
-    choice = run_on_main(choose_clustering, train_feats, val_feats, train.y, val.y, errors, args.seed,
+    choice = run_on_main(choose_clustering, train_feats, val_feats, train.y, val.y, errors, seed,
                          sorted({*PER_CLASS_KS, *extra}), sorted({*GLOBAL_KS, *extra}), sorted({*CHOOSE_KS, *extra}),
-                         train.a, args.min_cell_size, where="while choosing the clustering")
+                         train.a, min_cell_size, where="while choosing the clustering")
     return SnapshotChoice(choice, files, train_feats, val_feats)

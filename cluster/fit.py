@@ -30,7 +30,7 @@ from utils.errors import UserError
 from utils.options import add_options, from_args, option
 from utils.results import atomic_write_text
 from utils.run_dir import RunKind, prepare_out_dir
-from utils.runtime import resolve_device, runtime_from_args, seed_everything
+from utils.runtime import runtime_from_args, seed_everything
 
 CLUSTERS_NAME = "clusters.csv"
 SUMMARY_NAME = "cluster_summary"
@@ -120,8 +120,9 @@ def default_description(checkpoint: str | None, settings: ClusterConfig) -> str:
 def choose(args: argparse.Namespace, splits: dict[str, SpuriousDataset], default: str) -> SnapshotChoice:
     """``--clusters_auto``: the label-free choice among the snapshots of ``--checkpoint``, printed; ``args``
     take the chosen scope and k (they keep the default when there is no confident choice)."""
-    made = choose_from_checkpoints(snapshot_files(args.checkpoint, args.cluster_checkpoint), splits, args,
-                                   resolve_device(args.device))
+    made = choose_from_checkpoints(snapshot_files(args.checkpoint, args.cluster_checkpoint), splits,
+                                   Expect(data=args.data, arch=args.arch), runtime_from_args(args), args.num_clusters,
+                                   args.min_cell_size, args.seed)
     print(format_choice(made.choice, default))
     if made.choice.chosen is not None:
         args.per_class, args.num_clusters = made.choice.chosen.candidate.per_class, made.choice.chosen.candidate.k

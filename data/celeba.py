@@ -14,23 +14,28 @@ Attributes are -1/1; 1 means present. Partitions 0/1/2 are train/val/test.
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from data.config import DataConfig
 from data.images import (ImageFileDataset, SPLIT_CODES, find_first, image_splits, parse_codes,
                          read_table, require_columns, require_root)
 from utils.errors import UserError
+from utils.options import option
 
 ATTRIBUTE_VALUES = {"-1": 0, "1": 1}
 FORMAT_FIX = "is this CelebA's file?"
 
 
-def add_args(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--target", default="Blond_Hair", help="celebA: attribute used as the label y")
-    group.add_argument("--confounder", default="Male", help="celebA: attribute used as the spurious attribute a")
+@dataclass(frozen=True)
+class CelebAConfig:
+    """celebA's own flags (``DataConfig.own``)."""
+
+    target: str = option("Blond_Hair", "celebA: attribute used as the label y")
+    confounder: str = option("Male", "celebA: attribute used as the spurious attribute a")
 
 
 def annotation_file(root: Path, stem: str, folder: str) -> Path:
@@ -74,13 +79,14 @@ def attribute_column(table: pd.DataFrame, path: Path, name: str, flag: str) -> n
     return parse_codes(table[name], ATTRIBUTE_VALUES, path, name)
 
 
-def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
-    root = require_root(args, "celebA", "list_attr_celeba.csv/.txt, list_eval_partition.csv/.txt, img_align_celeba/")
+def build(data: DataConfig) -> dict[str, ImageFileDataset]:
+    own: CelebAConfig = data.own
+    root = require_root(data, "celebA", "list_attr_celeba.csv/.txt, list_eval_partition.csv/.txt, img_align_celeba/")
     attr_path = annotation_file(root, "list_attr_celeba", "Anno")
     part_path = annotation_file(root, "list_eval_partition", "Eval")
     attributes = read_attributes(attr_path)
-    y = attribute_column(attributes, attr_path, args.target, "--target")
-    a = attribute_column(attributes, attr_path, args.confounder, "--confounder")
+    y = attribute_column(attributes, attr_path, own.target, "--target")
+    a = attribute_column(attributes, attr_path, own.confounder, "--confounder")
     partition = read_partition(part_path).reindex(attributes.index)
     if partition.isna().any():
         raise UserError(f"image {partition.index[partition.isna()][0]!r} of {attr_path} has no row in {part_path}; "
@@ -90,4 +96,4 @@ def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
                             root / "Img" / "img_align_celeba"], "CelebA's image folder img_align_celeba",
                            "point --train_root_dir at the CelebA folder")
     filenames = [str(name) for name in attributes.index]
-    return image_splits(image_dir, filenames, y, a, codes, n_classes=2, n_attrs=2, args=args, metadata=attr_path)
+    return image_splits(image_dir, filenames, y, a, codes, n_classes=2, n_attrs=2, data=data, metadata=attr_path)

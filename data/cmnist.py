@@ -19,18 +19,20 @@ Construction (Arjovsky et al., 2019), driven by ``--data_seed``:
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from data.base import TensorSpuriousDataset
+from data.config import DataConfig
 from data.images import require_root
 from utils.errors import UserError
+from utils.options import option
 
 DEFAULT_SPURIOUS_RATIO = 0.9
 ENV_GAP = 0.1
@@ -45,12 +47,15 @@ IDX_FILES = {
 UNSIGNED_BYTE = 0x08
 
 
-def add_args(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--mnist_source", choices=sorted(SOURCES), default="mnist",
-                       help="cmnist: which IDX files to colour (MNIST or Fashion-MNIST)")
-    group.add_argument("--download", action="store_true",
-                       help="cmnist: fetch the IDX files into --train_root_dir through torchvision (needs the network)")
-    group.add_argument("--downsample", action="store_true", help="cmnist: 14x14 images (every second pixel)")
+@dataclass(frozen=True)
+class CmnistConfig:
+    """cmnist's own flags (``DataConfig.own``)."""
+
+    mnist_source: str = option("mnist", "cmnist: which IDX files to colour (MNIST or Fashion-MNIST)",
+                               choices=sorted(SOURCES))
+    download: bool = option(False, "cmnist: fetch the IDX files into --train_root_dir through torchvision (needs the "
+                                   "network)", action="store_true")
+    downsample: bool = option(False, "cmnist: 14x14 images (every second pixel)", action="store_true")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -157,12 +162,13 @@ def make_colored_mnist(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndar
     return {name: splits[name] for name in ("train", "val", "test")}
 
 
-def build(args: argparse.Namespace) -> dict[str, TensorSpuriousDataset]:
-    if args.download and args.train_root_dir is not None:
-        download(Path(args.train_root_dir).expanduser(), args.mnist_source)
-    root = require_root(args, "cmnist", f"the {args.mnist_source} IDX files")
-    ratio = DEFAULT_SPURIOUS_RATIO if args.spurious_ratio is None else args.spurious_ratio
-    noise = DEFAULT_LABEL_NOISE if args.label_noise is None else args.label_noise
-    return make_colored_mnist(load_idx_pair(root, args.mnist_source, "train"),
-                              load_idx_pair(root, args.mnist_source, "test"),
-                              ratio, noise, args.data_seed, args.downsample)
+def build(data: DataConfig) -> dict[str, TensorSpuriousDataset]:
+    own: CmnistConfig = data.own
+    if own.download and data.train_root_dir is not None:
+        download(Path(data.train_root_dir).expanduser(), own.mnist_source)
+    root = require_root(data, "cmnist", f"the {own.mnist_source} IDX files")
+    ratio = DEFAULT_SPURIOUS_RATIO if data.spurious_ratio is None else data.spurious_ratio
+    noise = DEFAULT_LABEL_NOISE if data.label_noise is None else data.label_noise
+    return make_colored_mnist(load_idx_pair(root, own.mnist_source, "train"),
+                              load_idx_pair(root, own.mnist_source, "test"),
+                              ratio, noise, data.data_seed, own.downsample)

@@ -8,10 +8,9 @@ else a split of 80/10/10 seeded by ``--data_seed``.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
+from data.config import DataConfig
 from data.images import (ImageFileDataset, image_splits, locate_metadata, parse_class_ids,
                          read_table, split_codes, table_columns)
 from utils.errors import UserError
@@ -19,10 +18,10 @@ from utils.errors import UserError
 DEFAULT_COLUMNS = {"image_col": "image", "label_col": "label", "attr_col": None}
 
 
-def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
-    metadata, image_dir = locate_metadata(args, "csv")
+def build(data: DataConfig) -> dict[str, ImageFileDataset]:
+    metadata, image_dir = locate_metadata(data, "csv")
     table = read_table(metadata, "--metadata")
-    columns = table_columns(args, table, metadata, DEFAULT_COLUMNS)
+    columns = table_columns(data, table, metadata, DEFAULT_COLUMNS)
     filenames = [str(name) for name in table[columns["image_col"]]]
     y = parse_class_ids(table[columns["label_col"]], metadata, columns["label_col"], "--label_col")
     if len(np.unique(y)) < 2:
@@ -33,6 +32,6 @@ def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
     else:
         a = parse_class_ids(table[columns["attr_col"]], metadata, columns["attr_col"], "--attr_col")
         n_attrs = int(a.max()) + 1
-    codes = split_codes(table, metadata, args.split_col, args.data_seed)
-    return image_splits(image_dir, filenames, y, a, codes, n_classes=int(y.max()) + 1, n_attrs=n_attrs, args=args,
+    codes = split_codes(table, metadata, data.split_col, data.data_seed)
+    return image_splits(image_dir, filenames, y, a, codes, n_classes=int(y.max()) + 1, n_attrs=n_attrs, data=data,
                         metadata=metadata)

@@ -17,20 +17,15 @@ Construction, all driven by ``--data_seed``:
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 
 from data.base import TensorSpuriousDataset
+from data.config import DataConfig
 
 DEFAULT_SPURIOUS_RATIO = 0.95
 SPLIT_FRACTIONS = (0.5, 0.25, 0.25)
 PALETTE = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]])  # RGB of colour 0 (orange) and 1 (azure)
-
-
-def add_args(group: argparse._ArgumentGroup) -> None:
-    """Digits needs only the shared flags (--spurious_ratio, --label_noise, --data_seed)."""
 
 
 def colourise(images: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
@@ -70,7 +65,8 @@ def make_colored_digits(spurious_ratio: float = DEFAULT_SPURIOUS_RATIO, label_no
     return splits
 
 
-def build(args: argparse.Namespace) -> dict[str, TensorSpuriousDataset]:
-    ratio = DEFAULT_SPURIOUS_RATIO if args.spurious_ratio is None else args.spurious_ratio
-    noise = 0.0 if args.label_noise is None else args.label_noise
-    return make_colored_digits(ratio, noise, args.data_seed)
+def build(data: DataConfig) -> dict[str, TensorSpuriousDataset]:
+    """Colored Digits from the shared flags alone (--spurious_ratio, --label_noise, --data_seed)."""
+    ratio = DEFAULT_SPURIOUS_RATIO if data.spurious_ratio is None else data.spurious_ratio
+    noise = 0.0 if data.label_noise is None else data.label_noise
+    return make_colored_digits(ratio, noise, data.data_seed)

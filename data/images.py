@@ -10,7 +10,6 @@ fixes it. Images become ``(3, H, W)`` uint8 tensors (normalised on the device by
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections import Counter
@@ -25,6 +24,7 @@ from PIL import Image
 
 from data.registry import SPLITS, canonical_name
 from data.base import SpuriousDataset
+from data.config import DataConfig
 from data.cache import Budget, ImageCache, default_cache_dir, open_cache
 from data.transforms import Pixels, augment_batch, eval_pixels, resize_side, split_pixels, square_pixels
 from utils.errors import UserError
@@ -138,26 +138,26 @@ def check_images_open(splits: Mapping[str, ImageFileDataset], metadata: Path | s
               f"RGB: {what}", file=sys.stderr)
 
 
-def require_root(args: argparse.Namespace, data_name: str, holds: str) -> Path:
+def require_root(data: DataConfig, data_name: str, holds: str) -> Path:
     """``--train_root_dir`` as an existing folder."""
-    if args.train_root_dir is None:
+    if data.train_root_dir is None:
         raise UserError(f"--data {data_name} needs --train_root_dir <folder holding {holds}>")
-    root = Path(args.train_root_dir).expanduser()
+    root = Path(data.train_root_dir).expanduser()
     if not root.is_dir():
         raise UserError(f"--train_root_dir {root} does not exist or is not a folder; pass the folder holding {holds}")
     return root
 
 
-def locate_metadata(args: argparse.Namespace, data_name: str, default_name: str | None = None) -> tuple[Path, Path]:
+def locate_metadata(data: DataConfig, data_name: str, default_name: str | None = None) -> tuple[Path, Path]:
     """(metadata CSV, image folder). The CSV is ``--metadata``, else ``<--train_root_dir>/<default_name>``;
     images are looked up under ``--train_root_dir``, else in the CSV's folder."""
-    if args.metadata is None:
+    if data.metadata is None:
         if default_name is None:
             raise UserError(f"--data {data_name} needs --metadata <CSV file> (and --train_root_dir <image folder>)")
-        root = require_root(args, data_name, f"{default_name} and the images")
+        root = require_root(data, data_name, f"{default_name} and the images")
         return root / default_name, root
-    metadata = Path(args.metadata).expanduser()
-    image_dir = metadata.parent if args.train_root_dir is None else require_root(args, data_name, "the images")
+    metadata = Path(data.metadata).expanduser()
+    image_dir = metadata.parent if data.train_root_dir is None else require_root(data, data_name, "the images")
     return metadata, image_dir
 
 
@@ -190,13 +190,13 @@ def require_columns(table: pd.DataFrame, path: Path, fixes: Mapping[str, str]) -
             raise UserError(f"{path} has no column {column!r} (it has: {have}); {fix}")
 
 
-def table_columns(args: argparse.Namespace, table: pd.DataFrame, path: Path,
+def table_columns(data: DataConfig, table: pd.DataFrame, path: Path,
                   defaults: Mapping[str, str | None]) -> dict[str, str | None]:
     """The column named by each ``--<key>`` flag (``--image_col`` ...) or else the data set's default,
     checked to exist; ``None`` where neither names one."""
     columns = {}
     for key, default in defaults.items():
-        column = getattr(args, key) or default
+        column = getattr(data, key) or default
         if column is not None:
             require_columns(table, path, {column: f"name the right column with --{key}"})
         columns[key] = column
@@ -309,7 +309,7 @@ def resolve_image_ids(image_dir: Path, ids: Sequence[str], metadata: Path, colum
 
 
 def image_splits(image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np.ndarray, codes: np.ndarray,
-                 n_classes: int, n_attrs: int, args: argparse.Namespace, metadata: Path,
+                 n_classes: int, n_attrs: int, data: DataConfig, metadata: Path,
                  id_column: str | None = None) -> dict[str, ImageFileDataset]:
     """Train/val/test datasets from per-row arrays and split codes, transformed per ``--image_size``/``--augment``.
 
@@ -318,14 +318,14 @@ def image_splits(image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np
     every image must open too (:func:`check_images_open`). The validation images are read
     from ``--val_root_dir`` when it is given, the others from ``image_dir``.
     """
-    transforms = split_pixels(args.image_size, args.augment)
+    transforms = split_pixels(data.image_size, data.augment)
     splits = {}
     for code, split in enumerate(SPLITS):
         keep = np.flatnonzero(codes == code)
         names = [filenames[i] for i in keep]
         folder, flag = image_dir, "--train_root_dir"
-        if split == "val" and args.val_root_dir:
-            folder, flag = Path(args.val_root_dir).expanduser(), "--val_root_dir"
+        if split == "val" and data.val_root_dir:
+            folder, flag = Path(data.val_root_dir).expanduser(), "--val_root_dir"
             if not folder.is_dir():
                 raise UserError(f"--val_root_dir {folder} does not exist or is not a folder")
         if id_column is not None:
@@ -333,20 +333,20 @@ def image_splits(image_dir: Path, filenames: Sequence[str], y: np.ndarray, a: np
         else:
             check_images_exist(folder, names, metadata, flag)
         splits[split] = ImageFileDataset(folder, names, y[keep], a[keep], n_classes, n_attrs, split, transforms[split])
-    if not args.skip_image_check:
+    if not data.skip_image_check:
         check_images_open(splits, metadata)
     return splits
 
 
-def cache_splits(splits: dict[str, ImageFileDataset], args: argparse.Namespace) -> None:
+def cache_splits(splits: dict[str, ImageFileDataset], data: DataConfig) -> None:
     """Read every split from its image cache in ``--cache_dir`` (built on first use), train first,
     within ``--cache_max_gb``."""
-    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    budget = Budget(args.cache_max_gb)
+    cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else default_cache_dir()
+    budget = Budget(data.cache_max_gb)
     threads = min(32, os.cpu_count() or 1)
     for split, dataset in splits.items():
         if not isinstance(dataset, ImageFileDataset):
             continue
-        augment = split == "train" and args.augment
-        dataset.use_cache(cache_dir, f"{canonical_name(args.data)}_{split}", args.image_size, augment, budget,
+        augment = split == "train" and data.augment
+        dataset.use_cache(cache_dir, f"{canonical_name(data.data)}_{split}", data.image_size, augment, budget,
                           threads)

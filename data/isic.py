@@ -12,8 +12,7 @@ reference code's columns:
 """
 from __future__ import annotations
 
-import argparse
-
+from data.config import DataConfig
 from data.images import (BINARY_CODES, ImageFileDataset, image_splits, locate_metadata, parse_codes, read_table,
                          split_codes, table_columns)
 
@@ -21,13 +20,13 @@ DEFAULT_COLUMNS = {"image_col": "isic_id", "label_col": "benign_malignant", "att
 LABEL_CODES = {"benign": 0, "malignant": 1, "0": 0, "1": 1}
 
 
-def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
-    metadata, image_dir = locate_metadata(args, "isic", "metadata.csv")
+def build(data: DataConfig) -> dict[str, ImageFileDataset]:
+    metadata, image_dir = locate_metadata(data, "isic", "metadata.csv")
     table = read_table(metadata, "--metadata")
-    columns = table_columns(args, table, metadata, DEFAULT_COLUMNS)
+    columns = table_columns(data, table, metadata, DEFAULT_COLUMNS)
     ids = [str(i) for i in table[columns["image_col"]]]
     y = parse_codes(table[columns["label_col"]], LABEL_CODES, metadata, columns["label_col"], "--label_col")
     a = parse_codes(table[columns["attr_col"]], BINARY_CODES, metadata, columns["attr_col"], "--attr_col")
-    codes = split_codes(table, metadata, args.split_col, args.data_seed)
-    return image_splits(image_dir, ids, y, a, codes, n_classes=2, n_attrs=2, args=args, metadata=metadata,
+    codes = split_codes(table, metadata, data.split_col, data.data_seed)
+    return image_splits(image_dir, ids, y, a, codes, n_classes=2, n_attrs=2, data=data, metadata=metadata,
                         id_column=columns["image_col"])

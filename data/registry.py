@@ -2,9 +2,8 @@
 the data set modules can use it without importing the package that imports them."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from data.base import SpuriousDataset
 from utils.errors import UserError
@@ -15,8 +14,8 @@ SPLITS = ("train", "val", "test")
 @dataclass
 class DatasetSpec:
     name: str
-    build: Callable[[argparse.Namespace], dict[str, SpuriousDataset]]
-    add_args: Callable[[argparse._ArgumentGroup], None] | None = None
+    build: Callable[[Any], dict[str, SpuriousDataset]]  # given the run's data.config.DataConfig
+    config: type | None = None  # the frozen dataclass of the data set's own flags (DataConfig.own)
     aliases: tuple[str, ...] = field(default_factory=tuple)
     default_arch: str = "resnet18"  # used when neither --arch nor --checkpoint names one
     image_files: bool = True  # read from image files (False: built in memory, like digits and cmnist)

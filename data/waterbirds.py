@@ -6,8 +6,7 @@ holding ``waterbird_complete95_forest2water2/``. ``split`` is 0/1/2 for train/va
 """
 from __future__ import annotations
 
-import argparse
-
+from data.config import DataConfig
 from data.images import (BINARY_CODES, SPLIT_CODES, ImageFileDataset, find_first, image_splits,
                          parse_codes, read_table, require_columns, require_root)
 
@@ -15,8 +14,8 @@ DATASET_FOLDER = "waterbird_complete95_forest2water2"
 FORMAT_FIX = "Waterbirds' metadata.csv has img_filename,y,split,place"
 
 
-def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
-    root = require_root(args, "waterbirds", f"metadata.csv (or {DATASET_FOLDER}/)")
+def build(data: DataConfig) -> dict[str, ImageFileDataset]:
+    root = require_root(data, "waterbirds", f"metadata.csv (or {DATASET_FOLDER}/)")
     metadata = find_first([root / "metadata.csv", root / DATASET_FOLDER / "metadata.csv"], "Waterbirds' metadata.csv",
                           f"point --train_root_dir at the folder holding it or at the parent of {DATASET_FOLDER}/")
     table = read_table(metadata, "--train_root_dir")
@@ -24,5 +23,5 @@ def build(args: argparse.Namespace) -> dict[str, ImageFileDataset]:
     filenames = [str(name) for name in table["img_filename"]]
     return image_splits(metadata.parent, filenames, parse_codes(table["y"], BINARY_CODES, metadata, "y"),
                         parse_codes(table["place"], BINARY_CODES, metadata, "place"),
-                        parse_codes(table["split"], SPLIT_CODES, metadata, "split"), n_classes=2, n_attrs=2, args=args,
+                        parse_codes(table["split"], SPLIT_CODES, metadata, "split"), n_classes=2, n_attrs=2, data=data,
                         metadata=metadata)

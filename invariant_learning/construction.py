@@ -28,7 +28,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 import torch
@@ -87,11 +87,12 @@ def data_flag_defaults() -> dict[str, Any]:
     return vars(parser.parse_args([]))
 
 
-def data_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The data flags of ``args``, with path flags made absolute so irm.py may run from another folder."""
+def data_flags(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The data flags among a run's flag ``values``, with path flags made absolute so irm.py may run from another
+    folder."""
     flags = {}
     for key in data_flag_defaults():
-        value = getattr(args, key)
+        value = values[key]
         if isinstance(value, str) and key.endswith(PATH_FLAG_SUFFIXES):
             value = str(Path(value).resolve())
         flags[key] = value

@@ -39,7 +39,7 @@ from invariant_learning.construction import (add_construction_args, check_agains
 from invariant_learning.penalty import irm_penalty, penalty_weight_at
 from methods.base import Context, Fitted, Method, MethodUnavailable
 from methods.registry import register
-from training.loops import check_finite, load_step, predict, save_step
+from training.loops import LossWatch, Objective, Step, Steps, predict, run_training
 from utils.cli import non_negative, positive_int
 from utils.errors import UserError
 from utils.run_dir import StepState
@@ -47,7 +47,7 @@ from utils.options import add_options, option
 from utils.runtime import Runtime, as_runtime, make_loader, progress, to_device
 
 FULL_BATCH_CHUNK = 4096
-SAVE_EVERY = 100  # IRM steps between resume states
+SAVE_EVERY = 100  # IRM steps per epoch of the training loop (loss checks, resume states)
 ENV_KINDS = ("clusters", "files", "random", "true")
 
 
@@ -86,37 +86,45 @@ def environment_batch(env: SpuriousDataset, batch_size: int, generator: torch.Ge
     return to_device(x, device), y.to(device)
 
 
-def train_irm(model: nn.Module, envs: list[SpuriousDataset], irm: IrmConfig, batch_size: int,
-              runtime: Runtime | torch.device, generator: torch.Generator, desc: str,
-              resume: StepState | None = None) -> None:
-    """IRMv1 training of ``model`` in place (objective in the module docstring), ``batch_size`` samples per
-    environment per step (0: whole). With ``resume`` the state is saved every :data:`SAVE_EVERY` steps and
-    a saved state is continued."""
-    runtime = as_runtime(runtime)
-    device = runtime.device
-    model.to(device).train()
-    full = [whole(env, device) for env in envs] if batch_size == 0 else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=irm.irm_lr)
-    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
-    parts = {"model": model, "optimizer": optimizer}
-    state = load_step(resume, parts, generator, desc, irm.irm_steps, unit="step")
-    for step in progress(range(state["epoch"] if state else 0, irm.irm_steps), desc=desc):
-        batches = full or [environment_batch(env, batch_size, generator, device) for env in envs]
+def irm_objective(irm: IrmConfig, runtime: Runtime, weights: list[nn.Parameter]) -> Objective:
+    """IRMv1's loss of one step's environment batches (the module docstring); a batch is ``(step, batches)``."""
+
+    def objective(net: nn.Module, batch: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]) -> Step:
+        step, batches = batch
         weight = penalty_weight_at(step, irm.penalty_weight, irm.penalty_anneal_iters)
         with runtime.autocast():
-            logits = [model(runtime.batch(x)).float() for x, _ in batches]
+            logits = [net(runtime.batch(x)).float() for x, _ in batches]
         loss = torch.stack([nn.functional.cross_entropy(z, y) for z, (_, y) in zip(logits, batches)]).mean()
         loss = loss + irm.l2_regularizer_weight * sum(w.pow(2).sum() for w in weights)
         if weight:
             loss = loss + weight * torch.stack([irm_penalty(z, y) for z, (_, y) in zip(logits, batches)]).mean()
         if weight > 1:
             loss = loss / weight
-        check_finite(loss, f"in {desc} step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if resume is not None and ((step + 1) % SAVE_EVERY == 0 or step + 1 == irm.irm_steps):
-            save_step(resume, step + 1, step + 1 == irm.irm_steps, parts, generator)
+        return Step(loss, 1)
+
+    return objective
+
+
+def train_irm(model: nn.Module, envs: list[SpuriousDataset], irm: IrmConfig, batch_size: int,
+              runtime: Runtime | torch.device, generator: torch.Generator, desc: str,
+              resume: StepState | None = None) -> None:
+    """IRMv1 training of ``model`` in place (objective in the module docstring), ``batch_size`` samples per
+    environment per step (0: whole): :func:`training.loops.run_training` over :class:`~training.loops.Steps`
+    in epochs of :data:`SAVE_EVERY` steps, at whose ends the loss is checked and, with ``resume``, saved
+    (every ``runtime.resume_every`` of them) and continued. Every rank trains the whole model (no DDP)."""
+    runtime = as_runtime(runtime)
+    device = runtime.device
+    model.to(device).train()
+    full = [whole(env, device) for env in envs] if batch_size == 0 else None
+
+    def draw(_step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return full or [environment_batch(env, batch_size, generator, device) for env in envs]
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=irm.irm_lr)
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    run_training(model, irm_objective(irm, runtime, weights), Steps(draw, irm.irm_steps, SAVE_EVERY, desc),
+                 optimizer, runtime, LossWatch(flag="--irm_lr"), resume=resume, generator=generator,
+                 parallel=False)
 
 
 def fit_irm(ctx: Context, irm: IrmConfig, envs: list[SpuriousDataset], offset: int = 0, desc: str = "IRM",

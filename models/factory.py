@@ -105,7 +105,7 @@ def checked_checkpoint(path: str | os.PathLike, expect: Expect) -> dict[str, Any
     flag = expect.flag
     ckpt = load_checkpoint(path, data=expect.data, arch=expect.arch, flag=flag)
     if expect.data_settings is not None:
-        recorded = data_settings(argparse.Namespace(**(ckpt.get("args") or {})))  # its defaults resolved
+        recorded = data_settings(ckpt.get("args") or {})  # its defaults resolved
         check_data_settings(recorded, expect.data_settings, path, flag)
     shape = tuple(ckpt["arch_args"]["input_shape"])
     wrong_shape = expect.input_shape is not None and shape != tuple(expect.input_shape)

@@ -21,6 +21,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -37,7 +38,8 @@ from scripts import make_fashion_scenes  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, int_at_least, positive_float  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import atomic_write_text  # noqa: E402
-from utils.runtime import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from training.loops import Callback, Epochs, LossWatch, Step, run_training  # noqa: E402
+from utils.runtime import IMAGENET_MEAN, IMAGENET_STD, as_runtime  # noqa: E402
 
 ARCHS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
 HELD_OUT = 0.1  # share of the corpus kept aside to report the heads' accuracy
@@ -227,8 +229,55 @@ def accuracy(model: TwoHeads, x: torch.Tensor, item: torch.Tensor, family: torch
     return tuple((hits / max(len(x), 1)).tolist())
 
 
+class Corpus:
+    """The training batches of one pass: a fresh seeded order of the fitting images, each batch randomly
+    cropped and flipped (all draws from ``generator``), normalised, with its item and family labels."""
+
+    def __init__(self, x: torch.Tensor, item: torch.Tensor, family: torch.Tensor, n_held: int, batch_size: int,
+                 size: int, generator: torch.Generator) -> None:
+        self.x, self.item, self.family, self.n_held = x, item, family, n_held
+        self.batch_size, self.size, self.generator = batch_size, size, generator
+
+    def __len__(self) -> int:
+        return math.ceil((len(self.x) - self.n_held) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.x) - self.n_held, generator=self.generator) + self.n_held
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield normalise(crop(self.x[idx], self.size, self.generator)), self.item[idx], self.family[idx]
+
+
+def two_heads_objective(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Step:
+    """Cross-entropy of the item head plus that of the family head; each step counts once in the mean."""
+    x, item, family = batch
+    a, b = net(x)
+    return Step(nn.functional.cross_entropy(a, item) + nn.functional.cross_entropy(b, family), 1)
+
+
+class Schedule(Callback):
+    """Steps the learning-rate schedule after every optimizer step, stops after ``max_steps`` (0: never) and
+    prints each epoch's mean loss with the time since ``started``."""
+
+    def __init__(self, schedule: torch.optim.lr_scheduler.LRScheduler, max_steps: int, epochs: int,
+                 started: float) -> None:
+        self.schedule, self.max_steps, self.epochs, self.started = schedule, max_steps, epochs, started
+        self.steps = 0
+
+    def on_batch(self, step: int, out: Step) -> None:
+        self.schedule.step()
+        self.steps = step
+
+    def after_batch(self, step: int) -> bool:
+        return bool(self.max_steps) and step >= self.max_steps
+
+    def after_epoch(self, epoch: int, mean: float, seconds: float) -> None:
+        print(f"epoch {epoch + 1}/{self.epochs}: loss {mean:.4f} ({time.time() - self.started:.0f} s)", flush=True)
+
+
 def pretrain(args: argparse.Namespace) -> dict:
-    """Build the corpus, train both heads, write the state dict and its summary; return the summary."""
+    """Build the corpus, train both heads (the toolkit's training loop), write the state dict and its summary;
+    return the summary."""
     torch.manual_seed(args.seed)
     started, cpu0 = time.time(), time.process_time()
     x, item, family = build_corpus(Path(args.fashion_dir), args.n_images, args.size, args.seed, args.scenes_seeds)
@@ -243,25 +292,11 @@ def pretrain(args: argparse.Namespace) -> dict:
                                  weight_decay=args.weight_decay))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(total, 1))))
     generator = torch.Generator().manual_seed(args.seed)
-    fit = slice(n_held, len(x))
-    step = 0
-    for epoch in range(args.epochs):
-        order = torch.randperm(len(x) - n_held, generator=generator) + n_held
-        losses = []
-        for start in range(0, len(order), args.batch_size):
-            if args.max_steps and step >= args.max_steps:
-                break
-            idx = order[start:start + args.batch_size]
-            a, b = model(normalise(crop(x[idx], args.size, generator)))
-            loss = nn.functional.cross_entropy(a, item[idx]) + nn.functional.cross_entropy(b, family[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-            step += 1
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses) if losses else float('nan'):.4f} "
-              f"({time.time() - started:.0f} s)", flush=True)
+    corpus = Corpus(x, item, family, n_held, args.batch_size, args.size, generator)
+    steps = Schedule(schedule, args.max_steps, args.epochs, started)
+    run_training(model, two_heads_objective, Epochs(corpus, args.epochs, "pretraining", "pretrain"), optimizer,
+                 as_runtime(torch.device("cpu")), LossWatch(), [steps], parallel=False)
+    step = steps.steps
     item_acc, family_acc = accuracy(model, x[:n_held], item[:n_held], family[:n_held], args.size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

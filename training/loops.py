@@ -1,18 +1,25 @@
-"""The supervised training loop shared by ERM, retraining and the baselines, and batched prediction.
+"""The one training loop (:func:`run_training`) with its objectives, callbacks and plans, and batched prediction.
+
+Every training of the toolkit runs through :func:`run_training`: ERM, retraining and the baselines
+(:func:`train_classifier`, the cross-entropy objective or a method's loss hook), PruSC's mask
+learning (``training/prune.py``), IRM (``methods/irm.py``) and the pretraining script. An objective
+computes one batch's loss; callbacks add what a step needs around it (epoch lines, model selection,
+mid-epoch checks, early stops, per-batch bookkeeping, state to resume).
 
 The loop never reads a number back from the device inside an epoch: the running loss sum stays
 on the device and is checked (:class:`LossWatch`: NaN/inf, far above an untrained model's, or grown
-by orders of magnitude) every ``CHECK_EVERY`` steps and at the end of each epoch, so a GPU is not
-stalled once per step.
+by orders of magnitude) every ``CHECK_EVERY`` steps, when a callback asks, and at the end of each
+epoch, so a GPU is not stalled once per step.
 
 Given a :class:`~utils.run_dir.StepState`, the loop saves after every epoch what it needs to
-continue bit for bit (model, optimizer, epoch, losses, random states, the state of ``stateful``
-objects such as the best-epoch selection) and, when that state exists, continues from it.
+continue bit for bit (model, optimizer, epoch, losses, random states, the state of the callbacks
+such as the best-epoch selection) and, when that state exists, continues from it.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import torch
@@ -142,6 +149,250 @@ def load_step(resume: StepState | None, parts: Mapping[str, Any], generator: tor
     return state
 
 
+@dataclass
+class Step:
+    """What an objective returns for one batch: the ``loss`` to minimise, its ``weight`` in the running mean
+    the loss watch checks (samples, or 1 for a per-step mean), and ``terms`` (detached, kept on the device)
+    for a callback's bookkeeping (PruSC's CE, contrastive and sparsity terms)."""
+
+    loss: torch.Tensor
+    weight: int
+    terms: torch.Tensor | None = None
+
+
+Objective = Callable[[nn.Module, Any], Step]
+"""``objective(net, batch)`` -> :class:`Step`: the forward pass (in the runtime's precision and memory format)
+and the loss of one batch; ``net`` is what :func:`run_training` calls the model through (its ``parallel``)."""
+
+
+class Callback:
+    """Hooks of :func:`run_training`; each default does nothing. ``parts`` are saved and restored with a step's
+    resume state (``state_dict``/``load_state_dict``), :meth:`saved` adds plain values, :meth:`start` gets them back."""
+
+    parts: Mapping[str, Stateful] = {}
+
+    def start(self, state: dict[str, Any] | None) -> None:
+        """Before the first batch: ``state`` is the loaded resume state, None on a fresh start."""
+
+    def saved(self) -> dict[str, Any]:
+        """Plain values the resume state keeps for :meth:`start`."""
+        return {}
+
+    def on_batch(self, step: int, out: Step) -> None:
+        """After the optimizer step ``step`` (counted over the whole run, from 1): per-batch bookkeeping."""
+
+    def due(self, step: int) -> bool:
+        """Whether the loss must be checked after ``step`` (e.g. before a check that may save the model)."""
+        return False
+
+    def check(self, where: str) -> None:
+        """A divergence check of the callback's own, run with the loss watch's (before it)."""
+
+    def after_batch(self, step: int) -> bool:
+        """After the loss checks of ``step``; True stops training (early stop) at the end of this epoch."""
+        return False
+
+    def after_epoch(self, epoch: int, mean: float, seconds: float) -> None:
+        """After ``epoch`` (from 0) with its mean loss and duration, before its resume save."""
+
+    def note(self) -> str:
+        """Text added to a loss failure's message (e.g. where the last good checkpoint is)."""
+        return ""
+
+
+class EpochLog(Callback):
+    """Prints ``<desc> epoch e/E: loss L (t s)`` after every epoch (rank 0)."""
+
+    def __init__(self, desc: str, epochs: int) -> None:
+        self.desc, self.epochs = desc, epochs
+
+    def after_epoch(self, epoch: int, mean: float, seconds: float) -> None:
+        main_print(f"{self.desc} epoch {epoch + 1}/{self.epochs}: loss {mean:.4f} ({seconds:.1f} s)", flush=True)
+
+
+class Keep(Callback):
+    """Saves and restores ``parts`` with the resume state (a :class:`BestEpoch`, a loss with memory)."""
+
+    def __init__(self, parts: Mapping[str, Stateful]) -> None:
+        self.parts = parts
+
+
+class EachEpoch(Callback):
+    """Calls ``fn(epoch)`` after every epoch (model selection, snapshots)."""
+
+    def __init__(self, fn: Callable[[int], None]) -> None:
+        self.fn = fn
+
+    def after_epoch(self, epoch: int, mean: float, seconds: float) -> None:
+        self.fn(epoch)
+
+
+@dataclass
+class Epochs:
+    """Passes over a data loader: the unit of progress bars, loss checks and resume saves. ``label`` names the
+    progress bar (``<label> epoch e/E``); ``global_steps`` numbers the steps of a failure message over the run."""
+
+    loader: Iterable[Any]
+    epochs: int
+    desc: str
+    label: str
+    global_steps: bool = False
+    unit = "epoch"
+
+    @property
+    def total(self) -> int:
+        return self.epochs
+
+    def batches(self, epoch: int) -> tuple[Iterable[Any], str, int | None]:
+        """The batches of ``epoch`` (from 0), their progress label and number (None: the iterable's length)."""
+        return self.loader, f"{self.label} epoch {epoch + 1}/{self.epochs}", None
+
+    def where(self, epoch: int, in_epoch: int, step: int) -> str:
+        """Where a loss failure happened, for its message (``in_epoch``: batches of the epoch done so far, 0 at
+        its start and end; ``step``: over the run)."""
+        by = f" (by step {step if self.global_steps else in_epoch})" if in_epoch else ""
+        return f"in {self.desc} epoch {epoch + 1}{by}"
+
+    def done(self, epochs: int, _steps: int) -> int:
+        """Units finished after ``epochs`` epochs and ``steps`` steps (what a resume state records)."""
+        return epochs
+
+    def epochs_done(self, done: int) -> int:
+        return done
+
+
+@dataclass
+class Steps:
+    """``steps`` optimizer steps, each on ``draw(step)`` (from 0), in epochs of ``every`` steps (IRM: batches drawn from
+    environments rather than a loader); checks and resume saves happen at those epochs' ends."""
+
+    draw: Callable[[int], Any]
+    steps: int
+    every: int
+    desc: str
+    unit = "step"
+
+    @property
+    def total(self) -> int:
+        return self.steps
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.steps / self.every)
+
+    def batches(self, epoch: int) -> tuple[Iterable[Any], str, int | None]:
+        first, last = epoch * self.every, min((epoch + 1) * self.every, self.steps)
+        return ((step, self.draw(step)) for step in range(first, last)), f"{self.desc} steps {first + 1}-{last}", \
+            last - first
+
+    def where(self, _epoch: int, _in_epoch: int, step: int) -> str:
+        return f"in {self.desc} by step {step}"
+
+    def done(self, _epochs: int, steps: int) -> int:
+        return steps
+
+    def epochs_done(self, done: int) -> int:
+        return math.ceil(done / self.every)
+
+
+Plan = Epochs | Steps
+
+
+def run_training(model: nn.Module, objective: Objective, plan: Plan, optimizer: torch.optim.Optimizer,
+                 runtime: Runtime, watch: LossWatch, callbacks: Iterable[Callback] = (),
+                 resume: StepState | None = None, generator: torch.Generator | None = None,
+                 train_mode: bool = True, parallel: bool = True) -> list[float]:
+    """The one training loop: minimise ``objective`` over the batches of ``plan``; return each epoch's mean loss.
+
+    Per batch: the objective's forward and loss, one optimizer step, the running loss kept on the device;
+    ``watch`` reads it every :data:`CHECK_EVERY` batches, when a callback says a check is ``due``, and at
+    each epoch's end (so no batch waits for the device). ``callbacks`` add selection, mid-epoch checks,
+    early stops and bookkeeping. ``parallel``: the objective's ``net`` is
+    :func:`training.parallel.data_parallel`'s (``features, logits = net(x)``, DDP-wrapped under ``torchrun``,
+    the objective gathering the global batch); False: the model itself, trained whole by every rank.
+    With ``resume``, the state (model, optimizer, ``callbacks``' parts and values, random states of the
+    global generators and ``generator``) is saved every ``runtime.resume_every`` epochs and at the end
+    (or the early stop), and a saved state is continued bit for bit.
+    ``train_mode=False`` keeps BatchNorm statistics and dropout as in evaluation.
+    """
+    callbacks = list(callbacks)
+    device = runtime.device
+    parts: dict[str, Any] = {"model": model, "optimizer": optimizer}
+    for callback in callbacks:
+        parts |= callback.parts
+    epochs = plan.epochs
+    state = load_step(resume, parts, generator, plan.desc, plan.total, plan.unit)
+    for callback in callbacks:
+        callback.start(state)
+    history: list[float] = []
+    step, stop = 0, False
+    if state:  # a state saved before this loop ran IRM lacks the last four (its "epoch" counts steps)
+        history, watch.baseline = list(state.get("history", [])), state.get("loss_baseline")
+        step, stop = state.get("step", state["epoch"] if plan.unit == "step" else 0), state.get("stop", False)
+    net = data_parallel(model, device) if parallel else model
+
+    def notes() -> str:
+        return "".join(callback.note() for callback in callbacks)
+
+    for epoch in range(plan.epochs_done(state["epoch"]) if state else 0, epochs):
+        if stop:
+            break
+        started = time.perf_counter()
+        model.train(train_mode)
+        total = torch.zeros((), device=device)
+        count = 0
+        iterable, label, size = plan.batches(epoch)
+        batches = together(progress(iterable, desc=label, total=size), plan.where(epoch, 0, step))
+        for index, batch in enumerate(batches):
+            out = objective(net, batch)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            step += 1
+            total += out.loss.detach() * out.weight
+            count += out.weight
+            for callback in callbacks:
+                callback.on_batch(step, out)
+            if (index + 1) % CHECK_EVERY == 0 or any([callback.due(step) for callback in callbacks]):
+                where = plan.where(epoch, index + 1, step) + notes()
+                for callback in callbacks:
+                    callback.check(where)
+                watch.check(total, count, where)
+            stop = any([callback.after_batch(step) for callback in callbacks])
+            if stop:
+                break
+        history.append(watch.check(total, count, plan.where(epoch, 0, step) + notes()))
+        for callback in callbacks:
+            callback.after_epoch(epoch, history[-1], time.perf_counter() - started)
+        last = stop or epoch + 1 == epochs
+        if resume is not None and (last or (epoch + 1) % runtime.resume_every == 0):
+            plain: dict[str, Any] = {}
+            for callback in callbacks:
+                plain |= callback.saved()
+            save_step(resume, plan.done(epoch + 1, step), last, parts, generator, history=history,
+                      loss_baseline=watch.baseline, step=step, stop=stop, **plain)
+    return history
+
+
+def cross_entropy_objective(runtime: Runtime, watch: LossWatch, loss_fn: LossFn = mean_cross_entropy) -> Objective:
+    """The classifier objective: ``loss_fn`` of the global batch's logits, labels and indices (under
+    ``torchrun`` each rank runs its share, then every rank sees the whole batch's rows, with gradient).
+    The first batch gives ``watch`` its limit, :func:`cross_entropy_limit` of the model's classes."""
+    device = runtime.device
+
+    def objective(net: nn.Module, batch: Any) -> Step:
+        x, y, _a, idx = batch
+        x, y = runtime.batch(x), y.to(device, non_blocking=True)
+        with runtime.autocast():
+            logits = net(x)[1]
+        logits, y = all_gather_with_grad(logits.float()), all_gather_cat(y)
+        if watch.limit is None:
+            watch.limit = cross_entropy_limit(logits.shape[-1])
+        return Step(loss_fn(logits, y, all_gather_cat(idx.to(device, non_blocking=True))), len(y))
+
+    return objective
+
+
 def train_classifier(
     model: nn.Module,
     loader: DataLoader,
@@ -157,55 +408,20 @@ def train_classifier(
     stateful: Mapping[str, Stateful] | None = None,
     lr_flag: str = "--lr",
 ) -> list[float]:
-    """Train for ``epochs`` with ``loss_fn``; returns the mean loss of each epoch.
+    """:func:`run_training` with the cross-entropy objective (or ``loss_fn``) for ``epochs`` over ``loader``;
+    returns the mean loss of each epoch, printed as it ends.
 
-    ``train_mode=False`` keeps BatchNorm statistics and dropout as in evaluation (head-only tuning).
-    Under ``torchrun`` each rank runs its share of the global batch through the DDP-wrapped model,
-    then ``loss_fn`` sees the logits (gathered with gradient), labels and indices of the whole
-    global batch on every rank, so every method's loss means what it means for one process.
-    With ``resume``, the state is saved after every epoch and a saved state is continued (module
-    docstring; every ``runtime.resume_every`` epochs and the last); ``generator`` is the loader's and
-    ``stateful`` what ``on_epoch_end`` or ``loss_fn`` keep. ``runtime`` says device, precision and memory format.
-    A diverged loss (:class:`LossWatch`) stops the run with one line naming ``lr_flag``.
+    ``on_epoch_end(epoch)`` runs after every epoch; ``stateful`` is what it or ``loss_fn`` keep (saved and
+    restored with ``resume``; ``generator`` is the loader's). A loss over :func:`cross_entropy_limit` of the
+    model's classes, or one that explodes (:class:`LossWatch`), stops the run with one line naming ``lr_flag``.
     """
     runtime = as_runtime(runtime)
-    device = runtime.device
-    parts = {"model": model, "optimizer": optimizer, **(stateful or {})}
-    state = load_step(resume, parts, generator, desc, epochs)
-    history: list[float] = list(state["history"]) if state else []
-    watch = LossWatch(state["loss_baseline"] if state else None, flag=lr_flag)
-    net = data_parallel(model, device)
-    for epoch in range(state["epoch"] if state else 0, epochs):
-        started = time.perf_counter()
-        model.train(train_mode)
-        total = torch.zeros((), device=device)
-        count = 0
-        where = f"in {desc} epoch {epoch + 1}"
-        batches = together(progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}"), where)
-        for step, (x, y, _a, idx) in enumerate(batches):
-            x, y = runtime.batch(x), y.to(device, non_blocking=True)
-            with runtime.autocast():
-                logits = net(x)[1]
-            logits, y = all_gather_with_grad(logits.float()), all_gather_cat(y)
-            if watch.limit is None:
-                watch.limit = cross_entropy_limit(logits.shape[-1])
-            loss = loss_fn(logits, y, all_gather_cat(idx.to(device, non_blocking=True)))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(y)
-            count += len(y)
-            if (step + 1) % CHECK_EVERY == 0:
-                watch.check(total, count, f"{where} (by step {step + 1})")
-        history.append(watch.check(total, count, where))
-        main_print(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f} ({time.perf_counter() - started:.1f} s)",
-                   flush=True)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-        if resume is not None and ((epoch + 1) % runtime.resume_every == 0 or epoch + 1 == epochs):
-            save_step(resume, epoch + 1, epoch + 1 == epochs, parts, generator, history=history,
-                      loss_baseline=watch.baseline)
-    return history
+    callbacks: list[Callback] = [EpochLog(desc, epochs), Keep(stateful or {})]
+    if on_epoch_end is not None:
+        callbacks.append(EachEpoch(on_epoch_end))
+    watch = LossWatch(flag=lr_flag)
+    return run_training(model, cross_entropy_objective(runtime, watch, loss_fn), Epochs(loader, epochs, desc, desc),
+                        optimizer, runtime, watch, callbacks, resume, generator, train_mode)
 
 
 def predict(model: nn.Module, dataset: Any, runtime: Runtime | torch.device, desc: str = "predict") -> torch.Tensor:

@@ -48,10 +48,9 @@ from torch import nn
 from data import SpuriousDataset
 from models.masking import attach_masks, density_report, iter_masks, mask_parameters, set_mask_mode
 from training.contrastive import cluster_contrastive_loss
-from training.parallel import data_parallel
-from utils.distributed import all_gather_cat, all_gather_with_grad, together
-from training.loops import (CHECK_EVERY, INIT_FACTOR, LossWatch, check_contrastive, cross_entropy_limit, load_step,
-                            save_step)
+from training.loops import (INIT_FACTOR, Callback, Epochs, LossWatch, Objective, Step, check_contrastive,
+                            cross_entropy_limit, run_training)
+from utils.distributed import all_gather_cat, all_gather_with_grad
 from training.selection import cells_of, sparsest_within
 from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
@@ -59,7 +58,7 @@ from utils.cli import non_negative, positive_float, positive_int
 from utils.errors import UserError
 from utils.options import option
 from utils.run_dir import StepState
-from utils.runtime import Runtime, as_runtime, progress
+from utils.runtime import Runtime, as_runtime
 
 REFERENCE_WEIGHTS = 23_459_008  # Conv2d + Linear weights of a two-class torchvision ResNet-50
 PATIENCE = 3
@@ -138,6 +137,104 @@ def _score(score: Callable[[nn.Module], float] | None, model: nn.Module) -> floa
         return float(score(model))
 
 
+def prusc_objective(model: nn.Module, runtime: Runtime, clusters: torch.Tensor, prune: PruneConfig) -> Objective:
+    """PruSC's objective on the mask logits of ``model`` (the module docstring), with its three terms as
+    ``terms``; the losses of the whole global batch on every rank (rows of all ranks, with gradient)."""
+    device = runtime.device
+
+    def objective(net: nn.Module, batch: Any) -> Step:
+        x, y, _a, idx = batch
+        x, y = runtime.batch(x), y.to(device)
+        with runtime.autocast():
+            feats, scores = net(x)
+        feats, scores = all_gather_with_grad(feats.float()), all_gather_with_grad(scores.float())
+        y, idx = all_gather_cat(y), all_gather_cat(idx.to(device))
+        ce = nn.functional.cross_entropy(scores, y)
+        con = cluster_contrastive_loss(nn.functional.normalize(feats, dim=1), y, clusters[idx], prune.temperature)
+        sparse = sparsity_term(model, prune.sparsity_penalty, prune.min_layer_density)
+        loss = ce + prune.lambda_sparse * sparse + prune.lambda_con_prune * con
+        return Step(loss, 1, torch.stack([ce, con, sparse]).detach())
+
+    return objective
+
+
+class MaskChecks(Callback):
+    """The mask checks of pruning: every ``every`` steps (and at the start) the fixed mask's density and
+    score are recorded, its binary masks kept while it may be chosen, and it is saved when it is the one
+    :func:`~training.selection.sparsest_within` would keep; training stops once ``PATIENCE`` checks in a row
+    fall below the tolerance band. Between checks the loss terms add up on the device."""
+
+    def __init__(self, model: nn.Module, prune: PruneConfig, batch_size: int, every: int, total_steps: int,
+                 steps_per_epoch: int, device: torch.device, score: Callable[[nn.Module], float] | None,
+                 save_to: Path | None, checkpoint: Callable[[nn.Module], dict[str, Any]] | None) -> None:
+        self.model, self.prune, self.batch_size = model, prune, batch_size
+        self.every, self.total_steps, self.steps_per_epoch = every, total_steps, steps_per_epoch
+        self.device, self.score, self.save_to, self.checkpoint = device, score, save_to, checkpoint
+        self.logits = mask_parameters(model)
+        self.checks: list[dict[str, float]] = []
+        self.candidates: dict[int, list[torch.Tensor]] = {}  # check index -> its binary masks, while in the band
+        self.sums = torch.zeros(len(LOSS_TERMS), device=device)  # loss terms since the last check
+        self.n = 0
+
+    def start(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            self.record(0, torch.zeros(len(LOSS_TERMS)), 0)
+            return
+        self.checks.extend(state["checks"])
+        self.candidates.update({int(k): list(v) for k, v in state["candidates"].items()})
+        self.sums, self.n = state["sums"].to(self.device), state["n"]
+
+    def saved(self) -> dict[str, Any]:
+        return {"n": self.n, "sums": self.sums, "checks": self.checks, "candidates": self.candidates}
+
+    def on_batch(self, step: int, out: Step) -> None:
+        self.sums += out.terms  # read only at the next check
+        self.n += 1
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.total_steps
+
+    def check(self, where: str) -> None:
+        if self.prune.lambda_con_prune > 0:
+            check_contrastive(self.batch_size, self.prune.temperature, where, float(self.sums[1]) / max(self.n, 1))
+
+    def after_batch(self, step: int) -> bool:
+        if not self.due(step):
+            return False
+        stop = self.record(step, self.sums, self.n)
+        self.sums, self.n = torch.zeros(len(LOSS_TERMS), device=self.device), 0
+        if stop:
+            print(f"pruning stopped early at step {step}: the score fell below the best for {PATIENCE} checks")
+        return stop
+
+    def note(self) -> str:
+        return last_good(self.save_to)
+
+    def record(self, step: int, sums: torch.Tensor, n: int) -> bool:
+        """Record the fixed mask's density and score, keep its masks while it may be chosen; True to stop early."""
+        model, tolerance = self.model, self.prune.prune_tolerance
+        set_mask_mode(model, "fixed")
+        means = (sums / max(n, 1)).tolist()
+        record = {"step": step, "epoch": step / self.steps_per_epoch} | dict(zip(LOSS_TERMS, means))
+        record |= {"density": density_report(model, warn=False)["overall"], "score": _score(self.score, model)}
+        checks = self.checks
+        checks.append(record)
+        set_mask_mode(model, "sample")
+        best = max(c["score"] for c in checks)
+        self.candidates[len(checks) - 1] = [p.detach() >= 0 for p in self.logits]
+        for index in [i for i in self.candidates if checks[i]["score"] < best - tolerance]:
+            del self.candidates[index]  # the best score never falls, so it can never be chosen again
+        if sparsest_within(checks, tolerance) == len(checks) - 1 and self.save_to is not None \
+                and self.checkpoint is not None:
+            set_mask_mode(model, "fixed")
+            save_checkpoint(self.save_to, self.checkpoint(model))
+            set_mask_mode(model, "sample")
+        print(f"prune step {step}/{self.total_steps}: ce {record['ce']:.4f}  con {record['con']:.4f}  "
+              f"density {record['density']:.4f}  score {record['score']:.4f}")
+        recent = checks[-PATIENCE:]
+        return len(recent) == PATIENCE and all(c["score"] < best - tolerance for c in recent)
+
+
 def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Tensor, prune: PruneConfig,
                 batch_size: int, runtime: Runtime | torch.device, generator: torch.Generator,
                 save_to: Path | None = None, checkpoint: Callable[[nn.Module], dict[str, Any]] | None = None,
@@ -150,6 +247,7 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
     without it every check scores 0, so the sparsest (usually the last) mask is kept. The model
     ends with the kept mask, fixed (deterministic). With ``resume`` the state (mask logits,
     optimizer, checks, random states) is saved after every epoch and a saved state is continued.
+    The loop is :func:`training.loops.run_training` with :func:`prusc_objective` and :class:`MaskChecks`.
     """
     attach_masks(model, prune.prune_layers, prune.mask_init, prune.mask_temperature)
     runtime = as_runtime(runtime).for_pruning()
@@ -164,106 +262,29 @@ def learn_masks(model: nn.Module, train_set: SpuriousDataset, clusters: torch.Te
     total_steps = prune.pruning_ep * len(loader)
     optimizer = torch.optim.Adam(logits, lr=prune_learning_rate(prune, total_steps))
     every = max(1, math.ceil(total_steps / max(prune.prune_checks, 1)))
-    clusters = clusters.to(device)
-    checks: list[dict[str, float]] = []
-    candidates: dict[int, list[torch.Tensor]] = {}  # check index -> its binary masks, while in the band
-
-    def check(step: int, sums: torch.Tensor, n: int) -> bool:
-        """Record the fixed mask's density and score, keep its masks while it may be chosen; True to stop early."""
-        set_mask_mode(model, "fixed")
-        means = (sums / max(n, 1)).tolist()
-        record = {"step": step, "epoch": step / len(loader)} | dict(zip(LOSS_TERMS, means))
-        record |= {"density": density_report(model, warn=False)["overall"],
-                   "score": _score(score, model)}
-        checks.append(record)
-        set_mask_mode(model, "sample")
-        best = max(c["score"] for c in checks)
-        candidates[len(checks) - 1] = [p.detach() >= 0 for p in logits]
-        for index in [i for i in candidates if checks[i]["score"] < best - prune.prune_tolerance]:
-            del candidates[index]  # the best score never falls, so it can never be chosen again
-        if sparsest_within(checks, prune.prune_tolerance) == len(checks) - 1:
-            if save_to is not None and checkpoint is not None:
-                set_mask_mode(model, "fixed")
-                save_checkpoint(save_to, checkpoint(model))
-                set_mask_mode(model, "sample")
-        print(f"prune step {step}/{total_steps}: ce {record['ce']:.4f}  con {record['con']:.4f}  "
-              f"density {record['density']:.4f}  score {record['score']:.4f}")
-        recent = checks[-PATIENCE:]
-        return len(recent) == PATIENCE and all(c["score"] < best - prune.prune_tolerance for c in recent)
-
     set_mask_mode(model, "sample")
     loss_limit = (cross_entropy_limit(train_set.n_classes) + prune.lambda_sparse * REFERENCE_WEIGHTS
                   + prune.lambda_con_prune * INIT_FACTOR * math.log(max(batch_size, 2)))
-    parts = {"model": model, "optimizer": optimizer}
-    state = load_step(resume, parts, generator, "pruning", prune.pruning_ep)
-    if state is None:
-        check(0, torch.zeros(len(LOSS_TERMS)), 0)
-        step, stop, first_epoch, n = 0, False, 0, 0
-        sums = torch.zeros(len(LOSS_TERMS), device=device)  # loss terms since the last check, on the device
-        watch = LossWatch(limit=loss_limit, flag="--lr_prune")
-    else:
-        checks.extend(state["checks"])
-        candidates.update({int(k): list(v) for k, v in state["candidates"].items()})
-        step, stop, first_epoch, n = state["step"], state["stop"], state["epoch"], state["n"]
-        sums, watch = state["sums"].to(device), LossWatch(state["loss_baseline"], loss_limit, "--lr_prune")
-    net = data_parallel(model, device)  # under torchrun: DDP, which synchronises the mask logits' gradients
-    for epoch in range(first_epoch, prune.pruning_ep):
-        if stop:
-            break
-        where = f"in pruning epoch {epoch + 1}"
-        batches = together(progress(loader, desc=f"prune epoch {epoch + 1}/{prune.pruning_ep}"), where)
-        total, count = torch.zeros((), device=device), 0
-        for x, y, _a, idx in batches:
-            x, y = runtime.batch(x), y.to(device)
-            with runtime.autocast():
-                feats, scores = net(x)
-            # the losses of the whole global batch on every rank (rows of all ranks, with gradient)
-            feats, scores = all_gather_with_grad(feats.float()), all_gather_with_grad(scores.float())
-            y, idx = all_gather_cat(y), all_gather_cat(idx.to(device))
-            ce = nn.functional.cross_entropy(scores, y)
-            con = cluster_contrastive_loss(nn.functional.normalize(feats, dim=1), y, clusters[idx], prune.temperature)
-            sparse = sparsity_term(model, prune.sparsity_penalty, prune.min_layer_density)
-            loss = ce + prune.lambda_sparse * sparse + prune.lambda_con_prune * con
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            n += 1
-            count += 1
-            total += loss.detach()
-            sums += torch.stack([ce, con, sparse]).detach()  # read only at the next check
-            at_check = step % every == 0 or step == total_steps
-            if count % CHECK_EVERY == 0 or at_check:  # before a check, which may save the mask
-                if prune.lambda_con_prune > 0:
-                    check_contrastive(batch_size, prune.temperature,
-                                      f"{where} (by step {step}){last_good(save_to)}", float(sums[1]) / max(n, 1))
-                watch.check(total, count, f"{where} (by step {step}){last_good(save_to)}")
-            if at_check:
-                stop = check(step, sums, n)
-                sums, n = torch.zeros(len(LOSS_TERMS), device=device), 0
-                if stop:
-                    print(f"pruning stopped early at step {step}: the score fell below the best for {PATIENCE} checks")
-                    break
-        watch.check(total, count, f"{where}{last_good(save_to)}")
-        last = stop or epoch + 1 == prune.pruning_ep
-        if resume is not None and (last or (epoch + 1) % runtime.resume_every == 0):
-            save_step(resume, epoch + 1, last, parts, generator, step=step,
-                      stop=stop, n=n, sums=sums, checks=checks, candidates=candidates, loss_baseline=watch.baseline)
-    chosen = sparsest_within(checks, prune.prune_tolerance)
-    checks[chosen]["kept"] = True
+    checks = MaskChecks(model, prune, batch_size, every, total_steps, len(loader), device, score, save_to, checkpoint)
+    # under torchrun: DDP, which synchronises the mask logits' gradients
+    run_training(model, prusc_objective(model, runtime, clusters.to(device), prune),
+                 Epochs(loader, prune.pruning_ep, "pruning", "prune", global_steps=True), optimizer, runtime,
+                 LossWatch(limit=loss_limit, flag="--lr_prune"), [checks], resume, generator, train_mode=False)
+    chosen = sparsest_within(checks.checks, prune.prune_tolerance)
+    record = checks.checks[chosen]
+    record["kept"] = True
     with torch.no_grad():
-        for p, keep in zip(logits, candidates[chosen]):
+        for p, keep in zip(logits, checks.candidates[chosen]):
             p.copy_(torch.where(keep.to(p.device), p.abs().clamp_min(1e-3), -p.abs().clamp_min(1e-3)))
-    print(f"kept the mask of step {checks[chosen]['step']} (density {checks[chosen]['density']:.4f}, "
-          f"score {checks[chosen]['score']:.4f})")
-    if checks[chosen]["density"] == 0:
-        raise UserError(f"pruning removed every weight (density 0) by step {checks[chosen]['step']}: the model is "
+    print(f"kept the mask of step {record['step']} (density {record['density']:.4f}, score {record['score']:.4f})")
+    if record["density"] == 0:
+        raise UserError(f"pruning removed every weight (density 0) by step {record['step']}: the model is "
                         f"empty; raise --mask_temperature (now {prune.mask_temperature:g}) or lower --lambda_sparse "
                         f"(now {prune.lambda_sparse:g})")
     set_mask_mode(model, "fixed")
     for p in model.parameters():
         p.requires_grad_(True)
-    return checks
+    return checks.checks
 
 
 def last_good(save_to: Path | None) -> str:

@@ -135,7 +135,8 @@ def choose_clusters(args: argparse.Namespace, splits: dict[str, SpuriousDataset]
     then makes the default clusters)."""
     default = (f"{Path(reference.cluster_checkpoint).stem}, {'per class' if args.per_class else 'global'}, "
                f"k={args.num_clusters}")
-    made = choose_from_checkpoints(reference.snapshots, splits, args, device)
+    made = choose_from_checkpoints(reference.snapshots, splits, Expect(data=args.data, arch=args.arch),
+                                   runtime_from_args(args, device), args.num_clusters, args.min_cell_size, args.seed)
     print(format_choice(made.choice, default))
     record = {**made.choice.record(), "default": default}
     if made.choice.chosen is None:

@@ -14,24 +14,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, **flag: Any) -> Any:
+def option(default: Any, help: str | Callable[[], str], **flag: Any) -> Any:
     """A dataclass field that is also the flag ``--<name>``; ``flag`` goes to ``add_argument`` (``type``,
-    ``choices``, ``action``, ``nargs``, ``const``, ``metavar``)."""
+    ``choices``, ``action``, ``nargs``, ``const``, ``metavar``). ``help`` may be a function, called when the
+    parser is built (a list of registered names). A field made without ``option`` is not a flag."""
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag})
 
 
 def add_options(group: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
-    """One flag per field of ``cls``, in field order."""
-    for field in dataclasses.fields(cls):
-        group.add_argument(f"--{field.name}", default=field.default, help=field.metadata["help"],
+    """One flag per :func:`option` field of ``cls``, in field order."""
+    for field in flag_fields(cls):
+        text = field.metadata["help"]
+        group.add_argument(f"--{field.name}", default=field.default, help=text() if callable(text) else text,
                            **field.metadata["flag"])
 
 
 def from_args(cls: type[T], args: argparse.Namespace) -> T:
     """The settings of ``cls`` read from the parsed flags."""
-    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+    return cls(**{field.name: getattr(args, field.name) for field in flag_fields(cls)})
+
+
+def flag_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that are flags (made with :func:`option`)."""
+    return [field for field in dataclasses.fields(cls) if "flag" in field.metadata]
