@@ -1,7 +1,8 @@
 """Count what makes the code hard to change safely (issue 18), by reading the source (no import).
 
-    python3 benchmarks/code_shape.py            # this checkout
-    python3 benchmarks/code_shape.py OTHER_ROOT # e.g. an older revision: git archive REV | tar -x -C OTHER_ROOT
+    python3 benchmarks/code_shape.py             # this checkout
+    python3 benchmarks/code_shape.py OTHER_ROOT  # e.g. an older revision: git archive REV | tar -x -C OTHER_ROOT
+    python3 benchmarks/code_shape.py --list      # also name every signature and call counted
 
 Counted over the repository's Python files outside tests/ (benchmarks/ and scripts/ included):
 
@@ -15,6 +16,7 @@ Counted over the repository's Python files outside tests/ (benchmarks/ and scrip
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import sys
 from collections import defaultdict
@@ -104,8 +106,14 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    root = Path(args[0] if args else Path(__file__).resolve().parents[1]).resolve()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", nargs="?", default=str(Path(__file__).resolve().parents[1]),
+                        help="the checkout to read (default: this one)")
+    parser.add_argument("--list", action="store_true", help="name every signature and by-hand call counted")
+    args = parser.parse_args(argv)
+    root = Path(args.root).resolve()
+    if not (root / "run.py").is_file():
+        parser.error(f"{root} holds no run.py; pass the root folder of a checkout of this toolkit")
     files = python_files(root)
     trees = {p: ast.parse(p.read_text(), str(p)) for p in files}
     names = {p: module_name(p, root) for p in files}
@@ -132,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"source: {root} ({len(files)} Python files outside tests/)")
     print(f"signatures taking the whole argparse.Namespace: {len(whole_args)} in "
           f"{len({w.split(':')[0] for w in whole_args})} files")
-    print(f"calls passing amp=/channels_last= by hand: {len(by_hand)}")
+    if args.list:
+        print("".join(f"  {w}\n" for w in whole_args), end="")
+    print(f"calls passing amp=/channels_last= by hand: {len(by_hand)}"
+          + (f": {', '.join(by_hand)}" if args.list else ""))
     timed = [loop for loop in loops if loop.startswith("benchmarks/")]
     library = [loop for loop in loops if loop not in timed]
     print(f"training loops (functions calling .backward() and .step()): {len(library)}: {', '.join(library)} "
