@@ -355,7 +355,7 @@ def gpu_ratios() -> list[str]:
 # --- The --clusters_auto study (docs/clustering_choice/*.json, benchmarks/cluster_choice_study.py) ---
 
 CHOICE = ("clustering_choice/digits.json", "clustering_choice/scenes64_scratch.json",
-          "clustering_choice/scenes32_pretrained.json")
+          "clustering_choice/scenes32_pretrained.json", "clustering_choice/scenes32_pretrained_v3.json")
 
 
 def clustering_choice() -> list[str]:
