@@ -15,11 +15,11 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from cluster.fit import ClusterConfig
 from data import SpuriousDataset
 from models.factory import ModelConfig, model_from_args
 from training.erm import TrainConfig, train_erm
 from training.loops import Stateful
-from cluster.fit import ClusterConfig
 from training.reference import (Clusters, ReferenceModel, ReferenceSource, load_or_train_reference,
                                 reference_clusters)
 from training.selection import BestEpoch, SelectionConfig, Selector, cells_of, requested_selector, selection_facts
