@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +31,7 @@ from utils.errors import UserError
 from utils.options import add_options, from_args, option
 from utils.results import atomic_write_text
 from utils.run_dir import RunKind, prepare_out_dir
-from utils.runtime import runtime_from_args, seed_everything
+from utils.runtime import Runtime, runtime_from_args, seed_everything
 
 CLUSTERS_NAME = "clusters.csv"
 SUMMARY_NAME = "cluster_summary"
@@ -117,17 +118,23 @@ def default_description(checkpoint: str | None, settings: ClusterConfig) -> str:
     return f"{Path(checkpoint or '').stem}, {scope}, k={settings.num_clusters}"
 
 
-def choose(args: argparse.Namespace, splits: dict[str, SpuriousDataset], default: str) -> SnapshotChoice:
-    """``--clusters_auto``: the label-free choice among the snapshots of ``--checkpoint``, printed; ``args``
-    take the chosen scope and k (they keep the default when there is no confident choice)."""
-    made = choose_from_checkpoints(snapshot_files(args.checkpoint, args.cluster_checkpoint), splits,
-                                   Expect(data=args.data, arch=args.arch), runtime_from_args(args), args.num_clusters,
-                                   args.min_cell_size, args.seed)
+def choose(files: dict[str, str], splits: dict[str, SpuriousDataset], expect: Expect, runtime: Runtime,
+           num_clusters: int | str, min_cell_size: int, seed: int, default: str) -> SnapshotChoice:
+    """``--clusters_auto``: the label-free choice among the snapshot ``files`` (:func:`cluster.choose.snapshot_files`
+    of ``--checkpoint``), printed beside the ``default`` clustering it replaces."""
+    made = choose_from_checkpoints(files, splits, expect, runtime, num_clusters, min_cell_size, seed)
     print(format_choice(made.choice, default))
-    if made.choice.chosen is not None:
-        args.per_class, args.num_clusters = made.choice.chosen.candidate.per_class, made.choice.chosen.candidate.k
-        args.cluster_checkpoint = made.files[made.choice.chosen.candidate.snapshot]
     return made
+
+
+def chosen_flags(made: SnapshotChoice) -> dict[str, Any]:
+    """The flag values a confident ``--clusters_auto`` choice settles (none without one): the scope, k and the
+    snapshot clustered, recorded in ``cluster_summary.json``'s ``args``."""
+    chosen = made.choice.chosen
+    if chosen is None:
+        return {}
+    return {"per_class": chosen.candidate.per_class, "num_clusters": chosen.candidate.k,
+            "cluster_checkpoint": made.files[chosen.candidate.snapshot]}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -153,12 +160,15 @@ def run(args: argparse.Namespace) -> dict:
                                     num_workers=args.num_workers)
     default = default_description(args.checkpoint, from_args(ClusterConfig, args))
     if args.clusters_auto:
-        made = choose(args, splits, default)
+        made = choose(snapshot_files(args.checkpoint, args.cluster_checkpoint), splits,
+                      Expect(data=args.data, arch=args.arch), runtime_from_args(args), args.num_clusters,
+                      args.min_cell_size, args.seed, default)
     chosen = None if made is None else made.choice.chosen
+    settled = {} if made is None else chosen_flags(made)
     if chosen is not None:
         features = made.train_features[chosen.candidate.snapshot]  # type: ignore[union-attr]
         assign = chosen.fit.assign
-        summary = summarize(assign, train.y, train.a, args.per_class)
+        summary = summarize(assign, train.y, train.a, chosen.candidate.per_class)
         summary["clusters_file"] = str(write_clusters(out_dir / CLUSTERS_NAME, train, assign))
     elif args.clusters:
         assign = load_clusters(args.clusters, train)
@@ -174,7 +184,7 @@ def run(args: argparse.Namespace) -> dict:
         summary["clusters_choice"] = {**made.choice.record(), "default": default}
     text = format_summary(summary)
     payload = {"mode": "cluster", "data": args.data, "checkpoint": args.checkpoint, "clusters": args.clusters,
-               "args": plain_args(args), "time_s": round(time.time() - started, 3), **summary}
+               "args": plain_args({**vars(args), **settled}), "time_s": round(time.time() - started, 3), **summary}
     atomic_write_text(out_dir / f"{SUMMARY_NAME}.json", json.dumps(payload, indent=2) + "\n")
     atomic_write_text(out_dir / f"{SUMMARY_NAME}.txt", text + "\n")
     print(text)

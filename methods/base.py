@@ -8,19 +8,22 @@ all methods by :mod:`methods.runner`.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
+from cluster.fit import ClusterConfig
 from data import SpuriousDataset
 from models.factory import ModelConfig, model_from_args
 from training.erm import TrainConfig, train_erm
 from training.loops import Stateful
-from training.reference import Clusters, ReferenceModel, load_or_train_reference, reference_clusters
-from training.selection import BestEpoch, Selector, cells_of, requested_selector, selection_facts
+from training.reference import (Clusters, ReferenceModel, ReferenceSource, load_or_train_reference,
+                                reference_clusters)
+from training.selection import BestEpoch, SelectionConfig, Selector, cells_of, requested_selector, selection_facts
+from utils.checkpoint import plain_args
 from utils.errors import UserError
 from utils.run_dir import StepState
 from utils.options import add_options, from_args
@@ -37,7 +40,11 @@ class MethodUnavailable(UserError):
 @dataclass
 class Context:
     """Everything a method may use. The reference model and its clusters are computed on first use
-    and shared by every method of a run, so ``--mode all`` trains one ERM model and clusters it once."""
+    and shared by every method of a run, so ``--mode all`` trains one ERM model and clusters it once.
+
+    ``args`` are the resolved flags and stay as resolved; what the run settles later (the reference's
+    ``arch``, the clusters' ``per_class`` and ``num_clusters``) goes to ``settled``, which :meth:`part` and
+    :meth:`recorded_args` (results.json, checkpoints, resume states) read over the flags."""
 
     args: argparse.Namespace
     splits: dict[str, SpuriousDataset]
@@ -47,6 +54,7 @@ class Context:
     resumable: bool = False  # the run's folder is locked by an open run: long steps save state and resume
     facts: dict[str, Any] = field(default_factory=dict)  # files of the reference and clusters, for results.json
     steps: list[str] = field(default_factory=list)  # the resume states asked for so far, in order
+    settled: dict[str, Any] = field(default_factory=dict)  # flag values settled after resolve(), by name
     _reference: ReferenceModel | None = field(default=None, repr=False)
     _clusters: Clusters | None = field(default=None, repr=False)
 
@@ -58,9 +66,12 @@ class Context:
     def reference(self) -> ReferenceModel:
         """The ERM model: ``--checkpoint``, or trained here (``erm.pt``) with the seed of the run."""
         if self._reference is None:
-            self._reference = load_or_train_reference(self.args, self.train, self.device, self.generator(),
-                                                      self.out_dir, allow_masked=self.allow_masked_reference,
+            self._reference = load_or_train_reference(self.source, self.part(ModelConfig), self.part(TrainConfig),
+                                                      self.part(ClusterConfig).clusters_auto, self.runtime,
+                                                      self.train, self.generator(), self.out_dir,
+                                                      self.recorded_args(), allow_masked=self.allow_masked_reference,
                                                       resume=self.step("erm"))
+            self.settle(arch=self._reference.arch)
             self.facts.update(reference_checkpoint=self._reference.checkpoint,
                               cluster_checkpoint=self._reference.cluster_checkpoint)
         return self._reference
@@ -69,12 +80,31 @@ class Context:
     def clusters(self) -> Clusters:
         """Representation clusters of the reference (``--clusters`` or k-means), train and val."""
         if self._clusters is None:
-            self._clusters = reference_clusters(self.args, self.splits, self.reference, self.device, self.out_dir,
+            self._clusters = reference_clusters(self.source, self.part(ClusterConfig),
+                                                self.part(SelectionConfig).min_cell_size, self.args.seed,
+                                                self.splits, self.reference, self.runtime, self.out_dir,
                                                 resume=self.step("clusters"))
-            self.facts.update(clusters=self._clusters.file, cluster_checkpoint=self.reference.cluster_checkpoint)
+            made_with = self._clusters.settings
+            self.settle(per_class=made_with.per_class, num_clusters=made_with.num_clusters)
+            self.facts.update(clusters=self._clusters.file, cluster_checkpoint=self._clusters.cluster_checkpoint)
             if self._clusters.choice is not None:
                 self.facts["clusters_choice"] = self._clusters.choice
         return self._clusters
+
+    @property
+    def source(self) -> ReferenceSource:
+        """Where the reference model and its clusters come from (run.py's own flags)."""
+        args = self.args
+        return ReferenceSource(args.data, args.checkpoint, args.cluster_checkpoint, args.cluster_epoch, args.clusters)
+
+    def settle(self, **values: Any) -> None:
+        """Record flag values the run settled (read over the flags from now on; the flags stay as resolved)."""
+        self.settled.update(values)
+
+    def recorded_args(self) -> dict[str, Any]:
+        """The run's arguments as results.json, checkpoints and resume states record them: the resolved
+        flags with the settled values in their place."""
+        return plain_args({**vars(self.args), **self.settled})
 
     def step(self, name: str) -> StepState | None:
         """Where the long step ``name`` keeps its resume state (None outside an open run)."""
@@ -93,8 +123,10 @@ class Context:
         return model_from_args(self.part(ModelConfig), self.train)
 
     def part(self, cls: type[T]) -> T:
-        """The settings of ``cls`` (a frozen dataclass of flags, :mod:`utils.options`) in this run."""
-        return from_args(cls, self.args)
+        """The settings of ``cls`` (a frozen dataclass of flags, :mod:`utils.options`) in this run, with the
+        values settled so far."""
+        names = {f.name for f in fields(cls)}
+        return replace(from_args(cls, self.args), **{k: v for k, v in self.settled.items() if k in names})
 
     @property
     def requested_selector(self) -> Selector:

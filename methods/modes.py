@@ -52,7 +52,7 @@ class _Checkpoint(Method):
         args = ctx.args
         loaded = load_model(args.checkpoint, Expect(data=args.data, arch=args.arch, input_shape=ctx.train.input_shape,
                                                     n_classes=ctx.train.n_classes))
-        args.arch = loaded.checkpoint["arch"]
+        ctx.settle(arch=loaded.checkpoint["arch"])
         return Fitted(loaded.model.to(ctx.device), info={"checkpoint": str(args.checkpoint)}, save=False)
 
 

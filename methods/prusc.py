@@ -92,7 +92,7 @@ class PruSC(Method):
             return selector.score_model(masked, data.select, data.select_cells, runtime)
 
         def checkpoint(masked: nn.Module) -> dict[str, Any]:
-            return checkpoint_content(masked, ctx.args, arch_args, ctx.train.n_classes)
+            return checkpoint_content(masked, ctx.recorded_args(), arch_args, ctx.train.n_classes)
 
         history = learn_masks(model, ctx.train, ctx.clusters.train, prune, ctx.part(TrainConfig).batch_size, runtime,
                               ctx.generator(), save_to=ctx.out_dir / f"{self.name}_pruned.pt", checkpoint=checkpoint,

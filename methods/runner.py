@@ -20,7 +20,7 @@ from methods.base import Context, Fitted, Method, MethodUnavailable
 from models.factory import checkpoint_content
 from models.masking import density_report, iter_masks
 from training.experiment import evaluate_model, results_payload
-from utils.checkpoint import plain_args, save_checkpoint
+from utils.checkpoint import save_checkpoint
 from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.report import format_comparison, format_group_table, write_report
@@ -58,7 +58,7 @@ def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any
     if fitted.save:
         arch_args = fitted.arch_args if fitted.arch_args is not None else ctx.reference.arch_args
         path = save_checkpoint(ctx.out_dir / f"{method.name}.pt",
-                               checkpoint_content(fitted.model, ctx.args, arch_args, ctx.train.n_classes))
+                               checkpoint_content(fitted.model, ctx.recorded_args(), arch_args, ctx.train.n_classes))
         result["checkpoint"] = str(path)
     result.update(fitted.info)
     return result
@@ -97,7 +97,7 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
         results[method.name] = method_result(method, fitted, ctx)
         results[method.name]["time_s"] = round(time.time() - fit_started, 1)  # fit and evaluation (and shared steps it ran)
         if finished is not None:
-            finished.save({"results": results, "facts": ctx.facts, "args": plain_args(ctx.args)})
+            finished.save({"results": results, "facts": ctx.facts, "args": ctx.recorded_args()})
             for name in set(ctx.steps[first_step:]) - set(SHARED_STEPS):
                 StepState(ctx.out_dir, name).clear()  # the method's entry replaces its steps' states
     return {name: results[name] for name in [m.name for m in runnable] if name in results}
@@ -110,10 +110,8 @@ def restore_finished(ctx: Context, finished: StepState | None) -> dict[str, dict
     if saved is None:
         return {}
     ctx.facts.update(saved["facts"])
-    current = plain_args(ctx.args)
-    for key, value in saved["args"].items():
-        if current.get(key) != value:
-            setattr(ctx.args, key, value)
+    current = ctx.recorded_args()
+    ctx.settle(**{key: value for key, value in saved["args"].items() if current.get(key) != value})
     return dict(saved["results"])
 
 
@@ -129,11 +127,12 @@ def finish(mode: str, ctx: Context, started: float, results: dict[str, dict[str,
     extra.update(ctx.facts)
     if "density" in results[main]:
         extra["density"] = results[main]["density"]
-    payload = results_payload(mode, plain_args(ctx.args), started, results[main]["splits"], primary_method=main,
+    args = ctx.recorded_args()
+    payload = results_payload(mode, args, started, results[main]["splits"], primary_method=main,
                               methods=results, **extra)
     picture = run_on_main(write_report, Path(ctx.out_dir) / "report.png", [payload]) if report else None
     path = write_results(ctx.out_dir, payload)  # last: results.json marks the run finished, picture included
-    print(format_comparison(results, title=f"{ctx.args.data} ({ctx.args.arch}), seed {ctx.args.seed}: "
+    print(format_comparison(results, title=f"{args['data']} ({args['arch']}), seed {args['seed']}: "
                                            "test accuracy (%)"))
     print(format_group_table(results[main]["splits"]["test"], f"test ({main})"))
     if picture is not None:

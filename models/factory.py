@@ -10,7 +10,6 @@ is stated in an :class:`Expect` and fails as one line naming the flag and the fi
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -126,18 +125,21 @@ def load_model(path: str | os.PathLike, expect: Expect = Expect()) -> LoadedMode
     return LoadedModel(model_from_checkpoint(ckpt, f"{expect.flag} {path}"), ckpt)
 
 
-def checkpoint_content(model: nn.Module, args: argparse.Namespace, arch_args: dict[str, Any],
+def checkpoint_content(model: nn.Module, recorded: dict[str, Any], arch_args: dict[str, Any],
                        n_classes: int, **extra: Any) -> dict[str, Any]:
-    """The checkpoint dict for ``model``; a masked model also stores ``mask_logits``."""
+    """The checkpoint dict for ``model``; a masked model also stores ``mask_logits``. ``recorded`` is the
+    run's arguments as it records them (the resolved flags with what the run settled since, e.g. the
+    clusters' ``per_class``): its ``arch`` and ``data`` are the checkpoint's, the whole is its ``args``."""
     state, logits = split_state(model)
     if logits:
         extra["mask_logits"] = logits
+    args = plain_args(recorded)
     return {
         "state_dict": state,
-        "arch": args.arch,
+        "arch": args["arch"],
         "arch_args": arch_args,
-        "data": args.data,
+        "data": args["data"],
         "n_classes": int(n_classes),
-        "args": plain_args(args),
+        "args": args,
         **extra,
     }

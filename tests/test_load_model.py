@@ -22,7 +22,7 @@ def write(path, masked: bool = False, **changes):
         attach_masks(model, "head")
         set_mask_mode(model, "fixed")
     args = argparse.Namespace(arch="mlp", data="digits", data_seed=0)
-    content = checkpoint_content(model, args, {"hidden_dim": 16, "input_shape": list(SHAPE)}, 2)
+    content = checkpoint_content(model, vars(args), {"hidden_dim": 16, "input_shape": list(SHAPE)}, 2)
     return save_checkpoint(path, {**content, **changes}), model
 
 

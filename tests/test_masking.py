@@ -76,7 +76,7 @@ def test_checkpoint_round_trip_keeps_the_mask(tmp_path):
         mask.logits.data.normal_()
     set_mask_mode(model, "fixed")
     args = argparse.Namespace(arch="mlp", data="digits")
-    save_checkpoint(tmp_path / "m.pt", checkpoint_content(model, args, {"hidden_dim": 256, "input_shape": [2, 8, 8]}, 2))
+    save_checkpoint(tmp_path / "m.pt", checkpoint_content(model, vars(args), {"hidden_dim": 256, "input_shape": [2, 8, 8]}, 2))
     ckpt = load_checkpoint(tmp_path / "m.pt")
     assert set(ckpt["mask_logits"]) == {"body.1", "body.3", "head"}
     assert "head.weight" in ckpt["state_dict"]

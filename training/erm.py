@@ -1,7 +1,6 @@
 """ERM: cross-entropy training of the reference model (or, with a loss hook, of a baseline) and its checkpoint."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,9 +15,9 @@ from training.samplers import training_loader
 from utils.checkpoint import save_checkpoint
 from utils.cli import non_negative, positive_int
 from utils.errors import UserError
-from utils.options import from_args, option
+from utils.options import option
 from utils.run_dir import StepState
-from utils.runtime import Runtime, as_runtime, runtime_from_args
+from utils.runtime import Runtime, as_runtime
 
 
 @dataclass(frozen=True)
@@ -94,19 +93,19 @@ def snapshot_epochs(cluster_epoch: int, epochs: int, clusters_auto: bool) -> lis
     return sorted(e for e in chosen if 1 <= e < epochs)
 
 
-def train_and_save_erm(args: argparse.Namespace, train_set: SpuriousDataset, device: torch.device,
-                       generator: torch.Generator, out_dir: Path, resume: StepState | None = None) -> ErmRun:
-    """A fresh ``args.arch`` model trained with ERM, saved as ``<out_dir>/erm.pt`` (plus the
-    ``--cluster_epoch`` snapshot when that is not the last epoch, and those of :func:`snapshot_epochs`)."""
-    model, arch_args = model_from_args(from_args(ModelConfig, args), train_set)
-    snapshot = snapshot_path(out_dir, args.cluster_epoch, args.epochs)
-    saved = snapshot_epochs(args.cluster_epoch, args.epochs, getattr(args, "clusters_auto", False))
+def train_and_save_erm(settings: ModelConfig, train: TrainConfig, runtime: Runtime, train_set: SpuriousDataset,
+                       generator: torch.Generator, out_dir: Path, cluster_epoch: int, clusters_auto: bool,
+                       recorded: dict[str, Any], resume: StepState | None = None) -> ErmRun:
+    """A fresh ``settings.arch`` model trained with ERM, saved as ``<out_dir>/erm.pt`` (plus the
+    ``--cluster_epoch`` snapshot when that is not the last epoch, and those of :func:`snapshot_epochs`);
+    ``recorded`` is the run's arguments the checkpoints record (:func:`models.factory.checkpoint_content`)."""
+    model, arch_args = model_from_args(settings, train_set)
+    snapshot = snapshot_path(out_dir, cluster_epoch, train.epochs)
+    saved = snapshot_epochs(cluster_epoch, train.epochs, clusters_auto)
     snapshots = {e: Path(out_dir) / f"erm_epoch{e}.pt" for e in saved}
-    losses = train_erm(model, train_set, from_args(TrainConfig, args), runtime_from_args(args, device), generator,
-                       snapshots=snapshots, resume=resume,
-                       checkpoint=lambda m, epoch: checkpoint_content(m, args, arch_args, train_set.n_classes,
+    losses = train_erm(model, train_set, train, runtime, generator, snapshots=snapshots, resume=resume,
+                       checkpoint=lambda m, epoch: checkpoint_content(m, recorded, arch_args, train_set.n_classes,
                                                                       epoch=epoch))
-    ckpt_path = save_checkpoint(Path(out_dir) / "erm.pt", checkpoint_content(model, args, arch_args,
+    ckpt_path = save_checkpoint(Path(out_dir) / "erm.pt", checkpoint_content(model, recorded, arch_args,
                                                                               train_set.n_classes))
     return ErmRun(model, arch_args, ckpt_path, snapshot, losses, snapshots)
-

@@ -1,8 +1,8 @@
 """Checkpoints (ARCHITECTURE.md, "Contracts"): plain dicts loadable with ``weights_only=True``, written atomically.
 
 Content: ``state_dict``, ``arch``, ``arch_args`` (enough to rebuild the model), ``data``,
-``n_classes``, ``args`` (the argparse namespace as a dict of plain values) and, for masked
-models, ``mask_logits``.
+``n_classes``, ``args`` (the run's arguments as plain values, with what it settled:
+``methods.base.Context.recorded_args``) and, for masked models, ``mask_logits``.
 """
 from __future__ import annotations
 
