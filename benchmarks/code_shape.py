@@ -6,8 +6,10 @@
 
 Counted over the repository's Python files outside tests/ (benchmarks/ and scripts/ included):
 
-- signatures taking the whole flags object: functions with a parameter annotated ``argparse.Namespace``;
-- runtime options passed by hand: calls with an ``amp=`` or ``channels_last=`` keyword;
+- signatures taking the whole flags object: functions with a parameter annotated ``argparse.Namespace``,
+  and how many of them lie outside the command-line layer and the converters (``CLI_LAYER``, ``CONVERTERS``);
+- runtime options passed by hand: calls with an ``amp=`` or ``channels_last=`` keyword, other than
+  those that build the ``Runtime`` (``Runtime(...)``, ``dataclasses.replace(runtime, ...)``);
 - training loops: functions that call both ``.backward()`` and ``.step()`` (benchmarks/ shown apart: its
   loops time single steps);
 - checkpoint loaders: functions that call ``load_checkpoint`` or ``model_from_checkpoint``, by file;
@@ -23,6 +25,12 @@ from collections import defaultdict
 from pathlib import Path
 
 SKIP = ("tests", ".git", "__pycache__")
+RUNTIME_MAKERS = ("Runtime", "replace")
+CLI_LAYER = ("run.py", "cli/", "scripts/", "benchmarks/", "methods/modes.py")  # programs and their mode entry points
+CONVERTERS = (  # flags to typed parts, their record, the recipe that settles them, and --mode cluster's entry point
+    "utils/options.py:from_args", "utils/runtime.py:runtime_from_args", "utils/checkpoint.py:plain_args",
+    "data/config.py:data_config", "data/__init__.py:build_splits", "methods/runner.py:make_context",
+    "methods/prusc.py:apply_recipe", "cluster/fit.py:run")  # building or deriving the runtime object is where these options belong
 
 
 def python_files(root: Path) -> list[Path]:
@@ -133,13 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             if calls & {"load_checkpoint", "model_from_checkpoint"}:
                 loaders[rel].append(fn.name)
         for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
-            if any(k.arg in ("amp", "channels_last") for k in call.keywords):
+            callee = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+            if callee not in RUNTIME_MAKERS and any(k.arg in ("amp", "channels_last") for k in call.keywords):
                 by_hand.append(f"{rel}:{call.lineno}")
         graph[names[path]] = imports(tree, names[path], path.name == "__init__.py", modules)
     found = circles(graph)
     print(f"source: {root} ({len(files)} Python files outside tests/)")
+    inside = [w for w in whole_args if not w.startswith(CLI_LAYER) and w not in CONVERTERS]
     print(f"signatures taking the whole argparse.Namespace: {len(whole_args)} in "
-          f"{len({w.split(':')[0] for w in whole_args})} files")
+          f"{len({w.split(':')[0] for w in whole_args})} files; outside the command-line layer and the "
+          f"converters: {len(inside)}" + (f" ({', '.join(inside)})" if inside else ""))
     if args.list:
         print("".join(f"  {w}\n" for w in whole_args), end="")
     print(f"calls passing amp=/channels_last= by hand: {len(by_hand)}"
