@@ -211,6 +211,18 @@ def test_layers_import_only_downwards():
                 assert LAYERS.index(top) < level, f"{path.relative_to(ROOT)} imports {module} from a higher layer"
 
 
+def test_the_code_keeps_one_training_loop_and_takes_the_flags_only_at_its_edge(capsys):
+    """benchmarks/code_shape.py's counts stay at their goals: a new loop or a library function taking the
+    whole argparse.Namespace (outside the command-line layer and the converters) fails here."""
+    from benchmarks import code_shape
+
+    assert code_shape.main([str(ROOT)]) == 0
+    out = capsys.readouterr().out
+    assert "outside the command-line layer and the converters: 0" in out
+    assert "by hand: 0" in out and "training loops (functions calling .backward() and .step()): 1:" in out
+    assert "import circles: 0" in out
+
+
 def test_report_script_prints_the_table_and_draws_the_picture(all_run, tmp_path, capsys):
     from scripts import report
 
