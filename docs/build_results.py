@@ -126,6 +126,15 @@ def cmnist_irm(headline: bool = False) -> list[str]:
     return table(header if headline else ["variant", "env sizes", "train acc", *header[1:]], rows)
 
 
+def cmnist_irm_ablations() -> list[str]:
+    def cell(value: float | str | None) -> str:
+        return fixed(value, 2) if isinstance(value, float) else (value or "")
+
+    rows = summary(CMNIST)["irm_fashion"]["ablations"]["rows"]
+    return table(["change from the run above", "IRM cluster envs", "IRM true envs"],
+                 [[r["change"], cell(r["irm_cluster_envs"]), cell(r["irm_true_envs"])] for r in rows])
+
+
 def cmnist_erm_fashion() -> list[str]:
     erm = summary(CMNIST)["erm_fashion_28"]
     rows = []
@@ -364,6 +373,14 @@ def clustering_choice() -> list[str]:
     return choice_table([str(DOCS / p) for p in CHOICE]).rstrip("\n").splitlines()
 
 
+# --- Which reference model clusters the attribute (docs/clustering/*.json, benchmarks/reference_model_study.py) ---
+
+def reference_study(name: str) -> list[str]:
+    from benchmarks.reference_model_study import table as reference_table
+
+    return reference_table(summary(f"clustering/{name}.json"))
+
+
 # --- Pages that a script writes whole from the summary kept beside them ---
 
 def whole_pages() -> dict[Path, Callable[[], str]]:
@@ -384,6 +401,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "cmnist_environments": cmnist_environments,
     "cmnist_irm": cmnist_irm,
     "cmnist_irm_headline": lambda: cmnist_irm(headline=True),
+    "cmnist_irm_ablations": cmnist_irm_ablations,
     "cmnist_prusc_gpu": cmnist_prusc_gpu,
     "scenes_calibration": scenes_calibration,
     "scenes_head_only": scenes_head_only,
@@ -396,6 +414,8 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "gpu_throughput": gpu_throughput,
     "gpu_ratios": gpu_ratios,
     "clustering_choice": clustering_choice,
+    **{name: (lambda name=name: reference_study(name))
+       for name in ("reference_digits", "reference_digits_noise", "reference_fashion")},
 }
 
 
