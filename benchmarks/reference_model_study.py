@@ -67,7 +67,7 @@ def study(setting: str, root: Path, run_flags: list[str]) -> dict:
         run_quietly(["--mode", "cluster", *run_flags, *scope, "--checkpoint", erm_dir / "erm.pt",
                      "--out_dir", out, "--overwrite"])
         summaries.append(json.loads((out / "cluster_summary.json").read_text()))
-    return {"epochs": int(epochs), "weight_decay": weight_decay, "train_loss": erm["train_loss"][-1],
+    return {"epochs": int(epochs), "weight_decay": weight_decay, "train_loss": erm["methods"]["erm"]["train_loss"][-1],
             "test_worst_group": erm["splits"]["test"]["worst_group_acc"],
             "conflicting": summaries[0]["conflicting_fraction"], "label_nmi": summaries[0]["vs_label"]["nmi"],
             "global": summaries[0]["vs_attribute"]["within_class"],

@@ -17,4 +17,5 @@ class ERM(Method):
 
     def fit(self, ctx: Context) -> Fitted:
         ref = ctx.reference
-        return Fitted(ref.model, info={"checkpoint": ref.checkpoint}, save=False)
+        trained = {"train_loss": list(ref.train_loss)} if ref.train_loss is not None else {}  # the loss curve
+        return Fitted(ref.model, info={"checkpoint": ref.checkpoint, **trained}, save=False)

@@ -20,6 +20,8 @@ def test_erm_writes_results_and_checkpoint(run_cli, tmp_path):
         assert set(m["groups"]) == {"y=0,a=0", "y=0,a=1", "y=1,a=0", "y=1,a=1"}
         assert sum(g["n"] for g in m["groups"].values()) in (449, 450)
     assert "worst-grp" in out
+    losses = res["methods"]["erm"]["train_loss"]  # the loss curve: one mean per epoch, as printed
+    assert len(losses) == 3 and losses[-1] < losses[0] and f"loss {losses[-1]:.4f}" in out
     ckpt = torch.load(tmp_path / "erm.pt", weights_only=True)
     assert ckpt["arch"] == "mlp" and ckpt["data"] == "digits" and ckpt["n_classes"] == 2
     assert ckpt["args"]["epochs"] == 3

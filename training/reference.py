@@ -49,6 +49,7 @@ class ReferenceModel:
     checkpoint: str
     cluster_checkpoint: str  # the default; a --clusters_auto choice is the Clusters' own
     snapshots: dict[str, str]  # candidate checkpoints of --clusters_auto, by name
+    train_loss: tuple[float, ...] | None = None  # mean loss of each ERM epoch when trained here (not --checkpoint)
 
 
 @dataclass(frozen=True)
@@ -83,15 +84,16 @@ def load_or_train_reference(source: ReferenceSource, settings: ModelConfig, trai
                                                       n_classes=train_set.n_classes, dense=not allow_masked))
         model, ckpt = loaded.model, loaded.checkpoint
         arch, arch_args, ckpt_path, snapshot = ckpt["arch"], dict(ckpt["arch_args"]), str(source.checkpoint), None
+        losses = None
     else:
         print(f"no --checkpoint given: training the ERM reference model ({train.epochs} epochs)")
         erm = train_and_save_erm(settings, train, runtime, train_set, generator, out_dir, source.cluster_epoch,
                                  clusters_auto, recorded, resume)
-        model, arch, arch_args = erm.model, settings.arch, erm.arch_args
+        model, arch, arch_args, losses = erm.model, settings.arch, erm.arch_args, tuple(erm.losses)
         ckpt_path, snapshot = str(erm.checkpoint), erm.snapshot
     cluster_ckpt = source.cluster_checkpoint or (str(snapshot) if snapshot else ckpt_path)
     snapshots = snapshot_files(ckpt_path, source.cluster_checkpoint)
-    return ReferenceModel(model.to(runtime.device), arch, arch_args, ckpt_path, cluster_ckpt, snapshots)
+    return ReferenceModel(model.to(runtime.device), arch, arch_args, ckpt_path, cluster_ckpt, snapshots, losses)
 
 
 def reference_clusters(source: ReferenceSource, settings: ClusterConfig, min_cell_size: int, seed: int,
