@@ -5,8 +5,8 @@
         --out_json docs/results/pretrained.json --out_md docs/results/pretrained.md
 
 ``--calibration`` takes ERM runs (``run.py --mode erm``) by spurious ratio; ``--comparison`` takes
-``run.py --mode all`` folders of any seeds (a run with ``--recipe original`` reports its PruSC as
-``prusc_original``). The comparison gives mean ± sample std over seeds and, with 2 or more seeds, the
+``run.py --mode all`` folders of any seeds (a run with ``--recipe original`` reports its methods as
+``<method>_original``, one with ``--clusters_auto`` its cluster-dependent methods as ``<method>_auto``). The comparison gives mean ± sample std over seeds and, with 2 or more seeds, the
 paired difference to retrain-only with its 95% t interval; it lists the seeds each method has.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from utils.sweep_report import paired_interval  # noqa: E402
 CRITERIA = ("test avg >= 90% and worst-group >= 15 points below avg (ImageNet ERM on Waterbirds: about 97 / 60-75). "
             "The Waterbirds figures weigh the group accuracies by the training groups' shares (weighted avg "
             "here); the balanced avg (every test group alike) is shown beside it")
-ORDER = ("erm", "retrain_only", "prusc_no_con", "prusc", "prusc_original", "jtt", "dfr", "groupdro")
+ORDER = ("erm", "retrain_only", "prusc_no_con", "prusc", "retrain_only_auto", "prusc_no_con_auto", "prusc_auto",
+         "erm_original", "prusc_original", "jtt", "dfr", "groupdro")
 
 
 def read(folder: str) -> dict:
@@ -48,18 +49,30 @@ def calibration_row(ratio: str, folder: str) -> dict:
             "meets_criteria": weighted >= 90 and weighted - worst >= 15 if float(ratio) > 0.5 else None}
 
 
+def row_name(method: str, args: dict) -> str:
+    """The table row of a method's result: runs with ``--recipe original`` (which also changes ERM's settings)
+    or ``--clusters_auto`` (other clusters) get rows of their own, so that they never mix with the defaults."""
+    if args.get("recipe") == "original":
+        return f"{method}_original"
+    return f"{method}_auto" if args.get("clusters_auto") and method != "erm" else method
+
+
 def comparison(folders: list[str]) -> dict:
-    """method -> seed -> {worst, avg, density, time_s}."""
+    """row -> seed -> {worst, avg, density, time_s}. The same row and seed from two folders must agree (the
+    ERM that a default and a ``--clusters_auto`` sweep share); different numbers are refused, never mixed."""
     table: dict[str, dict[int, dict]] = {}
     for folder in folders:
         res = read(folder)
         for name, m in res["methods"].items():
-            key = "prusc_original" if name == "prusc" and res["args"].get("recipe") == "original" else name
-            test = m["splits"]["test"]
-            table.setdefault(key, {})[res["seed"]] = {
-                "worst": 100 * test["worst_group_acc"], "avg": 100 * test["avg_acc"],
-                "density": 100 * m["density"]["overall"] if isinstance(m.get("density"), dict) else None,
-                "time_s": m.get("time_s"), "group_labels": m.get("uses_group_labels", False), "run": folder}
+            key, test = row_name(name, res["args"]), m["splits"]["test"]
+            row = {"worst": 100 * test["worst_group_acc"], "avg": 100 * test["avg_acc"],
+                   "density": 100 * m["density"]["overall"] if isinstance(m.get("density"), dict) else None,
+                   "time_s": m.get("time_s"), "group_labels": m.get("uses_group_labels", False), "run": folder}
+            seen = table.setdefault(key, {}).get(res["seed"])
+            if seen is not None and (seen["worst"], seen["avg"]) != (row["worst"], row["avg"]):
+                raise UserError(f"{folder} and {seen['run']} give different {key} results for seed {res['seed']}; "
+                                "pass runs of one configuration per seed")
+            table[key].setdefault(res["seed"], row)
     return table
 
 
@@ -71,6 +84,12 @@ def paired(rows: dict[int, dict], base: dict[int, dict]) -> dict | None:
     return {"seeds": seeds, "mean": mean, "ci95": [low, high]}
 
 
+def baseline(row: str) -> str | None:
+    """The retrain-only row a row is paired with: the one on the same clusters (None for retrain-only itself)."""
+    base = "retrain_only_auto" if row.endswith("_auto") else "retrain_only"
+    return None if row == base else base
+
+
 def summarise(table: dict[str, dict[int, dict]]) -> dict:
     out = {}
     for name in [n for n in ORDER if n in table] + sorted(set(table) - set(ORDER)):
@@ -80,8 +99,7 @@ def summarise(table: dict[str, dict[int, dict]]) -> dict:
                      "density": [r["density"] for r in rows.values()],
                      "time_s": [r["time_s"] for r in rows.values()],
                      "group_labels": any(r["group_labels"] for r in rows.values()),
-                     "paired_vs_retrain_only": (paired(rows, table["retrain_only"])
-                                                if "retrain_only" in table and name != "retrain_only" else None)}
+                     "paired_vs_retrain_only": paired(rows, table[base]) if (base := baseline(name)) in table else None}
     return out
 
 
@@ -126,7 +144,9 @@ def markdown(summary: dict) -> str:
             label = f"{name} [group labels]" if row["group_labels"] else name
             lines.append(f"| {label} | {','.join(map(str, row['seeds']))} | {fmt(row['worst'])} | {fmt(row['avg'])} | "
                          f"{fmt(density)} | {diff_text} |")
-        lines += ["", "A single seed is a measurement, not a conclusion; the paired interval needs 2 or more seeds."]
+        lines += ["", "Rows ending in `_auto` used the `--clusters_auto` clusters and are paired with `retrain_only_auto`; "
+                  "rows ending in `_original` ran `--recipe original` (its own ERM settings). A single seed is a "
+                  "measurement, not a conclusion; the paired interval needs 2 or more seeds."]
     return "\n".join(lines) + "\n"
 
 

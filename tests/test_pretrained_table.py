@@ -1,0 +1,44 @@
+"""scripts/pretrained_table.py: the comparison keeps runs on other clusters or another recipe apart."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scripts import pretrained_table
+from utils.errors import UserError
+
+
+def run_folder(root: Path, name: str, seed: int, worst: dict[str, float], **args) -> str:
+    """A finished run.py folder whose results.json gives each method this test worst-group accuracy."""
+    folder = root / name / f"seed{seed}"
+    folder.mkdir(parents=True)
+    methods = {m: {"splits": {"test": {"worst_group_acc": w, "avg_acc": 0.9}}, "uses_group_labels": False}
+               for m, w in worst.items()}
+    (folder / "results.json").write_text(json.dumps({"seed": seed, "args": args, "methods": methods}))
+    return str(folder)
+
+
+def test_clusters_auto_and_the_original_recipe_get_rows_of_their_own(tmp_path):
+    folders = [run_folder(tmp_path, "default", s, {"erm": 0.5, "retrain_only": 0.80 + s / 100, "prusc": 0.85 + s / 50})
+               for s in (0, 1)]
+    folders += [run_folder(tmp_path, "auto", s, {"erm": 0.5, "retrain_only": 0.70, "prusc": 0.75 + s / 100},
+                           clusters_auto=True) for s in (0, 1)]
+    folders += [run_folder(tmp_path, "original", s, {"erm": 0.4, "prusc": 0.6}, recipe="original") for s in (0, 1)]
+    rows = pretrained_table.summarise(pretrained_table.comparison(folders))
+    assert list(rows) == ["erm", "retrain_only", "prusc", "retrain_only_auto", "prusc_auto", "erm_original",
+                          "prusc_original"]
+    assert rows["prusc"]["worst"] == pytest.approx([85, 87]) and rows["prusc_auto"]["worst"] == pytest.approx([75, 76])
+    assert rows["prusc"]["paired_vs_retrain_only"]["mean"] == pytest.approx(5.5)  # paired with the default clusters'
+    assert rows["prusc_auto"]["paired_vs_retrain_only"]["mean"] == pytest.approx(5.5)  # with retrain_only_auto
+    assert rows["retrain_only_auto"]["paired_vs_retrain_only"] is None
+    assert rows["erm_original"]["worst"] == pytest.approx([40, 40])
+
+
+def test_two_different_results_for_one_row_and_seed_are_refused(tmp_path):
+    first = run_folder(tmp_path, "a", 0, {"erm": 0.5})
+    assert pretrained_table.comparison([first, first])["erm"][0]["run"] == first  # the same run twice: one row
+    other = run_folder(tmp_path, "b", 0, {"erm": 0.6})
+    with pytest.raises(UserError, match="give different erm results for seed 0"):
+        pretrained_table.comparison([first, other])
