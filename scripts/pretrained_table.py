@@ -57,6 +57,27 @@ def row_name(method: str, args: dict) -> str:
     return f"{method}_auto" if args.get("clusters_auto") and method != "erm" else method
 
 
+BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+
+
+def block_of(layer: str) -> str:
+    """The ResNet block of a masked layer's name (``backbone.layer3.0.conv2`` -> ``layer3``)."""
+    parts = layer.split(".")
+    return "head" if parts[0] == "head" else next((p for p in parts if p.startswith("layer")), "stem")
+
+
+def inside_the_mask(method: dict) -> dict:
+    """What a masked method's results.json says about its mask: the mean density of the layers of each
+    ResNet block, and the worst-cluster val score (its selection score, no group labels) when pruning
+    starts, for the mask kept, and after retraining (the epoch selected)."""
+    per_layer = method["density"]["per_layer"]
+    blocks = {b: [d for name, d in per_layer.items() if block_of(name) == b] for b in BLOCKS}
+    kept = next((p for p in method["pruning"] if p.get("kept")), method["pruning"][-1])
+    return {"block_density": {b: 100 * statistics.mean(d) for b, d in blocks.items() if d},
+            "score_start": 100 * method["pruning"][0]["score"], "score_kept": 100 * kept["score"],
+            "score_retrained": 100 * method["selection_scores"][method["best_epoch"]]}
+
+
 def comparison(folders: list[str]) -> dict:
     """row -> seed -> {worst, avg, density, time_s}. The same row and seed from two folders must agree (the
     ERM that a default and a ``--clusters_auto`` sweep share); different numbers are refused, never mixed."""
@@ -68,6 +89,8 @@ def comparison(folders: list[str]) -> dict:
             row = {"worst": 100 * test["worst_group_acc"], "avg": 100 * test["avg_acc"],
                    "density": 100 * m["density"]["overall"] if isinstance(m.get("density"), dict) else None,
                    "time_s": m.get("time_s"), "group_labels": m.get("uses_group_labels", False), "run": folder}
+            if m.get("pruning"):
+                row["inside"] = inside_the_mask(m)
             seen = table.setdefault(key, {}).get(res["seed"])
             if seen is not None and (seen["worst"], seen["avg"]) != (row["worst"], row["avg"]):
                 raise UserError(f"{folder} and {seen['run']} give different {key} results for seed {res['seed']}; "
@@ -100,6 +123,9 @@ def summarise(table: dict[str, dict[int, dict]]) -> dict:
                      "time_s": [r["time_s"] for r in rows.values()],
                      "group_labels": any(r["group_labels"] for r in rows.values()),
                      "paired_vs_retrain_only": paired(rows, table[base]) if (base := baseline(name)) in table else None}
+        inside = {str(seed): r["inside"] for seed, r in sorted(rows.items()) if "inside" in r}
+        if inside:
+            out[name]["inside"] = inside
     return out
 
 
@@ -144,6 +170,19 @@ def markdown(summary: dict) -> str:
             label = f"{name} [group labels]" if row["group_labels"] else name
             lines.append(f"| {label} | {','.join(map(str, row['seeds']))} | {fmt(row['worst'])} | {fmt(row['avg'])} | "
                          f"{fmt(density)} | {diff_text} |")
+        masked = [(name, seed, inside) for name, row in comp.items() for seed, inside in row.get("inside", {}).items()]
+        if masked:
+            blocks = [b for b in BLOCKS if any(b in inside["block_density"] for _, _, inside in masked)]
+            lines += ["", "## Inside the masks", "",
+                      "Mean density of the layers of each block (%), and the worst-cluster val score (%, the label-free "
+                      "selection score) when pruning starts, for the mask kept, and after retraining.", "",
+                      "| method | seed | " + " | ".join(blocks) + " | score: start → kept mask → retrained |",
+                      "|---|---|" + "---|" * len(blocks) + "---|"]
+            for name, seed, inside in masked:
+                dens = " | ".join(f"{inside['block_density'][b]:.1f}" if b in inside["block_density"] else "—"
+                                  for b in blocks)
+                lines.append(f"| {name} | {seed} | {dens} | {inside['score_start']:.1f} → {inside['score_kept']:.1f} → "
+                             f"{inside['score_retrained']:.1f} |")
         lines += ["", "Rows ending in `_auto` used the `--clusters_auto` clusters and are paired with `retrain_only_auto`; "
                   "rows ending in `_original` ran `--recipe original` (its own ERM settings). A single seed is a "
                   "measurement, not a conclusion; the paired interval needs 2 or more seeds."]

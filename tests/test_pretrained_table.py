@@ -42,3 +42,14 @@ def test_two_different_results_for_one_row_and_seed_are_refused(tmp_path):
     other = run_folder(tmp_path, "b", 0, {"erm": 0.6})
     with pytest.raises(UserError, match="give different erm results for seed 0"):
         pretrained_table.comparison([first, other])
+
+
+def test_inside_the_mask_gives_block_densities_and_the_score_before_and_after_retraining():
+    method = {"density": {"overall": 0.5, "per_layer": {"backbone.conv1": 1.0, "backbone.layer1.0.conv1": 0.9,
+                                                         "backbone.layer1.0.conv2": 0.7, "backbone.layer4.1.conv2": 0.2,
+                                                         "head": 1.0}},
+              "pruning": [{"score": 0.50}, {"score": 0.55, "kept": True}, {"score": 0.40}],
+              "selection_scores": [0.55, 0.70, 0.65], "best_epoch": 1}
+    inside = pretrained_table.inside_the_mask(method)
+    assert inside["block_density"] == pytest.approx({"stem": 100, "layer1": 80, "layer4": 20, "head": 100})
+    assert (inside["score_start"], inside["score_kept"], inside["score_retrained"]) == pytest.approx((50, 55, 70))
