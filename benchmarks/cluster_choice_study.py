@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import run  # noqa: E402
-from cluster.choose import choose_from_checkpoints, snapshot_files  # noqa: E402
+from cluster.choose import Candidate, choose_from_checkpoints, snapshot_files  # noqa: E402
 from cluster.io import write_clusters  # noqa: E402
 from data import build_splits  # noqa: E402
 from models.factory import Expect, checked_checkpoint  # noqa: E402
@@ -55,8 +55,8 @@ def run_quietly(argv: list, log: Path) -> None:
 
 
 def describe(record: dict) -> str:
-    """A candidate of a results.json record, named as ``Candidate.describe`` names it."""
-    return f"{record['snapshot']}, {'per class' if record['per_class'] else 'global'}, k={record['k']}"
+    """A candidate of a results.json record, named by :meth:`cluster.choose.Candidate.describe`."""
+    return Candidate(record["snapshot"], record["per_class"], record["k"]).describe()
 
 
 def from_record(record: dict) -> dict:
