@@ -11,11 +11,13 @@ Everything after ``--`` is the base command of ``run.py`` (``--mode all`` unless
 ``flag=v1,v2`` items (their product is the grid) or one ``.toml``/``.json`` file mapping flags to
 lists of values (true/false: the flag is given or not). Each grid point × seed is one run in
 ``<out_dir>/<flag=value,...>/seed<s>`` (``<out_dir>/seed<s>`` without a grid) with ``--seed s``
-(and ``--data_seed s`` for run.py). The run lifecycle does the bookkeeping: a rerun of the same
+(and ``--data_seed s`` for run.py); ``{seed}`` in the base command becomes ``s`` (e.g.
+``--checkpoint runs/cmp/seed{seed}/erm.pt``: every point reuses its seed's reference model). The run lifecycle does the bookkeeping: a rerun of the same
 sweep reuses finished runs, continues interrupted ones, and refuses a folder recorded with other
 arguments (``--overwrite`` reruns those). A failing job is listed with its last log line and its
 folder; the others go on. At the end the report (``scripts/report.py``'s) is printed and written
-to ``<out_dir>`` as report.md, report.csv, worst_group.png and density.png; each job's output is
+to ``<out_dir>`` as report.md, report.csv, worst_group.png, density.png and, when a numeric setting
+varies, curves.png (each metric against it); each job's output is
 in ``<out_dir>/logs/``.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ from utils.sweep_report import report  # noqa: E402
 
 SEED_FLAGS = {"run": ("seed", "data_seed"), "irm": ("seed",)}
 SWEEP_SETS = ("out_dir", "overwrite")  # besides the seed flags
+SEED_FIELD = "{seed}"  # in the base command: the job's seed
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._=,+-]")
 MAX_NAME = 120
 
@@ -132,14 +135,16 @@ def point_name(point: tuple[tuple[str, Any], ...]) -> str:
 
 def make_jobs(tool: str, base: list[str], grid: list[tuple[str, list[Any]]], seeds: list[int], root: Path,
               threads: int | None, nproc: int) -> list[Job]:
-    """One job per grid point and seed, in grid order, seeds innermost."""
+    """One job per grid point and seed, in grid order, seeds innermost; ``{seed}`` in ``base`` becomes the
+    job's seed (each seed's own reference model: ``--checkpoint runs/cmp/seed{seed}/erm.pt``)."""
     jobs = []
     points = list(itertools.product(*[[(flag, v) for v in values] for flag, values in grid]))
     for point in points:
         for seed in seeds:
             name = f"{point_name(point)}/seed{seed}" if point else f"seed{seed}"
             seed_flags = [x for flag in SEED_FLAGS[tool] for x in (f"--{flag}", str(seed))]
-            argv = (*base, *flags_of(point), *seed_flags, "--out_dir", str(root / name))
+            own_base = [arg.replace(SEED_FIELD, str(seed)) for arg in base]
+            argv = (*own_base, *flags_of(point), *seed_flags, "--out_dir", str(root / name))
             jobs.append(Job(name, tool, argv, str(root / name), str(root / "logs" / f"{name}.log"), os.getcwd(),
                             threads, nproc))
     return jobs

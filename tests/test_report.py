@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scripts import report as report_cli
-from utils.sweep_report import find_runs, group_runs, paired_interval, summarise
+from utils.sweep_report import configuration, find_runs, group_runs, numeric_settings, paired_interval, summarise
 
 T_975_DF2 = 4.302652729749464  # Student t, 97.5% quantile, 2 degrees of freedom (printed tables: 4.303)
 
@@ -88,6 +88,23 @@ def test_configurations_are_reported_apart_and_pooled_only_with_a_warning(tmp_pa
     assert "pooling runs of 2 different configurations (differing: --lambda_sparse)" in captured.err
     assert "| pooled | prusc | 3 |" in captured.out  # the same seeds twice: counted once each
     assert captured.err.count("repeats seed") == 3
+
+
+def test_a_curve_over_a_numeric_grid_counts_each_seeds_own_reference_as_one_setting(tmp_path, capsys):
+    for length in (2, 5, 20):
+        for seed, (ref, prusc) in enumerate(zip(REFERENCE_WORST, PRUSC_WORST)):
+            write_run(tmp_path / f"pruning_ep={length}" / f"seed{seed}", seed,
+                      {"prusc": (0.88, prusc + length / 100, 0.5 - length / 100)}, pruning_ep=length,
+                      checkpoint=f"runs/cmp/seed{seed}/erm.pt", cluster_checkpoint=f"runs/cmp/seed{seed}/erm_epoch1.pt")
+    groups, warnings = group_runs(find_runs([tmp_path]).results)
+    assert sorted(g.label for g in groups) == ["pruning_ep=2", "pruning_ep=20", "pruning_ep=5"] and not warnings
+    assert all(g.settings == {"pruning_ep": int(g.label.split("=")[1])} and len(g.runs) == 3 for g in groups)
+    assert numeric_settings(summarise(groups, "retrain_only")) == ["pruning_ep"]
+    assert report_cli.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert "| pruning_ep=20 | prusc | 3 | 88.0 ± 0.0 | 85.0 ± 11.8 | 30.0 ± 0.0 |" in capsys.readouterr().out
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0
+    assert configuration({"seed": 1, "args": {"seed": 1, "checkpoint": "a/seed1/erm.pt", "other": "a/seed12/x"}}) \
+        == {"mode": None, "data": None, "arch": None, "checkpoint": "a/seed{seed}/erm.pt", "other": "a/seed12/x"}
 
 
 def test_unfinished_folders_are_named_and_a_file_given_twice_counts_once(tmp_path, capsys):

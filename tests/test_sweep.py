@@ -39,6 +39,8 @@ def test_a_grid_from_the_command_line_or_a_file_names_one_folder_per_point_and_s
     assert [j.name for j in jobs] == ["lambda_sparse=1e-08,amp=true/seed3", "lambda_sparse=1e-08,amp=false/seed3",
                                       "lambda_sparse=5e-08,amp=true/seed3", "lambda_sparse=5e-08,amp=false/seed3"]
     assert jobs[0].argv[:4] == ("--lambda_sparse", "1e-08", "--amp", "--seed") and "--amp" not in jobs[1].argv
+    jobs = sweep.make_jobs("run", ["--checkpoint", "runs/cmp/seed{seed}/erm.pt"], [], [4], tmp_path, threads=1, nproc=1)
+    assert jobs[0].argv[:2] == ("--checkpoint", "runs/cmp/seed4/erm.pt")
     odd = sweep.point_name((("metadata", "data/my set.csv"),))
     assert odd.startswith("metadata=data_my_set.csv-") and odd != sweep.point_name((("metadata", "data/my_set.csv"),))
 

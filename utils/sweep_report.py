@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ SEED_ARGS = ("seed", "data_seed")
 NOT_CONFIG = ("out_dir", "overwrite", "device", "num_workers", "methods", "skip_image_check", "cache_dir",
               "no_cache", "cache_max_gb", "plot", "eval_batch_size")  # where and how fast, not what
 LEVEL = 0.95
-REPORT_FILES = ("report.md", "report.csv", "worst_group.png", "density.png")
+REPORT_FILES = ("report.md", "report.csv", "worst_group.png", "density.png", "curves.png")
 
 
 @dataclass
@@ -93,10 +94,19 @@ def load_results(path: Path) -> dict[str, Any]:
 
 
 def configuration(payload: dict[str, Any]) -> dict[str, Any]:
-    """What a run computed, without its seeds: mode, data, architecture and the arguments that change results."""
+    """What a run computed, without its seeds: mode, data, architecture and the arguments that change results.
+    A path that names the run's own seed (``runs/cmp/seed3/erm.pt`` in the run of seed 3, as a sweep's
+    ``{seed}`` makes it) is written with ``{seed}``: each seed's own reference model is one setting."""
     args = payload.get("args", {})
-    kept = {k: v for k, v in args.items() if k not in SEED_ARGS and k not in NOT_CONFIG}
+    seed = seed_of(payload)[0]
+    kept = {k: _seed_free(v, seed) for k, v in args.items() if k not in SEED_ARGS and k not in NOT_CONFIG}
     return {"mode": payload.get("mode"), "data": payload.get("data"), "arch": payload.get("arch"), **kept}
+
+
+def _seed_free(value: Any, seed: Any) -> Any:
+    if not isinstance(value, str) or seed is None:
+        return value
+    return re.sub(rf"(?<=seed){seed}(?!\d)", "{seed}", value)
 
 
 def seed_of(payload: dict[str, Any]) -> tuple:
@@ -322,6 +332,64 @@ def density_figure(rows: list[Row]) -> Figure | None:
     return figure
 
 
+def numeric_settings(rows: list[Row]) -> list[str]:
+    """The varying settings whose values are all numbers, with at least two of them: the axes of curves."""
+    groups = list(dict.fromkeys(r.group for r in rows))
+    keys = dict.fromkeys(k for g in groups for k in g.settings)
+    return [k for k in keys if all(_number(g.settings.get(k)) is not None for g in groups)
+            and len({_number(g.settings.get(k)) for g in groups}) > 1]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def curves_figure(rows: list[Row]) -> Figure | None:
+    """For every numeric setting of the grid (e.g. --pruning_ep, --lambda_sparse), test worst-group accuracy
+    (top) and, for masked methods, density (bottom) against it, mean ± sample std over seeds: one line per
+    method and values of the other settings. None when the grid has no numeric setting."""
+    axes_keys = numeric_settings(rows)
+    if not axes_keys:
+        return None
+    from matplotlib.figure import Figure  # on use: matplotlib takes a second to import
+    figure = Figure(figsize=(5.0 * len(axes_keys), 7.5), dpi=120)
+    panels = figure.subplots(2, len(axes_keys), squeeze=False)
+    for col, key in enumerate(axes_keys):
+        lines: dict[str, list[tuple[float, Row]]] = {}
+        for row in rows:
+            others = ", ".join(f"{k}={v}" for k, v in row.group.settings.items() if k != key)
+            lines.setdefault(f"{row.method}{', ' + others if others else ''}", []).append(
+                (_number(row.group.settings[key]), row))
+        for label, points in lines.items():
+            points.sort(key=lambda p: p[0])
+            xs = [x for x, _ in points]
+            for panel, values_of in ((panels[0][col], lambda r: r.worst), (panels[1][col], lambda r: r.density)):
+                stats = [mean_std(values_of(r), single=0.0) for _, r in points]
+                if panel is panels[1][col] and all(m >= 100 for m, _ in stats):
+                    continue  # no mask: density is 100 everywhere
+                panel.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
+                               label=label)
+        values = sorted({x for points in lines.values() for x, _ in points})
+        for panel, what in ((panels[0][col], "test worst-group accuracy (%)"), (panels[1][col], "density (%)")):
+            if values[0] > 0 and values[-1] / values[0] >= 10:
+                panel.set_xscale("log")
+            panel.set_xticks(values, [f"{v:g}" for v in values])
+            panel.minorticks_off()
+            panel.set_xlabel(f"--{key}")
+            panel.set_ylabel(what)
+            panel.grid(alpha=0.3)
+            if panel.get_legend_handles_labels()[0]:
+                panel.legend(fontsize=6)
+    figure.suptitle("mean ± sample std over seeds")
+    figure.tight_layout()
+    return figure
+
+
 def check_report_folder(folder: Path) -> Path:
     """Refuse to write a report into a run folder (or below one): it would replace that run's own files."""
     folder = Path(folder).expanduser().absolute()
@@ -333,7 +401,8 @@ def check_report_folder(folder: Path) -> Path:
 
 
 def write_report_files(folder: Path, rows: list[Row], reference: str) -> list[str]:
-    """report.md, report.csv, worst_group.png and, where masks were learned, density.png in ``folder``;
+    """report.md, report.csv, worst_group.png and, where masks were learned, density.png in ``folder``, and
+    curves.png where a numeric setting varies;
     the lines saying what was written (and what an earlier report there had, now replaced)."""
     folder = check_report_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -342,7 +411,8 @@ def write_report_files(folder: Path, rows: list[Row], reference: str) -> list[st
     def note(path: Path) -> None:
         said.append(f"{'replaced' if path.exists() else 'wrote'} {path}")
 
-    figures = {"worst_group.png": worst_group_figure(rows), "density.png": density_figure(rows)}
+    figures = {"worst_group.png": worst_group_figure(rows), "density.png": density_figure(rows),
+               "curves.png": curves_figure(rows)}
     texts = {"report.md": markdown(rows, reference) + "\n", "report.csv": csv_text(rows, reference)}
     for name, text in texts.items():
         note(folder / name)
