@@ -13,6 +13,13 @@ from torch import nn
 from utils.errors import UserError
 
 _WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}  # torchvision's builder: the key
+BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+
+
+def block_of(layer: str) -> str:
+    """The block of :data:`BLOCKS` a layer of :class:`ResNet` belongs to (``backbone.layer3.0.conv2`` -> ``layer3``)."""
+    parts = layer.split(".")
+    return "head" if parts[0] == "head" else next((p for p in parts if p.startswith("layer")), "stem")
 
 
 class ResNet(nn.Module):

@@ -6,8 +6,11 @@
 
 ``--calibration`` takes ERM runs (``run.py --mode erm``) by spurious ratio; ``--comparison`` takes
 ``run.py --mode all`` folders of any seeds (a run with ``--recipe original`` reports its methods as
-``<method>_original``, one with ``--clusters_auto`` its cluster-dependent methods as ``<method>_auto``). The comparison gives mean ± sample std over seeds and, with 2 or more seeds, the
-paired difference to retrain-only with its 95% t interval; it lists the seeds each method has.
+``<method>_original``, one with ``--clusters_auto`` its cluster-dependent methods as ``<method>_auto``);
+``--retrained NAME=DIR`` adds ``run.py --mode retrain`` folders (a saved mask retrained) as the row NAME. The
+comparison gives mean ± sample std over seeds and, with 2 or more seeds, the paired difference to
+retrain-only with its 95% t interval; it lists the seeds each method has. ``--agreement`` takes the JSON of
+``benchmarks/mask_agreement.py`` (what each kept mask changes before retraining) for the masks' table.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.resnet import BLOCKS, block_of  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import atomic_write_text  # noqa: E402
@@ -57,40 +61,45 @@ def row_name(method: str, args: dict) -> str:
     return f"{method}_auto" if args.get("clusters_auto") and method != "erm" else method
 
 
-BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
-
-
-def block_of(layer: str) -> str:
-    """The ResNet block of a masked layer's name (``backbone.layer3.0.conv2`` -> ``layer3``)."""
-    parts = layer.split(".")
-    return "head" if parts[0] == "head" else next((p for p in parts if p.startswith("layer")), "stem")
-
-
-def inside_the_mask(method: dict) -> dict:
+def inside_the_mask(method: dict, agreement: dict | None = None) -> dict:
     """What a masked method's results.json says about its mask: the mean density of the layers of each
     ResNet block, and the worst-cluster val score (its selection score, no group labels) when pruning
-    starts, for the mask kept, and after retraining (the epoch selected)."""
+    starts, for the mask kept, and after retraining (the epoch selected); with ``agreement`` (a record of
+    ``benchmarks/mask_agreement.py``) the share of test predictions the kept mask changed, the test
+    worst-group accuracy of the ERM model and of the masked one, both before any retraining, and the share
+    of the absolute weight of the masked layers that the mask removed."""
     per_layer = method["density"]["per_layer"]
     blocks = {b: [d for name, d in per_layer.items() if block_of(name) == b] for b in BLOCKS}
     kept = next((p for p in method["pruning"] if p.get("kept")), method["pruning"][-1])
-    return {"block_density": {b: 100 * statistics.mean(d) for b, d in blocks.items() if d},
-            "score_start": 100 * method["pruning"][0]["score"], "score_kept": 100 * kept["score"],
-            "score_retrained": 100 * method["selection_scores"][method["best_epoch"]]}
+    inside = {"block_density": {b: 100 * statistics.mean(d) for b, d in blocks.items() if d},
+              "score_start": 100 * method["pruning"][0]["score"], "score_kept": 100 * kept["score"],
+              "score_retrained": 100 * method["selection_scores"][method["best_epoch"]]}
+    if agreement is not None:
+        test = agreement["test"]
+        inside |= {"test_changed": 100 * test["changed"], "test_worst_dense": 100 * test["dense_worst_group_acc"],
+                   "test_worst_mask_alone": 100 * test["masked_worst_group_acc"],
+                   "weight_removed": 100 * agreement["removed_weight_share"]["all"]}
+    return inside
 
 
-def comparison(folders: list[str]) -> dict:
-    """row -> seed -> {worst, avg, density, time_s}. The same row and seed from two folders must agree (the
-    ERM that a default and a ``--clusters_auto`` sweep share); different numbers are refused, never mixed."""
+def comparison(folders: list[str], agreement: dict[tuple[str, str], dict] | None = None,
+               retrained: list[list[str]] = ()) -> dict:
+    """row -> seed -> {worst, avg, density, time_s}, rows named by :func:`row_name`, and the ``--mode retrain``
+    folders of ``retrained`` ([row name, folder] pairs) as the rows they name; ``agreement`` (by resolved folder
+    and method) adds what the kept mask alone changed. The same row and seed
+    from two folders must agree (the ERM that a default and a ``--clusters_auto`` sweep share); different
+    numbers are refused, never mixed."""
     table: dict[str, dict[int, dict]] = {}
-    for folder in folders:
+    agreement = agreement or {}
+    for folder, named in [(d, None) for d in folders] + [(d, name) for name, d in retrained]:
         res = read(folder)
         for name, m in res["methods"].items():
-            key, test = row_name(name, res["args"]), m["splits"]["test"]
+            key, test = named or row_name(name, res["args"]), m["splits"]["test"]
             row = {"worst": 100 * test["worst_group_acc"], "avg": 100 * test["avg_acc"],
                    "density": 100 * m["density"]["overall"] if isinstance(m.get("density"), dict) else None,
                    "time_s": m.get("time_s"), "group_labels": m.get("uses_group_labels", False), "run": folder}
             if m.get("pruning"):
-                row["inside"] = inside_the_mask(m)
+                row["inside"] = inside_the_mask(m, agreement.get((str(Path(folder).resolve()), name)))
             seen = table.setdefault(key, {}).get(res["seed"])
             if seen is not None and (seen["worst"], seen["avg"]) != (row["worst"], row["avg"]):
                 raise UserError(f"{folder} and {seen['run']} give different {key} results for seed {res['seed']}; "
@@ -175,18 +184,36 @@ def markdown(summary: dict) -> str:
             blocks = [b for b in BLOCKS if any(b in inside["block_density"] for _, _, inside in masked)]
             lines += ["", "## Inside the masks", "",
                       "Mean density of the layers of each block (%), and the worst-cluster val score (%, the label-free "
-                      "selection score) when pruning starts, for the mask kept, and after retraining.", "",
-                      "| method | seed | " + " | ".join(blocks) + " | score: start → kept mask → retrained |",
-                      "|---|---|" + "---|" * len(blocks) + "---|"]
+                      "selection score) when pruning starts, for the mask kept, and after retraining; then, from "
+                      "`benchmarks/mask_agreement.py`, the test predictions the kept mask changed and the test "
+                      "worst-group accuracy of the ERM model and of the masked model, both before retraining, and "
+                      "the share of the absolute weight of the masked layers that the mask removed.", "",
+                      "| method | seed | " + " | ".join(blocks) + " | score: start → kept mask → retrained | "
+                      "test predictions changed by the mask | test worst-group: ERM → mask alone | "
+                      "weight magnitude removed |",
+                      "|---|---|" + "---|" * len(blocks) + "---|---|---|---|"]
             for name, seed, inside in masked:
                 dens = " | ".join(f"{inside['block_density'][b]:.1f}" if b in inside["block_density"] else "—"
                                   for b in blocks)
+                alone = (f"{inside['test_changed']:.1f}% | {inside['test_worst_dense']:.1f} → "
+                         f"{inside['test_worst_mask_alone']:.1f} | {inside['weight_removed']:.1f}%"
+                         if "test_changed" in inside else "— | — | —")
                 lines.append(f"| {name} | {seed} | {dens} | {inside['score_start']:.1f} → {inside['score_kept']:.1f} → "
-                             f"{inside['score_retrained']:.1f} |")
-        lines += ["", "Rows ending in `_auto` used the `--clusters_auto` clusters and are paired with `retrain_only_auto`; "
-                  "rows ending in `_original` ran `--recipe original` (its own ERM settings). A single seed is a "
+                             f"{inside['score_retrained']:.1f} | {alone} |")
+        lines += ["", "Rows ending in `_auto` used the `--clusters_auto` clusters and are paired with "
+                  "`retrain_only_auto`; rows ending in `_original` ran `--recipe original` (its own ERM settings); rows given with "
+                  "`--retrained` are a saved mask retrained by `run.py --mode retrain` (docs/recipe.md names each), "
+                  "paired with `retrain_only`. A single seed is a "
                   "measurement, not a conclusion; the paired interval needs 2 or more seeds."]
     return "\n".join(lines) + "\n"
+
+
+def named_items(items: list[str], flag: str, example: str) -> list[list[str]]:
+    """``KEY=DIR`` items as [KEY, DIR] pairs."""
+    pairs = [item.split("=", 1) for item in items]
+    if any(len(p) != 2 for p in pairs):
+        raise UserError(f"{flag} takes KEY=DIR items, e.g. {example}")
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,15 +222,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--pretrained", default=None, help="the stand-in's summary (<file>.pt.json)")
         parser.add_argument("--calibration", nargs="*", default=[], metavar="RATIO=DIR")
         parser.add_argument("--comparison", nargs="*", default=[], metavar="DIR")
+        parser.add_argument("--retrained", nargs="*", default=[], metavar="NAME=DIR",
+                            help="run.py --mode retrain folders of a saved mask, each as the row NAME")
+        parser.add_argument("--agreement", nargs="*", default=[], metavar="JSON",
+                            help="the --json files of benchmarks/mask_agreement.py")
         parser.add_argument("--out_json", required=True)
         parser.add_argument("--out_md", required=True)
         args = parser.parse_args(argv)
-        pairs = [item.split("=", 1) for item in args.calibration]
-        if any(len(p) != 2 for p in pairs):
-            raise UserError("--calibration takes RATIO=DIR items, e.g. 0.95=runs/erm_r95")
+        pairs, retrained = (named_items(items, flag, example) for items, flag, example in (
+            (args.calibration, "--calibration", "0.95=runs/erm_r95"),
+            (args.retrained, "--retrained", "prusc_original_mask_retrained=runs/orig_mask/seed0")))
+        agreement = {(str(Path(r["run"]).resolve()), r["method"]): r
+                     for path in args.agreement for r in json.loads(Path(path).read_text())}
         summary = {"pretrained": json.loads(Path(args.pretrained).read_text()) if args.pretrained else None,
                    "criteria": CRITERIA, "calibration": [calibration_row(r, d) for r, d in pairs],
-                   "comparison": summarise(comparison(args.comparison)) if args.comparison else {}}
+                   "comparison": summarise(comparison(args.comparison, agreement, retrained))
+                   if args.comparison or retrained else {}}
         atomic_write_text(Path(args.out_json), json.dumps(summary, indent=1) + "\n")
         atomic_write_text(Path(args.out_md), markdown(summary))
         print(markdown(summary))

@@ -12,13 +12,13 @@ Everything after ``--`` is the base command of ``run.py`` (``--mode all`` unless
 lists of values (true/false: the flag is given or not). Each grid point × seed is one run in
 ``<out_dir>/<flag=value,...>/seed<s>`` (``<out_dir>/seed<s>`` without a grid) with ``--seed s``
 (and ``--data_seed s`` for run.py); ``{seed}`` in the base command becomes ``s`` (e.g.
-``--checkpoint runs/cmp/seed{seed}/erm.pt``: every point reuses its seed's reference model). The run lifecycle does the bookkeeping: a rerun of the same
-sweep reuses finished runs, continues interrupted ones, and refuses a folder recorded with other
-arguments (``--overwrite`` reruns those). A failing job is listed with its last log line and its
-folder; the others go on. At the end the report (``scripts/report.py``'s) is printed and written
-to ``<out_dir>`` as report.md, report.csv, worst_group.png, density.png and, when a numeric setting
-varies, curves.png (each metric against it); each job's output is
-in ``<out_dir>/logs/``.
+``--checkpoint runs/cmp/seed{seed}/erm.pt``: every point reuses its seed's reference model). The run
+lifecycle does the bookkeeping: a rerun of the same sweep reuses finished runs, continues interrupted
+ones, and refuses a folder recorded with other arguments (``--overwrite`` reruns those). A failing job
+is listed with its last log line and its folder; the others go on. At the end the report
+(``scripts/report.py``'s) is printed and written to ``<out_dir>`` as report.md, report.csv,
+worst_group.png, density.png and, when a numeric setting varies, curves.png (each metric against it);
+each job's output is in ``<out_dir>/logs/``.
 """
 from __future__ import annotations
 

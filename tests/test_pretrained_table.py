@@ -34,6 +34,11 @@ def test_clusters_auto_and_the_original_recipe_get_rows_of_their_own(tmp_path):
     assert rows["prusc_auto"]["paired_vs_retrain_only"]["mean"] == pytest.approx(5.5)  # with retrain_only_auto
     assert rows["retrain_only_auto"]["paired_vs_retrain_only"] is None
     assert rows["erm_original"]["worst"] == pytest.approx([40, 40])
+    retrained = [["prusc_original_mask_retrained", run_folder(tmp_path, "retrain", s, {"retrain_only": 0.78 + s / 100})]
+                 for s in (0, 1)]
+    rows = pretrained_table.summarise(pretrained_table.comparison(folders, retrained=retrained))
+    assert rows["prusc_original_mask_retrained"]["worst"] == pytest.approx([78, 79])  # not mixed with retrain_only
+    assert rows["prusc_original_mask_retrained"]["paired_vs_retrain_only"]["mean"] == pytest.approx(-2.0)
 
 
 def test_two_different_results_for_one_row_and_seed_are_refused(tmp_path):
@@ -53,3 +58,9 @@ def test_inside_the_mask_gives_block_densities_and_the_score_before_and_after_re
     inside = pretrained_table.inside_the_mask(method)
     assert inside["block_density"] == pytest.approx({"stem": 100, "layer1": 80, "layer4": 20, "head": 100})
     assert (inside["score_start"], inside["score_kept"], inside["score_retrained"]) == pytest.approx((50, 55, 70))
+    assert "test_changed" not in inside
+    record = {"test": {"changed": 0.004, "dense_worst_group_acc": 0.536, "masked_worst_group_acc": 0.691},
+              "removed_weight_share": {"all": 0.02, "layer4": 0.005}}
+    alone = pretrained_table.inside_the_mask(method, record)
+    assert (alone["test_changed"], alone["test_worst_dense"], alone["test_worst_mask_alone"],
+            alone["weight_removed"]) == pytest.approx((0.4, 53.6, 69.1, 2.0))

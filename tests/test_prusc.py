@@ -1,10 +1,12 @@
 """PruSC end to end: modes, ablations, invariants of the pruning step, and bad input."""
 import copy
+import json
 
 import pytest
 import torch
 
 import run
+from benchmarks import mask_agreement
 from cluster.io import write_clusters
 from conftest import read_results
 from data.digits import make_colored_digits
@@ -163,3 +165,18 @@ def test_original_celeba_command_shape(run_cli, tmp_path, weights):
 def test_imagenet_flag_needs_a_resnet(run_cli, tmp_path):
     rc, _, err = run_cli("--mode", "erm", "--arch", "mlp", "--imagenet", "--out_dir", tmp_path)
     assert rc == 2 and "--arch resnet18" in err
+
+
+def test_mask_agreement_compares_the_kept_mask_with_the_dense_model_on_the_runs_data(tmp_path, erm_dir, run_cli,
+                                                                                     capsys):
+    rc, _, _ = run_cli("--mode", "all", *FAST, "--checkpoint", erm_dir / "erm.pt", "--out_dir", tmp_path / "run",
+                       "--methods", "erm,prusc")
+    assert rc == 0
+    assert mask_agreement.main([str(tmp_path / "run"), "--json", str(tmp_path / "agree.json")]) == 0
+    assert "| prusc |" in capsys.readouterr().out
+    (record,) = json.loads((tmp_path / "agree.json").read_text())
+    erm_test = read_results(tmp_path / "run")["methods"]["erm"]["splits"]["test"]
+    assert record["test"]["dense_worst_group_acc"] == erm_test["worst_group_acc"]  # the same data, the same model
+    assert 0.0 <= record["test"]["changed"] <= 1.0 and record["dense"] == str(erm_dir / "erm.pt")
+    assert mask_agreement.main([str(erm_dir)]) == 2
+    assert "holds none of prusc_no_con_pruned.pt, prusc_pruned.pt" in capsys.readouterr().err

@@ -23,7 +23,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from utils.errors import UserError
 from utils.report import density_of, display_name, mean_std
@@ -351,30 +351,34 @@ def _number(value: Any) -> float | None:
 
 def curves_figure(rows: list[Row]) -> Figure | None:
     """For every numeric setting of the grid (e.g. --pruning_ep, --lambda_sparse), test worst-group accuracy
-    (top) and, for masked methods, density (bottom) against it, mean ± sample std over seeds: one line per
-    method and values of the other settings. None when the grid has no numeric setting."""
+    (top) and, for masked methods, density (bottom) against it, mean ± sample std over seeds. A colour per
+    method, a line style per value of the other settings; a method whose curve is the same at every value
+    of the other settings (e.g. retrain-only in a pruning grid) is drawn once. None without a numeric setting."""
     axes_keys = numeric_settings(rows)
     if not axes_keys:
         return None
     from matplotlib.figure import Figure  # on use: matplotlib takes a second to import
-    figure = Figure(figsize=(5.0 * len(axes_keys), 7.5), dpi=120)
+    figure = Figure(figsize=(5.5 * len(axes_keys), 8.0), dpi=120)
     panels = figure.subplots(2, len(axes_keys), squeeze=False)
+    colours = {method: f"C{i % 10}" for i, method in enumerate(dict.fromkeys(r.method for r in rows))}
+    rows = sorted(rows, key=lambda r: [_number(r.group.settings[k]) for k in axes_keys])  # legends in value order
     for col, key in enumerate(axes_keys):
-        lines: dict[str, list[tuple[float, Row]]] = {}
+        curves: dict[str, dict[str, list[tuple[float, Row]]]] = {}  # method -> other settings -> points
         for row in rows:
             others = ", ".join(f"{k}={v}" for k, v in row.group.settings.items() if k != key)
-            lines.setdefault(f"{row.method}{', ' + others if others else ''}", []).append(
-                (_number(row.group.settings[key]), row))
-        for label, points in lines.items():
-            points.sort(key=lambda p: p[0])
-            xs = [x for x, _ in points]
-            for panel, values_of in ((panels[0][col], lambda r: r.worst), (panels[1][col], lambda r: r.density)):
-                stats = [mean_std(values_of(r), single=0.0) for _, r in points]
-                if panel is panels[1][col] and all(m >= 100 for m, _ in stats):
+            curves.setdefault(row.method, {}).setdefault(others, []).append((_number(row.group.settings[key]), row))
+        styles = {o: i for i, o in enumerate(dict.fromkeys(o for by in curves.values() for o in by))}
+        for method, by_others in curves.items():
+            for top, panel in enumerate((panels[1][col], panels[0][col])):
+                drawn = _distinct_curves(by_others, (lambda r: r.worst) if top else (lambda r: r.density))
+                if not top and all(m >= 100 for _, (_, stats) in drawn for m, _ in stats):
                     continue  # no mask: density is 100 everywhere
-                panel.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
-                               label=label)
-        values = sorted({x for points in lines.values() for x, _ in points})
+                for others, (xs, stats) in drawn:
+                    style = styles[others] if others is not None else 0
+                    panel.errorbar(xs, [m for m, _ in stats], yerr=[sd for _, sd in stats], color=colours[method],
+                                   linestyle=("-", "--", ":", "-.")[style % 4], marker="osD^v"[style % 5],
+                                   capsize=3, label=method if others is None else f"{method}, {others}")
+        values = sorted({x for by in curves.values() for points in by.values() for x, _ in points})
         for panel, what in ((panels[0][col], "test worst-group accuracy (%)"), (panels[1][col], "density (%)")):
             if values[0] > 0 and values[-1] / values[0] >= 10:
                 panel.set_xscale("log")
@@ -388,6 +392,19 @@ def curves_figure(rows: list[Row]) -> Figure | None:
     figure.suptitle("mean ± sample std over seeds")
     figure.tight_layout()
     return figure
+
+
+def _distinct_curves(by_others: dict[str, list[tuple[float, Row]]], values_of: Callable[[Row], list[float]]
+                     ) -> list[tuple[str | None, tuple[list[float], list[tuple[float, float]]]]]:
+    """Each curve (xs, per-point mean and sample std) by the other settings' values; one curve, labelled None,
+    when they are all the same."""
+    curves = {}
+    for others, points in by_others.items():
+        points = sorted(points, key=lambda p: p[0])
+        curves[others] = ([x for x, _ in points], [mean_std(values_of(r), single=0.0) for _, r in points])
+    if len(curves) > 1 and len({json.dumps(c) for c in curves.values()}) == 1:
+        return [(None, next(iter(curves.values())))]
+    return list(curves.items())
 
 
 def check_report_folder(folder: Path) -> Path:
