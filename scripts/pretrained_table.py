@@ -117,8 +117,9 @@ def paired(rows: dict[int, dict], base: dict[int, dict]) -> dict | None:
 
 
 def baseline(row: str) -> str | None:
-    """The retrain-only row a row is paired with: the one on the same clusters (None for retrain-only itself)."""
-    base = "retrain_only_auto" if row.endswith("_auto") else "retrain_only"
+    """The retrain-only row a row is paired with: the one on the same clusters, or with the same retraining
+    scope for rows ending in ``_head`` (None for a retrain-only row itself)."""
+    base = next((f"retrain_only{end}" for end in ("_auto", "_head") if row.endswith(end)), "retrain_only")
     return None if row == base else base
 
 
@@ -202,8 +203,9 @@ def markdown(summary: dict) -> str:
                              f"{inside['score_retrained']:.1f} | {alone} |")
         lines += ["", "Rows ending in `_auto` used the `--clusters_auto` clusters and are paired with "
                   "`retrain_only_auto`; rows ending in `_original` ran `--recipe original` (its own ERM settings); rows given with "
-                  "`--retrained` are a saved mask retrained by `run.py --mode retrain` (docs/recipe.md names each), "
-                  "paired with `retrain_only`. A single seed is a "
+                  "`--retrained` are a saved model retrained by `run.py --mode retrain` (docs/recipe.md names each), "
+                  "paired with `retrain_only`, or with `retrain_only_head` (the dense ERM model, last layer "
+                  "retrained) when they end in `_head`. A single seed is a "
                   "measurement, not a conclusion; the paired interval needs 2 or more seeds."]
     return "\n".join(lines) + "\n"
 

@@ -39,6 +39,10 @@ def test_clusters_auto_and_the_original_recipe_get_rows_of_their_own(tmp_path):
     rows = pretrained_table.summarise(pretrained_table.comparison(folders, retrained=retrained))
     assert rows["prusc_original_mask_retrained"]["worst"] == pytest.approx([78, 79])  # not mixed with retrain_only
     assert rows["prusc_original_mask_retrained"]["paired_vs_retrain_only"]["mean"] == pytest.approx(-2.0)
+    retrained += [[name, run_folder(tmp_path, name, s, {"retrain_only": worst + s / 100})]
+                  for name, worst in (("retrain_only_head", 0.70), ("prusc_mask_head", 0.75)) for s in (0, 1)]
+    rows = pretrained_table.summarise(pretrained_table.comparison(folders, retrained=retrained))
+    assert rows["prusc_mask_head"]["paired_vs_retrain_only"]["mean"] == pytest.approx(5.0)  # head-only against head-only
 
 
 def test_two_different_results_for_one_row_and_seed_are_refused(tmp_path):

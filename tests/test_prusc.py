@@ -6,14 +6,15 @@ import pytest
 import torch
 
 import run
-from benchmarks import mask_agreement
+from benchmarks import magnitude_mask, mask_agreement
 from cluster.io import write_clusters
 from conftest import read_results
 from data.digits import make_colored_digits
 from models import build_model
+from models.factory import checkpoint_content, load_model
 from models.masking import attach_masks, density_report, iter_masks
 from training.prune import PruneConfig, learn_masks
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.options import from_args
 from utils.runtime import seed_everything
 
@@ -180,3 +181,24 @@ def test_mask_agreement_compares_the_kept_mask_with_the_dense_model_on_the_runs_
     assert 0.0 <= record["test"]["changed"] <= 1.0 and record["dense"] == str(erm_dir / "erm.pt")
     assert mask_agreement.main([str(erm_dir)]) == 2
     assert "holds none of prusc_no_con_pruned.pt, prusc_pruned.pt" in capsys.readouterr().err
+
+
+def test_magnitude_mask_keeps_the_largest_weights_at_the_learned_masks_densities(tmp_path, erm_dir, capsys):
+    loaded = load_model(erm_dir / "erm.pt")
+    attach_masks(loaded.model)
+    torch.manual_seed(0)
+    for _, mask in iter_masks(loaded.model):
+        mask.logits.data.normal_()  # about half kept, at random
+    ckpt = loaded.checkpoint
+    masked = save_checkpoint(tmp_path / "learned.pt", checkpoint_content(loaded.model, ckpt["args"], ckpt["arch_args"],
+                                                                         ckpt["n_classes"]))
+    assert magnitude_mask.main([str(masked), str(tmp_path / "magnitude.pt")]) == 0
+    assert "| all |" in capsys.readouterr().out
+    learned, magnitude = load_checkpoint(masked), load_checkpoint(tmp_path / "magnitude.pt")
+    for name, logits in magnitude["mask_logits"].items():
+        weight, keep = learned["state_dict"][f"{name}.weight"].abs(), logits >= 0
+        assert int(keep.sum()) == int((learned["mask_logits"][name] >= 0).sum())  # the same density per layer
+        assert weight[keep].min() >= weight[~keep].max()  # and the largest weights
+    assert magnitude_mask.main([str(masked), str(tmp_path / "magnitude.pt")]) == 2  # never overwrites
+    assert magnitude_mask.main([str(erm_dir / "erm.pt"), str(tmp_path / "other.pt")]) == 2
+    assert "holds no mask logits" in capsys.readouterr().err
