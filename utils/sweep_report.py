@@ -368,10 +368,11 @@ def curves_figure(rows: list[Row]) -> Figure | None:
             others = ", ".join(f"{k}={v}" for k, v in row.group.settings.items() if k != key)
             curves.setdefault(row.method, {}).setdefault(others, []).append((_number(row.group.settings[key]), row))
         styles = {o: i for i, o in enumerate(dict.fromkeys(o for by in curves.values() for o in by))}
+        metrics = ((panels[0][col], lambda r: r.worst), (panels[1][col], lambda r: r.density))
         for method, by_others in curves.items():
-            for top, panel in enumerate((panels[1][col], panels[0][col])):
-                drawn = _distinct_curves(by_others, (lambda r: r.worst) if top else (lambda r: r.density))
-                if not top and all(m >= 100 for _, (_, stats) in drawn for m, _ in stats):
+            for panel, values_of in metrics:
+                drawn = _distinct_curves(by_others, values_of)
+                if panel is panels[1][col] and all(m >= 100 for _, (_, stats) in drawn for m, _ in stats):
                     continue  # no mask: density is 100 everywhere
                 for others, (xs, stats) in drawn:
                     style = styles[others] if others is not None else 0
