@@ -31,6 +31,7 @@ from utils.sweep_report import paired_interval  # noqa: E402
 CRITERIA = ("test avg >= 90% and worst-group >= 15 points below avg (ImageNet ERM on Waterbirds: about 97 / 60-75). "
             "The Waterbirds figures weigh the group accuracies by the training groups' shares (weighted avg "
             "here); the balanced avg (every test group alike) is shown beside it")
+HEAD_ONLY = "retrain_only_head"  # the dense ERM model, last layer retrained: the cheapest annotation-free repair
 ORDER = ("erm", "retrain_only", "prusc_no_con", "prusc", "retrain_only_auto", "prusc_no_con_auto", "prusc_auto",
          "erm_original", "prusc_original", "jtt", "dfr", "groupdro")
 
@@ -124,6 +125,8 @@ def baseline(row: str) -> str | None:
 
 
 def summarise(table: dict[str, dict[int, dict]]) -> dict:
+    """Per row: the seeds' values, and the paired worst-group differences to its retrain-only row (:func:`baseline`)
+    and, when that row exists, to :data:`HEAD_ONLY`, the dense model with its last layer retrained."""
     out = {}
     for name in [n for n in ORDER if n in table] + sorted(set(table) - set(ORDER)):
         rows = table[name]
@@ -132,7 +135,9 @@ def summarise(table: dict[str, dict[int, dict]]) -> dict:
                      "density": [r["density"] for r in rows.values()],
                      "time_s": [r["time_s"] for r in rows.values()],
                      "group_labels": any(r["group_labels"] for r in rows.values()),
-                     "paired_vs_retrain_only": paired(rows, table[base]) if (base := baseline(name)) in table else None}
+                     "paired_vs_retrain_only": paired(rows, table[base]) if (base := baseline(name)) in table else None,
+                     "paired_vs_head_only": paired(rows, table[HEAD_ONLY])
+                     if HEAD_ONLY in table and name != HEAD_ONLY else None}
         inside = {str(seed): r["inside"] for seed, r in sorted(rows.items()) if "inside" in r}
         if inside:
             out[name]["inside"] = inside
@@ -171,12 +176,15 @@ def markdown(summary: dict) -> str:
     if not comp:
         lines.append("No comparison run has finished yet.")
     else:
-        lines += ["| method | seeds | worst-group | avg | density | paired worst-group diff. to retrain-only (95% CI) |",
-                  "|---|---|---|---|---|---|"]
+        head = any(row.get("paired_vs_head_only") for row in comp.values())
+        lines += ["| method | seeds | worst-group | avg | density | paired worst-group diff. to retrain-only (95% CI) |"
+                  + (f" paired worst-group diff. to {HEAD_ONLY} (95% CI) |" if head else ""),
+                  "|---|---|---|---|---|---|" + ("---|" if head else "")]
         for name, row in comp.items():
             density = [d for d in row["density"] if d is not None]
-            diff = row["paired_vs_retrain_only"]
-            diff_text = (f"{diff['mean']:+.1f} [{diff['ci95'][0]:+.1f}, {diff['ci95'][1]:+.1f}]" if diff else "—")
+            diffs = [row["paired_vs_retrain_only"]] + ([row.get("paired_vs_head_only")] if head else [])
+            diff_text = " | ".join(f"{d['mean']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]" if d else "—"
+                                   for d in diffs)
             label = f"{name} [group labels]" if row["group_labels"] else name
             lines.append(f"| {label} | {','.join(map(str, row['seeds']))} | {fmt(row['worst'])} | {fmt(row['avg'])} | "
                          f"{fmt(density)} | {diff_text} |")

@@ -43,6 +43,10 @@ def test_clusters_auto_and_the_original_recipe_get_rows_of_their_own(tmp_path):
                   for name, worst in (("retrain_only_head", 0.70), ("prusc_mask_head", 0.75)) for s in (0, 1)]
     rows = pretrained_table.summarise(pretrained_table.comparison(folders, retrained=retrained))
     assert rows["prusc_mask_head"]["paired_vs_retrain_only"]["mean"] == pytest.approx(5.0)  # head-only against head-only
+    assert rows["prusc"]["paired_vs_head_only"]["mean"] == pytest.approx(15.5)  # every row against head-only too
+    assert rows["retrain_only_head"]["paired_vs_head_only"] is None
+    assert "paired worst-group diff. to retrain_only_head (95% CI) |" in pretrained_table.markdown(
+        {"calibration": [], "comparison": rows})
 
 
 def test_two_different_results_for_one_row_and_seed_are_refused(tmp_path):
