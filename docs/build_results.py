@@ -383,6 +383,45 @@ def reference_study(name: str) -> list[str]:
 
 # --- Pages that a script writes whole from the summary kept beside them ---
 
+# --- the pretrained regime (docs/results/pretrained.json, written by scripts/pretrained_table.py) ---
+
+PRETRAINED_ROWS = [  # (row of the page, label in the README, bold)
+    ("erm", "ERM", False),
+    ("retrain_only", "retrain-only (every weight retrained, no mask)", False),
+    ("prusc_no_con", "mask without `L_con` + retraining", False),
+    ("prusc", "**PruSC**", False),
+    ("retrain_only_head", "last layer retrained, no mask (`--retrain_scope head`)", True),
+    ("prusc_mask_head", "PruSC's mask + last layer retrained", False),
+    ("jtt", "JTT", False),
+    ("groupdro", "GroupDRO (*group labels*)", False),
+    ("dfr", "DFR (*val group labels*)", False),
+]
+
+
+def pretrained_headline() -> list[str]:
+    """The pretrained regime's main rows, each paired by seed with retrain-only and with the last-layer retraining."""
+    from utils.sweep_report import paired_interval
+
+    comparison = summary("results/pretrained.json")["comparison"]
+
+    def versus(row: dict, base: str) -> str:
+        other = comparison[base]
+        by_seed = dict(zip(other["seeds"], other["worst"]))
+        diffs = [w - by_seed[s] for s, w in zip(row["seeds"], row["worst"]) if s in by_seed]
+        if row is other:
+            return "reference"
+        if len(diffs) < 2:
+            return "—"
+        mean, low, high = paired_interval(diffs)
+        return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+    rows = [[label, str(len(comparison[key]["seeds"])), mean_std(comparison[key]["avg"]),
+             bold(mean_std(comparison[key]["worst"]), strong), versus(comparison[key], "retrain_only"),
+             versus(comparison[key], "retrain_only_head")] for key, label, strong in PRETRAINED_ROWS]
+    return table(["method", "seeds", "test avg", "test worst-group", "vs retrain-only (paired, 95% CI)",
+                  "vs last layer retrained (paired, 95% CI)"], rows)
+
+
 def whole_pages() -> dict[Path, Callable[[], str]]:
     """``docs/results/pretrained*.md``, each written by ``scripts/pretrained_table.py`` with its ``.json``."""
     from scripts.pretrained_table import markdown
@@ -414,6 +453,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "gpu_throughput": gpu_throughput,
     "gpu_ratios": gpu_ratios,
     "clustering_choice": clustering_choice,
+    "pretrained_headline": pretrained_headline,
     **{name: (lambda name=name: reference_study(name))
        for name in ("reference_digits", "reference_digits_noise", "reference_fashion")},
 }
