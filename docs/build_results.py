@@ -392,10 +392,8 @@ PRETRAINED_ROWS = [  # (row of the page, label in the README, bold)
     ("prusc", "**PruSC**", False),
     ("retrain_only_head", "last layer retrained, no mask (`--retrain_scope head`)", True),
     ("prusc_mask_head", "PruSC's mask + last layer retrained", False),
-    ("jtt", "JTT", False),
-    ("groupdro", "GroupDRO (*group labels*)", False),
     ("dfr", "DFR (*val group labels*)", False),
-]
+]  # JTT and GroupDRO: on the page
 
 
 def pretrained_headline() -> list[str]:
