@@ -381,8 +381,6 @@ def reference_study(name: str) -> list[str]:
     return reference_table(summary(f"clustering/{name}.json"))
 
 
-# --- Pages that a script writes whole from the summary kept beside them ---
-
 # --- the pretrained regime (docs/results/pretrained.json, written by scripts/pretrained_table.py) ---
 
 PRETRAINED_ROWS = [  # (row of the page, label in the README, bold)
@@ -419,6 +417,8 @@ def pretrained_headline() -> list[str]:
     return table(["method", "seeds", "test avg", "test worst-group", "vs retrain-only (paired, 95% CI)",
                   "vs last layer retrained (paired, 95% CI)"], rows)
 
+
+# --- Pages that a script writes whole from the summary kept beside them ---
 
 def whole_pages() -> dict[Path, Callable[[], str]]:
     """``docs/results/pretrained*.md``, each written by ``scripts/pretrained_table.py`` with its ``.json``."""
