@@ -86,10 +86,10 @@ def inside_the_mask(method: dict, agreement: dict | None = None) -> dict:
 def comparison(folders: list[str], agreement: dict[tuple[str, str], dict] | None = None,
                retrained: list[list[str]] = ()) -> dict:
     """row -> seed -> {worst, avg, density, time_s}, rows named by :func:`row_name`, and the ``--mode retrain``
-    folders of ``retrained`` ([row name, folder] pairs) as the rows they name; ``agreement`` (by resolved folder
-    and method) adds what the kept mask alone changed. The same row and seed
-    from two folders must agree (the ERM that a default and a ``--clusters_auto`` sweep share); different
-    numbers are refused, never mixed."""
+    folders of ``retrained`` ([row name, folder] pairs) as the rows they name; ``agreement`` (by resolved
+    folder and method) adds what the kept mask alone changed. The same row and seed from two folders must
+    agree (the ERM that a default and a ``--clusters_auto`` sweep share); different numbers are refused,
+    never mixed."""
     table: dict[str, dict[int, dict]] = {}
     agreement = agreement or {}
     for folder, named in [(d, None) for d in folders] + [(d, name) for name, d in retrained]:
