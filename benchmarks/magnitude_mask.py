@@ -50,15 +50,15 @@ def run(argv: list[str] | None) -> None:
         raise UserError(f"{args.out} exists; choose a new file (a result is never overwritten)")
     logits, state = ckpt["mask_logits"], ckpt["state_dict"]
     print("| layer | density | IoU of the kept weights (learned vs magnitude) |\n|---|---|---|")
-    both, either, kept, total = 0, 0, 0, 0
+    learned_keep, magnitude_keep = [], []
     for name, learned in logits.items():
-        new = magnitude_logits(state[f"{name}.weight"], learned)
-        a, b = learned >= 0, new >= 0
-        both, either = both + int((a & b).sum()), either + int((a | b).sum())
-        kept, total = kept + int(a.sum()), total + a.numel()
-        print(f"| {name} | {100 * float(a.float().mean()):.1f}% | {overlap(a, b):.3f} |")
-        logits[name] = new
-    print(f"| all | {100 * kept / total:.1f}% | {both / either if either else 1.0:.3f} |")
+        logits[name] = magnitude_logits(state[f"{name}.weight"], learned)
+        learned_keep.append((learned >= 0).flatten())
+        magnitude_keep.append((logits[name] >= 0).flatten())
+        print(f"| {name} | {100 * float(learned_keep[-1].float().mean()):.1f}% | "
+              f"{overlap(learned_keep[-1], magnitude_keep[-1]):.3f} |")
+    every_learned, every_magnitude = torch.cat(learned_keep), torch.cat(magnitude_keep)
+    print(f"| all | {100 * float(every_learned.float().mean()):.1f}% | {overlap(every_learned, every_magnitude):.3f} |")
     ckpt["magnitude_mask_of"] = str(args.masked)
     save_checkpoint(args.out, ckpt)
     print(f"wrote {args.out}")

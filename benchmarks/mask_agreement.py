@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from data import build_splits  # noqa: E402
 from models.factory import load_model  # noqa: E402
-from models.masking import iter_masks  # noqa: E402
+from models.masking import split_state  # noqa: E402
 from models.resnet import block_of  # noqa: E402
 from training.loops import predict  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code  # noqa: E402
@@ -42,9 +42,10 @@ def removed_weight_share(model: torch.nn.Module) -> dict[str, float]:
     removes. Near 0 with a low density: the mask removed weights that were already about zero."""
     removed: dict[str, float] = {}
     total: dict[str, float] = {}
-    for name, mask in iter_masks(model):
-        weight = dict(model.named_parameters())[f"{name}.parametrizations.weight.original"].detach().abs()
-        off = float(weight[mask.logits < 0].sum())
+    weights, logits = split_state(model)
+    for name, layer_logits in logits.items():
+        weight = weights[f"{name}.weight"].abs()
+        off = float(weight[layer_logits < 0].sum())
         for block in (block_of(name), "all"):
             removed[block] = removed.get(block, 0.0) + off
             total[block] = total.get(block, 0.0) + float(weight.sum())

@@ -396,24 +396,21 @@ PRETRAINED_ROWS = [  # (row of the page, label in the README, bold)
 
 def pretrained_headline() -> list[str]:
     """The pretrained regime's main rows, each paired by seed with retrain-only and with the last-layer retraining."""
-    from utils.sweep_report import paired_interval
+    from scripts.pretrained_table import paired
 
     comparison = summary("results/pretrained.json")["comparison"]
 
-    def versus(row: dict, base: str) -> str:
-        other = comparison[base]
-        by_seed = dict(zip(other["seeds"], other["worst"]))
-        diffs = [w - by_seed[s] for s, w in zip(row["seeds"], row["worst"]) if s in by_seed]
-        if row is other:
+    def versus(key: str, base: str) -> str:
+        if key == base:
             return "reference"
-        if len(diffs) < 2:
-            return "—"
-        mean, low, high = paired_interval(diffs)
-        return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]"
+        per_seed = [{s: {"worst": w} for s, w in zip(comparison[k]["seeds"], comparison[k]["worst"])}
+                    for k in (key, base)]
+        pair = paired(*per_seed)
+        return f"{pair['mean']:+.1f} [{pair['ci95'][0]:+.1f}, {pair['ci95'][1]:+.1f}]" if pair else "—"
 
     rows = [[label, str(len(comparison[key]["seeds"])), mean_std(comparison[key]["avg"]),
-             bold(mean_std(comparison[key]["worst"]), strong), versus(comparison[key], "retrain_only"),
-             versus(comparison[key], "retrain_only_head")] for key, label, strong in PRETRAINED_ROWS]
+             bold(mean_std(comparison[key]["worst"]), strong), versus(key, "retrain_only"),
+             versus(key, "retrain_only_head")] for key, label, strong in PRETRAINED_ROWS]
     return table(["method", "seeds", "test avg", "test worst-group", "vs retrain-only (paired, 95% CI)",
                   "vs last layer retrained (paired, 95% CI)"], rows)
 

@@ -397,11 +397,10 @@ def curves_figure(rows: list[Row]) -> Figure | None:
 
 def _distinct_curves(by_others: dict[str, list[tuple[float, Row]]], values_of: Callable[[Row], list[float]]
                      ) -> list[tuple[str | None, tuple[list[float], list[tuple[float, float]]]]]:
-    """Each curve (xs, per-point mean and sample std) by the other settings' values; one curve, labelled None,
-    when they are all the same."""
+    """Each curve (xs, per-point mean and sample std) by the other settings' values, its points in the order
+    given (:func:`curves_figure` sorts them); one curve, labelled None, when they are all the same."""
     curves = {}
     for others, points in by_others.items():
-        points = sorted(points, key=lambda p: p[0])
         curves[others] = ([x for x, _ in points], [mean_std(values_of(r), single=0.0) for _, r in points])
     if len(curves) > 1 and len({json.dumps(c) for c in curves.values()}) == 1:
         return [(None, next(iter(curves.values())))]
