@@ -11,13 +11,17 @@ The items are Fashion-MNIST training-file images that the Fashion-scenes benchma
 file is never used. The backgrounds come from their own random streams. The output is a
 torchvision-format state dict (``fc`` = the item head), which ``--pretrained_path`` loads;
 ``<out>.json`` records the flags, the CPU and wall time and the held-out accuracies of both heads.
-Same flags -> the same file (single-threaded CPU).
+Same flags -> the same file (single-threaded CPU; ``--workers`` only spreads the corpus's drawing).
+On a GPU (``--device cuda --amp``) the corpus is cropped and normalised on the CPU and trained on the
+device under bf16 autocast (benchmarks/pretrained_gpu.sh makes the ResNet-50 224-px stand-in so).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,8 +42,8 @@ from scripts import make_fashion_scenes  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, int_at_least, positive_float  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import atomic_write_text  # noqa: E402
-from training.loops import Callback, Epochs, LossWatch, Step, run_training  # noqa: E402
-from utils.runtime import IMAGENET_MEAN, IMAGENET_STD, as_runtime  # noqa: E402
+from training.loops import Callback, Epochs, LossWatch, Objective, Step, run_training  # noqa: E402
+from utils.runtime import IMAGENET_MEAN, IMAGENET_STD, Runtime, amp_flag, runtime_from_args  # noqa: E402
 
 ARCHS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
 HELD_OUT = 0.1  # share of the corpus kept aside to report the heads' accuracy
@@ -155,10 +159,19 @@ def unused_items(labels: np.ndarray, scenes_seeds: list[int]) -> np.ndarray:
     return np.array(sorted(set(range(len(labels))) - used))
 
 
-def build_corpus(fashion_dir: Path, n: int, size: int, seed: int, scenes_seeds: list[int]
+def _corpus_scene(job: tuple[np.ndarray, int, list[int], int]) -> np.ndarray:
+    """One corpus scene from its own random stream (so the corpus does not depend on how it is spread)."""
+    item, family, stream, side = job
+    rng = np.random.default_rng(stream)
+    background = list(FAMILIES.values())[family](rng, side).astype(np.float32)
+    return paste_item(background, item, rng, side, SceneStyle())
+
+
+def build_corpus(fashion_dir: Path, n: int, size: int, seed: int, scenes_seeds: list[int], workers: int = 1
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` scenes (uint8, N x side x side x 3, side = the evaluation resize of ``size``) with their item
-    class and background family; item and family drawn independently, classes balanced."""
+    class and background family; item and family drawn independently, classes balanced; drawn by
+    ``workers`` processes (the same corpus for any number)."""
     images, labels = load_idx_pair(fashion_dir, "fashion", "train")
     free = unused_items(labels, scenes_seeds)
     if n > len(free):
@@ -168,12 +181,16 @@ def build_corpus(fashion_dir: Path, n: int, size: int, seed: int, scenes_seeds: 
     picks = np.concatenate([c[: n // 10 + (k < n % 10)] for k, c in enumerate(per_class)])
     picks = picks[rng.permutation(len(picks))]
     families = rng.integers(0, len(FAMILIES), len(picks))
-    side, style, makers = resize_side(size), SceneStyle(), list(FAMILIES.values())
+    side = resize_side(size)
+    jobs = [(images[item], int(family), [seed, 13, i], side) for i, (item, family) in enumerate(zip(picks, families))]
     out = np.empty((len(picks), side, side, 3), np.uint8)
-    for i, (item, family) in enumerate(zip(picks, families)):
-        scene_rng = np.random.default_rng([seed, 13, i])
-        background = makers[family](scene_rng, side).astype(np.float32)
-        out[i] = paste_item(background, images[item], scene_rng, side, style)
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for i, scene in enumerate(pool.imap(_corpus_scene, jobs, chunksize=32)):
+                out[i] = scene
+    else:
+        for i, job in enumerate(jobs):
+            out[i] = _corpus_scene(job)
     return torch.from_numpy(out), torch.from_numpy(labels[picks].astype(np.int64)), torch.from_numpy(families)
 
 
@@ -216,15 +233,17 @@ def crop(batch: torch.Tensor, size: int, generator: torch.Generator | None) -> t
     return torch.where(flip.view(-1, 1, 1, 1), out.flip(2), out)
 
 
-def accuracy(model: TwoHeads, x: torch.Tensor, item: torch.Tensor, family: torch.Tensor, size: int
-             ) -> tuple[float, float]:
+def accuracy(model: TwoHeads, x: torch.Tensor, item: torch.Tensor, family: torch.Tensor, size: int,
+             runtime: Runtime) -> tuple[float, float]:
+    """Both heads' accuracy on central crops of ``x``."""
     model.eval()
     hits = torch.zeros(2)
     with torch.no_grad():
         for start in range(0, len(x), 512):
-            a, b = model(normalise(crop(x[start:start + 512], size, None)))
-            hits += torch.tensor([(a.argmax(1) == item[start:start + 512]).sum(),
-                                  (b.argmax(1) == family[start:start + 512]).sum()], dtype=torch.float)
+            with runtime.autocast():
+                a, b = model(normalise(crop(x[start:start + 512], size, None)).to(runtime.device))
+            hits += torch.tensor([(a.argmax(1).cpu() == item[start:start + 512]).sum(),
+                                  (b.argmax(1).cpu() == family[start:start + 512]).sum()], dtype=torch.float)
     model.train()
     return tuple((hits / max(len(x), 1)).tolist())
 
@@ -248,11 +267,15 @@ class Corpus:
             yield normalise(crop(self.x[idx], self.size, self.generator)), self.item[idx], self.family[idx]
 
 
-def two_heads_objective(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Step:
-    """Cross-entropy of the item head plus that of the family head; each step counts once in the mean."""
-    x, item, family = batch
-    a, b = net(x)
-    return Step(nn.functional.cross_entropy(a, item) + nn.functional.cross_entropy(b, family), 1)
+def two_heads_objective(runtime: Runtime) -> Objective:
+    """Cross-entropy of the item head plus that of the family head (forwards under the runtime's autocast,
+    losses in fp32); each step counts once in the mean."""
+    def objective(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Step:
+        x, item, family = (t.to(runtime.device, non_blocking=True) for t in batch)
+        with runtime.autocast():
+            a, b = net(x)
+        return Step(nn.functional.cross_entropy(a.float(), item) + nn.functional.cross_entropy(b.float(), family), 1)
+    return objective
 
 
 class Schedule(Callback):
@@ -279,11 +302,14 @@ def pretrain(args: argparse.Namespace) -> dict:
     """Build the corpus, train both heads (the toolkit's training loop), write the state dict and its summary;
     return the summary."""
     torch.manual_seed(args.seed)
+    runtime = runtime_from_args(args)
+    print(runtime.describe(), flush=True)
     started, cpu0 = time.time(), time.process_time()
-    x, item, family = build_corpus(Path(args.fashion_dir), args.n_images, args.size, args.seed, args.scenes_seeds)
+    x, item, family = build_corpus(Path(args.fashion_dir), args.n_images, args.size, args.seed, args.scenes_seeds,
+                                   args.workers)
     corpus_s = time.time() - started
     n_held = max(int(len(x) * HELD_OUT), 1)
-    model = TwoHeads(args.arch, len(FAMILIES))
+    model = TwoHeads(args.arch, len(FAMILIES)).to(runtime.device)
     steps_per_epoch = math.ceil((len(x) - n_held) / args.batch_size)
     total = args.epochs * steps_per_epoch
     optimizer = (torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -294,10 +320,10 @@ def pretrain(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     corpus = Corpus(x, item, family, n_held, args.batch_size, args.size, generator)
     steps = Schedule(schedule, args.max_steps, args.epochs, started)
-    run_training(model, two_heads_objective, Epochs(corpus, args.epochs, "pretraining", "pretrain"), optimizer,
-                 as_runtime(torch.device("cpu")), LossWatch(), [steps], parallel=False)
+    run_training(model, two_heads_objective(runtime), Epochs(corpus, args.epochs, "pretraining", "pretrain"),
+                 optimizer, runtime, LossWatch(), [steps], parallel=False)
     step = steps.steps
-    item_acc, family_acc = accuracy(model, x[:n_held], item[:n_held], family[:n_held], args.size)
+    item_acc, family_acc = accuracy(model, x[:n_held], item[:n_held], family[:n_held], args.size, runtime)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
@@ -307,7 +333,7 @@ def pretrain(args: argparse.Namespace) -> dict:
                "families": list(FAMILIES), "n_fit": len(x) - n_held, "n_held_out": n_held, "steps": step,
                "held_out_item_acc": item_acc, "held_out_family_acc": family_acc, "corpus_s": round(corpus_s, 1),
                "wall_s": round(time.time() - started, 1), "cpu_s": round(time.process_time() - cpu0, 1),
-               "torch_threads": torch.get_num_threads()}
+               "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "device": str(runtime.device), "bf16": runtime.bf16}
     atomic_write_text(Path(str(out) + ".json"), json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return summary
@@ -331,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenes_seeds", type=int, nargs="+", default=[0],
                         help="--seed values of the scenes data sets whose items are kept out of the corpus")
     parser.add_argument("--fashion_dir", default=make_fashion_scenes.DEFAULT_FASHION_DIR)
+    parser.add_argument("--workers", type=int_at_least(1), default=1,
+                        help="processes that draw the corpus (the same corpus for any number)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    parser.add_argument("--amp", nargs="?", const=True, default=False, type=amp_flag,
+                        help="bf16 autocast where run.py's --amp uses it (CUDA; CPUs with native bf16)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     return parser
 

@@ -1,6 +1,7 @@
 """scripts/pretrain_backbone.py: its file loads through --pretrained_path and changes what ERM learns."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,12 +37,30 @@ def test_the_corpus_leaves_out_every_item_the_scenes_draw():
     assert not used & free and len(free) == len(labels) - len(used)
 
 
+def test_the_corpus_is_the_same_however_many_workers_draw_it():
+    one = pretrain_backbone.build_corpus(FASHION_DIR, 24, SIZE, 0, [0], workers=1)
+    two = pretrain_backbone.build_corpus(FASHION_DIR, 24, SIZE, 0, [0], workers=2)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+@pytest.mark.slow
+def test_amp_pretrains_under_bf16_and_the_summary_says_so(tmp_path):
+    out = tmp_path / "r18_bf16.pt"
+    assert pretrain_backbone.main([str(out), "--size", str(SIZE), "--n_images", "20", "--epochs", "1", "--max_steps",
+                                   "1", "--batch_size", "16", "--amp", "force", "--fashion_dir", str(FASHION_DIR)]) == 0
+    summary = json.loads((tmp_path / "r18_bf16.pt.json").read_text())
+    assert summary["bf16"] is True and summary["device"] == "cpu" and summary["steps"] == 1
+    state = torch.load(out, weights_only=True)
+    assert all(v.dtype != torch.bfloat16 for v in state.values())
+
+
 def test_the_stand_in_loads_through_pretrained_path(stand_in):
     state = torch.load(stand_in, weights_only=True)
     model = ResNet((3, SIZE, SIZE), 2, "resnet18", pretrained_path=str(stand_in))
     assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
     assert torch.equal(model.backbone.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
-    assert (stand_in.parent / "r18.pt.json").exists()
+    summary = json.loads((stand_in.parent / "r18.pt.json").read_text())
+    assert summary["device"] == "cpu" and summary["bf16"] is False
 
 
 @pytest.mark.slow

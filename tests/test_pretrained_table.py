@@ -72,3 +72,10 @@ def test_inside_the_mask_gives_block_densities_and_the_score_before_and_after_re
     alone = pretrained_table.inside_the_mask(method, record)
     assert (alone["test_changed"], alone["test_worst_dense"], alone["test_worst_mask_alone"],
             alone["weight_removed"]) == pytest.approx((0.4, 53.6, 69.1, 2.0))
+
+
+def test_the_stand_in_line_names_where_it_was_made():
+    cpu = {"cpu_s": 1664.2, "wall_s": 2367.9, "torch_threads": 1}
+    assert pretrained_table.stand_in_cost(cpu) == "1664 s CPU (2368 s wall, 1 thread, 2 shared cores: noisy)"
+    gpu = {"cpu_s": 80.0, "wall_s": 95.4, "torch_threads": 16, "cpus": 16, "device": "cuda", "bf16": True}
+    assert pretrained_table.stand_in_cost(gpu) == "95 s wall on cuda under bf16 autocast"
