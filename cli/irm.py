@@ -47,7 +47,7 @@ from utils.config_file import add_config_arg, parse_with_config
 from utils.report import format_comparison
 from utils.checkpoint import plain_args
 from utils.results import write_results
-from utils.run_dir import StepState, open_run
+from utils.run_dir import StepState, open_run, run_clock
 from utils.runtime import resolve_device
 
 LABELS = {"erm": "ERM (pooled)", "irm_clusters": "IRM cluster envs", "irm_random": "IRM random envs",
@@ -161,7 +161,7 @@ def format_table(variants: dict[str, dict], title: str) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train every variant, print the table, write ``results.json``."""
-    started = time.time()
+    clock = run_clock()
     data_args = rebuild_data_args(load_environment(args.minority_env, "--minority_env").summary["data_flags"])
     args = argparse.Namespace(**{**vars(data_args), **vars(args), "arch": "mlp", "eval_batch_size": EVAL_BATCH,
                                  "amp": False, "channels_last": False})
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(describe(files["minority"]))
     print(describe(files["balanced"]))
     variants = {name: run_variant(name, indices, ctx) for name, indices in environments.items()}
-    payload = results_payload("irm", plain_args(args), started, variants["irm_clusters"]["splits"],
+    payload = results_payload("irm", plain_args(args), clock, variants["irm_clusters"]["splits"],
                               primary_method="irm_clusters", methods=variants,
                               environments={"minority": files["minority"], "balanced": files["balanced"]})
     path = write_results(ctx.out_dir, payload)

@@ -23,22 +23,22 @@ def run_erm(args: argparse.Namespace) -> dict[str, Any]:
     if args.checkpoint:
         raise UserError("--mode erm trains a new model and takes no --checkpoint; "
                         "use --mode evaluate to score an existing one")
-    ctx, started = make_context(args)
-    return finish("erm", ctx, started, run_methods(ctx, ["erm"]))
+    ctx, clock = make_context(args)
+    return finish("erm", ctx, clock, run_methods(ctx, ["erm"]))
 
 
 def run_prune(args: argparse.Namespace) -> dict[str, Any]:
     """``--mode prune``: reference model and clusters (loaded or made), PruSC, results.json."""
-    ctx, started = make_context(args)
-    return finish("prune", ctx, started, run_methods(ctx, ["prusc"]))
+    ctx, clock = make_context(args)
+    return finish("prune", ctx, clock, run_methods(ctx, ["prusc"]))
 
 
 def run_retrain(args: argparse.Namespace) -> dict[str, Any]:
     """``--mode retrain``: retrain a given (masked or dense) checkpoint with its mask fixed."""
     if not args.checkpoint:
         raise UserError("--mode retrain needs --checkpoint (a .pt from --mode erm or --mode prune)")
-    ctx, started = make_context(args, allow_masked_reference=True)
-    return finish("retrain", ctx, started, run_methods(ctx, ["retrain_only"]))
+    ctx, clock = make_context(args, allow_masked_reference=True)
+    return finish("retrain", ctx, clock, run_methods(ctx, ["retrain_only"]))
 
 
 class _Checkpoint(Method):
@@ -60,12 +60,12 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """``--mode evaluate``: per-group metrics of ``--checkpoint`` on val and test."""
     if not args.checkpoint:
         raise UserError("--mode evaluate needs --checkpoint (a .pt written by another mode)")
-    ctx, started = make_context(args)
+    ctx, clock = make_context(args)
     method = _Checkpoint()
-    return finish("evaluate", ctx, started, {method.name: method_result(method, method.fit(ctx), ctx)})
+    return finish("evaluate", ctx, clock, {method.name: method_result(method, method.fit(ctx), ctx)})
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     """``--mode all``: every method of ``--methods`` side by side, with ``report.png``."""
-    ctx, started = make_context(args)
-    return finish("all", ctx, started, run_methods(ctx, args.methods), report=True)
+    ctx, clock = make_context(args)
+    return finish("all", ctx, clock, run_methods(ctx, args.methods), report=True)

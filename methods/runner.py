@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +24,22 @@ from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.report import format_comparison, format_group_table, write_report
 from utils.results import write_results
-from utils.run_dir import StepState, prepare_out_dir, record_splits
+from utils.run_dir import RunClock, StepState, prepare_out_dir, record_splits, run_clock
 from utils.runtime import resolve_device, seed_everything
 
 PRIMARY_ORDER = ("prusc", "prusc_no_con", "retrain_only")  # top-level ``splits``: the first of these that ran
 SHARED_STEPS = ("erm", "clusters", "methods")  # resume states that outlive the method that made them
 
 
-def make_context(args: argparse.Namespace, allow_masked_reference: bool = False) -> tuple[Context, float]:
-    """Output folder, device, seed and splits of a run (opened by run.py, so resumable), and its start time."""
-    started = time.time()
+def make_context(args: argparse.Namespace, allow_masked_reference: bool = False) -> tuple[Context, RunClock]:
+    """Output folder, device, seed and splits of a run (opened by run.py, so resumable), and the run's clock."""
+    clock = run_clock()
     out_dir = prepare_out_dir(args.out_dir, args.overwrite)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     splits = build_splits(args)
     record_splits({name: len(split) for name, split in splits.items()})
-    return Context(args, splits, device, out_dir, allow_masked_reference, resumable=True), started
+    return Context(args, splits, device, out_dir, allow_masked_reference, resumable=True), clock
 
 
 def method_result(method: Method, fitted: Fitted, ctx: Context) -> dict[str, Any]:
@@ -80,13 +79,14 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
         raise UserError(f"none of --methods {','.join(names)} can run on data set {ctx.args.data!r}")
     finished = ctx.step("methods")
     results = restore_finished(ctx, finished)
+    clock = run_clock()
     for method in runnable:
         if method.name in results:
             print(f"== method {method.name}: reusing its finished result ({finished.path})")  # type: ignore[union-attr]
             continue
         print(f"== method {method.name}", flush=True)
         ctx.generator()
-        first_step, fit_started = len(ctx.steps), time.time()
+        first_step, fit_started = len(ctx.steps), clock.mark(f"method {method.name}")
         try:
             fitted = method.fit(ctx)
         except MethodUnavailable as exc:
@@ -95,7 +95,7 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
             print(f"warning: skipping method {method.name}: {exc}", file=sys.stderr)
             continue
         results[method.name] = method_result(method, fitted, ctx)
-        results[method.name]["time_s"] = round(time.time() - fit_started, 1)  # fit and evaluation (and shared steps it ran)
+        results[method.name]["time_s"] = round(clock.now() - fit_started, 1)  # fit, evaluation, shared steps it ran
         if finished is not None:
             finished.save({"results": results, "facts": ctx.facts, "args": ctx.recorded_args()})
             for name in set(ctx.steps[first_step:]) - set(SHARED_STEPS):
@@ -120,7 +120,7 @@ def primary_method(results: dict[str, dict[str, Any]]) -> str:
     return next((name for name in PRIMARY_ORDER if name in results), list(results)[-1])
 
 
-def finish(mode: str, ctx: Context, started: float, results: dict[str, dict[str, Any]],
+def finish(mode: str, ctx: Context, clock: RunClock, results: dict[str, dict[str, Any]],
            report: bool = False, **extra: Any) -> dict[str, Any]:
     """Write results.json (and with ``report`` the comparison picture), print the table, return the payload."""
     main = primary_method(results)
@@ -128,7 +128,7 @@ def finish(mode: str, ctx: Context, started: float, results: dict[str, dict[str,
     if "density" in results[main]:
         extra["density"] = results[main]["density"]
     args = ctx.recorded_args()
-    payload = results_payload(mode, args, started, results[main]["splits"], primary_method=main,
+    payload = results_payload(mode, args, clock, results[main]["splits"], primary_method=main,
                               methods=results, **extra)
     picture = run_on_main(write_report, Path(ctx.out_dir) / "report.png", [payload]) if report else None
     path = write_results(ctx.out_dir, payload)  # last: results.json marks the run finished, picture included

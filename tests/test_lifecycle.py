@@ -371,6 +371,25 @@ def test_resume_state_round_trip(tmp_path):
     assert os.listdir(tmp_path) == ["out"]
 
 
+def test_a_continued_run_counts_the_earlier_process_up_to_its_last_save(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(run_dir.time, "monotonic", lambda: clock[0])
+    first = run_dir.open_run(tmp_path / "out", {"a": 1}, overwrite=False)  # a process that will be killed
+    clock[0] = 130.0
+    assert first.clock.mark("method erm") == 30.0
+    clock[0] = 160.0
+    run_dir.StepState(first.path, "erm").save({"epoch": 1})  # the clock is saved with the state: 60 s
+    clock[0] = 190.0  # work after the last save is lost with the process, and not counted
+    first.close()
+    clock[0] = 1000.0
+    with run_dir.open_run(tmp_path / "out", {"a": 1}, overwrite=False) as again:
+        clock[0] = 1010.0
+        assert again.clock.now() == 70.0 and again.clock.mark("method erm") == 30.0
+        assert again.clock.mark("method prusc") == 70.0
+    (tmp_path / "damaged.json").write_text("{damaged")
+    assert run_dir.RunClock(tmp_path / "damaged.json").now() == 0.0  # times only: a damaged clock never stops a run
+
+
 def test_a_background_save_writes_the_state_as_it_was_when_saved(tmp_path):
     weights = torch.arange(1_000_000, dtype=torch.float32)
     state = run_dir.StepState(tmp_path, "erm", background=True)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,9 +58,14 @@ def test_sigkill_during_erm_resumes_and_ends_with_identical_metrics(tmp_path, ca
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert StepState(tmp_path / "cut", "erm").load()["epoch"] == 2  # killed in epoch 3: one epoch lost at most
     assert not (tmp_path / "cut" / "results.json").exists()
+    clock = json.loads((tmp_path / "cut" / "resume" / "clock.json").read_text())  # saved with epoch 2's state
+    started = time.monotonic()
     code, out = in_process(run.main, capsys, *ERM, "--out_dir", tmp_path / "cut")
+    here = time.monotonic() - started
     assert code == 0 and "resuming ERM after epoch 2/5" in out
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
+    time_s = json.loads((tmp_path / "cut" / "results.json").read_text())["time_s"]
+    assert here < time_s <= clock["spent_s"] + here  # the killed process's two epochs are counted too
     assert not (tmp_path / "cut" / "resume").exists()  # a finished run keeps no resume state
     final = [torch.load(tmp_path / d / "erm.pt", weights_only=True)["state_dict"] for d in ("whole", "cut")]
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])

@@ -1,7 +1,6 @@
 """What every mode shares: evaluate a model on the splits, package the results."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -10,6 +9,7 @@ from torch import nn
 from data import SpuriousDataset
 from training.loops import predict
 from utils.metrics import compute_metrics, group_counts
+from utils.run_dir import RunClock
 from utils.runtime import Runtime
 
 
@@ -26,17 +26,18 @@ def evaluate_model(model: nn.Module, splits: dict[str, SpuriousDataset], runtime
     return out
 
 
-def results_payload(mode: str, args: dict[str, Any], started: float, splits_metrics: dict[str, dict],
+def results_payload(mode: str, args: dict[str, Any], clock: RunClock, splits_metrics: dict[str, dict],
                     **extra: Any) -> dict[str, Any]:
     """The results.json dict: the top-level keys every mode shares (ARCHITECTURE.md, "Results"), then ``extra``;
-    ``args`` are the run's arguments as recorded (:func:`utils.checkpoint.plain_args`)."""
+    ``args`` are the run's arguments as recorded (:func:`utils.checkpoint.plain_args`); ``time_s`` is the
+    run's ``clock`` (earlier processes of a continued run included)."""
     return {
         "mode": mode,
         "data": args["data"],
         "arch": args["arch"],
         "seed": args["seed"],
         "args": args,
-        "time_s": round(time.time() - started, 3),
+        "time_s": round(clock.now(), 3),
         "splits": splits_metrics,
         **extra,
     }

@@ -31,6 +31,9 @@ What it guarantees (docs/reliability.md lists the cases and their tests):
 - **Resume**: a long step (an ERM training, a pruning, a retraining) saves its state after every
   epoch in ``resume/<step>.pt`` (:class:`StepState`); rerunning the same command finds it and
   continues there. The folder ``resume/`` is deleted when the run finishes.
+- **Honest times**: the run's clock (:class:`RunClock`, ``resume/clock.json``) is saved with every
+  resume state, so the ``time_s`` of a continued run counts the earlier processes' work too (up to
+  their last save: what came after it is done again and counted then).
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ from utils.results import RESULTS_NAME, atomic_write, atomic_write_text
 
 ARGS_NAME = "run_args.json"
 STATE_DIR = "resume"
+CLOCK_NAME = "clock.json"
 MIN_FREE_BYTES = 64 * 2**20
 NOT_COMPARED = ("out_dir", "overwrite", "num_workers", "skip_image_check")
 INTERRUPTED_EXIT = 130
@@ -304,6 +308,48 @@ def afresh(path: Path) -> str:
     return f"to start afresh pass --overwrite or choose a new --out_dir than {path}"
 
 
+def _read_clock(path: Path) -> tuple[float, dict[str, float]]:
+    """The seconds and marks a clock file holds; none (0) when it is missing or damaged (times only, so
+    a damaged file never stops a run)."""
+    try:
+        saved = json.loads(path.read_text())
+        return float(saved["spent_s"]), {str(k): float(v) for k, v in saved["marks"].items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return 0.0, {}
+
+
+class RunClock:
+    """Seconds a run has worked, across the processes that continued it, and named marks on that clock (the
+    start of each method), so that a method continued after a kill still reports its whole time.
+
+    With a ``path`` the clock starts where the last :meth:`writer` it gave left it; without one it times
+    this process only (a run without a folder)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.before, self.marks = _read_clock(path) if path is not None else (0.0, {})
+        self.started = time.monotonic()
+
+    def now(self) -> float:
+        """Seconds worked so far by this run's processes (earlier ones up to their last save)."""
+        return self.before + time.monotonic() - self.started
+
+    def mark(self, name: str) -> float:
+        """The clock's reading when ``name`` first happened in this run (now, unless a process before did it)."""
+        if name not in self.marks:
+            self.marks[name] = self.now()
+        return self.marks[name]
+
+    def writer(self) -> Callable[[], None]:
+        """A function that saves the clock as it reads now (called once the resume state it goes with is
+        written, so the clock never runs ahead of the work a continued run keeps)."""
+        text = json.dumps({"spent_s": round(self.now(), 3), "marks": self.marks}) + "\n"
+        path = self.path
+        if path is None:
+            return lambda: None
+        return lambda: atomic_write_text(path, text)
+
+
 class RunDir:
     """An open run: its folder, lock, recorded arguments and inputs; a context manager (module docstring)."""
 
@@ -317,6 +363,7 @@ class RunDir:
         self.inputs: dict[str, str] = {}
         self.previous_splits: dict[str, int] | None = None
         self.lock: FolderLock | None = None
+        self.clock = RunClock()
 
     # -- opening ---------------------------------------------------------------------------------
     def open(self, inputs: Inputs, min_free_bytes: int) -> "RunDir":
@@ -339,6 +386,7 @@ class RunDir:
             make_folder(self.path, min_free_bytes=min_free_bytes)
             remove_orphans(self.path)
             self._write_record(self.previous_splits)
+            self.clock = RunClock(self.path / STATE_DIR / CLOCK_NAME)
         except BaseException:
             self.lock.release()
             raise
@@ -518,6 +566,11 @@ class RunDir:
                                  "the same command to continue from there") from None
 
 
+def run_clock() -> RunClock:
+    """The clock of the open run, or a clock of this process alone when no run is open."""
+    return _ACTIVE.clock if _ACTIVE is not None else RunClock()
+
+
 def record_splits(sizes: dict[str, int]) -> None:
     """Record the split sizes with the open run (rank 0 under ``torchrun``); a continued run whose
     data now gives other sizes is refused (:meth:`RunDir.record_splits`). Nothing outside a run."""
@@ -623,14 +676,21 @@ class StepState:
             return
         self.path.parent.mkdir(exist_ok=True)
         content = {**state, "world_size": world_size()}
+        write_clock: Callable[[], None] = lambda: None
         if _ACTIVE is not None:  # what shaped the state, checked when the run is opened again
             content["run"] = {"args": _ACTIVE.args, "inputs": _ACTIVE.inputs}
+            write_clock = _ACTIVE.clock.writer()
+
+        def write(value: dict[str, Any]) -> None:
+            atomic_write(self.path, lambda tmp: torch.save(value, tmp))
+            write_clock()
+
         if not self.background:
             wait_for_saves()
-            atomic_write(self.path, lambda tmp: torch.save(content, tmp))
+            write(content)
             return
         content = _cpu_copy(content)
-        _WRITER.submit(lambda: atomic_write(self.path, lambda tmp: torch.save(content, tmp)))
+        _WRITER.submit(lambda: write(content))
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when the step never saved one."""
