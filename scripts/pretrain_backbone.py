@@ -333,7 +333,8 @@ def pretrain(args: argparse.Namespace) -> dict:
                "families": list(FAMILIES), "n_fit": len(x) - n_held, "n_held_out": n_held, "steps": step,
                "held_out_item_acc": item_acc, "held_out_family_acc": family_acc, "corpus_s": round(corpus_s, 1),
                "wall_s": round(time.time() - started, 1), "cpu_s": round(time.process_time() - cpu0, 1),
-               "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "device": str(runtime.device), "bf16": runtime.bf16}
+               "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "device": str(runtime.device),
+               "bf16": runtime.bf16}
     atomic_write_text(Path(str(out) + ".json"), json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return summary
