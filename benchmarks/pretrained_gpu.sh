@@ -71,7 +71,8 @@ SWEEP="python3 scripts/sweep.py --workers 1 --seeds ${SEEDS[*]}"
   for S in "${SEEDS[@]}"; do
     D=$WORK/cmp_default/seed$S
     for ROW in retrain_only_head:erm.pt prusc_mask_head:prusc_pruned.pt; do
-      NAME=${ROW%%:*} CKPT=$D/${ROW#*:} DIR=$WORK/head/${ROW%%:*}_seed$S
+      NAME=${ROW%%:*} CKPT=$D/${ROW#*:}
+      DIR=$WORK/head/${NAME}_seed$S
       [[ -f "$CKPT" ]] || continue
       # shellcheck disable=SC2086
       [[ -f "$DIR/results.json" ]] || python3 run.py --mode retrain $COMMON $RUN --train_root_dir "$WORK/scenes_r0.95" \
