@@ -107,6 +107,25 @@ def test_a_curve_over_a_numeric_grid_counts_each_seeds_own_reference_as_one_sett
         == {"mode": None, "data": None, "arch": None, "checkpoint": "a/seed{seed}/erm.pt", "other": "a/seed12/x"}
 
 
+def test_a_method_run_later_on_the_same_configuration_joins_its_seeds_runs(tmp_path, capsys):
+    three_seeds(tmp_path / "first")
+    for seed in range(3):  # run afterwards: the same configuration, one more method, erm identical on seed 0 only
+        write_run(tmp_path / "later" / f"seed{seed}", seed, {"prusc_no_con": (0.89, 0.40 + seed / 10, 0.5),
+                                                               "prusc": (0.10, 0.10, 0.1)})
+    write_run(tmp_path / "first_erm" / "seed0", 0, {"erm": (0.95, 0.30, 1.0)}, lambda_sparse=1e-8)
+    write_run(tmp_path / "later_erm" / "seed0", 0, {"erm": (0.95, 0.31, 1.0), "jtt": (0.9, 0.5, 1.0)},
+              lambda_sparse=1e-8)
+    groups, warnings = group_runs(find_runs([tmp_path / "first", tmp_path / "later",
+                                             tmp_path / "first_erm", tmp_path / "later_erm"]).results)
+    rows = {(r.group.label, r.method): r for r in summarise(groups, "retrain_only")}
+    no_con = rows[("lambda_sparse=5e-08", "prusc_no_con")]
+    assert no_con.worst == pytest.approx([40.0, 50.0, 60.0]) and no_con.d_worst[0] == pytest.approx(-10.0)
+    assert rows[("lambda_sparse=5e-08", "prusc")].worst == pytest.approx([55.0, 62.0, 78.0])  # the first run's
+    assert len(warnings) == 4 and all("adds prusc_no_con to seed" in w for w in warnings[:3])
+    assert "their ERM models differ (test worst-group 30.0 and 31.0 %)" in warnings[3]
+    assert "differ" not in " ".join(warnings[:3])
+
+
 def test_unfinished_folders_are_named_and_a_file_given_twice_counts_once(tmp_path, capsys):
     root = three_seeds(tmp_path / "sweep")
     (root / "seed3").mkdir()

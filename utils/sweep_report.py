@@ -9,7 +9,8 @@ spread is much smaller than that of either method alone.
 Rules that keep numbers honest: runs of different configurations (data, architecture, any
 argument but the seeds and those that do not change results) are never pooled unless asked, and
 then with a warning naming what differs; unfinished run folders are named; a results file given
-twice, or two runs of one configuration and seed, count once (the dropped one is named).
+twice counts once; two runs of one configuration and seed count as one run whose methods are those
+of both (a method both ran counts once, from the first; the later run is named).
 """
 from __future__ import annotations
 
@@ -156,15 +157,35 @@ def group_runs(files: list[Path], pool: bool = False) -> tuple[list[Group], list
 
 
 def _one_per_seed(group: Group, warnings: list[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """One run per seed. A later run of a seed already counted adds the methods the first lacks (a method
+    run afterwards on the same configuration, e.g. ``--methods prusc_no_con``); a method both ran counts
+    from the first, and a later run that adds nothing is dropped. Either way the later run is named."""
     kept: dict[tuple, tuple[Path, dict[str, Any]]] = {}
     for path, payload in group.runs:
         seed = seed_of(payload)
-        if seed in kept:
-            warnings.append(f"{path} repeats seed {seed[0]} of {kept[seed][0]} in '{group.label}'; only the first "
-                            "is counted")
-        else:
+        if seed not in kept:
             kept[seed] = (path, payload)
+            continue
+        first_path, first = kept[seed]
+        added = {k: v for k, v in payload["methods"].items() if k not in first["methods"]}
+        if not added:
+            warnings.append(f"{path} repeats seed {seed[0]} of {first_path} in '{group.label}'; only the first "
+                            "is counted")
+            continue
+        kept[seed] = (first_path, {**first, "methods": {**first["methods"], **added}})
+        warnings.append(f"{path} adds {', '.join(added)} to seed {seed[0]} of {first_path} in '{group.label}' "
+                        f"(same configuration and seed){_reference_note(first, payload)}")
     return list(kept.values())
+
+
+def _reference_note(first: dict[str, Any], later: dict[str, Any]) -> str:
+    """Why a merged seed's paired differences may carry run-to-run noise: both runs trained ERM and got
+    different models (a GPU is not bit-for-bit deterministic; a CPU run with the same threads is)."""
+    a, b = (p["methods"].get("erm", {}).get("splits", {}).get("test") for p in (first, later))
+    if a is None or b is None or a == b:
+        return ""
+    return (f"; their ERM models differ (test worst-group {100 * a['worst_group_acc']:.1f} and "
+            f"{100 * b['worst_group_acc']:.1f} %), so differences across the two runs include that noise")
 
 
 def t_quantile(p: float, df: int) -> float:
