@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from scripts import report as report_cli
-from utils.sweep_report import configuration, find_runs, group_runs, numeric_settings, paired_interval, summarise
+from utils.sweep_report import (configuration, curves_figure, find_runs, group_runs, numeric_settings, paired_interval,
+                                summarise)
 
 T_975_DF2 = 4.302652729749464  # Student t, 97.5% quantile, 2 degrees of freedom (printed tables: 4.303)
 
@@ -124,6 +125,19 @@ def test_a_method_run_later_on_the_same_configuration_joins_its_seeds_runs(tmp_p
     assert len(warnings) == 4 and all("adds prusc_no_con to seed" in w for w in warnings[:3])
     assert "their ERM models differ (test worst-group 30.0 and 31.0 %)" in warnings[3]
     assert "differ" not in " ".join(warnings[:3])
+
+
+def test_a_curve_leaves_a_method_of_one_setting_to_the_table(tmp_path):
+    for length in (5, 20):  # a reused reference run adds a baseline at one setting only
+        for seed in range(2):
+            methods = {"retrain_only": (0.9, 0.8, 1.0), "prusc": (0.9, 0.85 + length / 1000, 0.3)}
+            write_run(tmp_path / f"pruning_ep={length}" / f"seed{seed}", seed,
+                      {**methods, **({"dfr": (0.9, 0.88, 1.0)} if length == 20 else {})}, pruning_ep=length)
+    groups, _ = group_runs(find_runs([tmp_path]).results)
+    figure = curves_figure(summarise(groups, "retrain_only"))
+    top, bottom = figure.axes
+    assert top.get_legend_handles_labels()[1] == ["retrain_only", "prusc"]
+    assert bottom.get_legend_handles_labels()[1] == ["prusc"]
 
 
 def test_unfinished_folders_are_named_and_a_file_given_twice_counts_once(tmp_path, capsys):

@@ -22,6 +22,7 @@ import os
 import re
 import statistics
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -374,9 +375,13 @@ def curves_figure(rows: list[Row]) -> Figure | None:
     """For every numeric setting of the grid (e.g. --pruning_ep, --lambda_sparse), test worst-group accuracy
     (top) and, for masked methods, density (bottom) against it, mean ± sample std over seeds. A colour per
     method, a line style per value of the other settings; a method whose curve is the same at every value
-    of the other settings (e.g. retrain-only in a pruning grid) is drawn once. None without a numeric setting."""
+    of the other settings (e.g. retrain-only in a pruning grid) is drawn once, and a method that ran in one
+    setting only (a baseline beside a reused reference run) is left to the table. None without a numeric
+    setting."""
     axes_keys = numeric_settings(rows)
-    if not axes_keys:
+    settings_of = Counter(r.method for r in rows)
+    rows = [r for r in rows if settings_of[r.method] > 1]
+    if not axes_keys or not rows:
         return None
     from matplotlib.figure import Figure  # on use: matplotlib takes a second to import
     figure = Figure(figsize=(5.5 * len(axes_keys), 8.0), dpi=120)
@@ -399,7 +404,7 @@ def curves_figure(rows: list[Row]) -> Figure | None:
                     style = styles[others] if others is not None else 0
                     panel.errorbar(xs, [m for m, _ in stats], yerr=[sd for _, sd in stats], color=colours[method],
                                    linestyle=("-", "--", ":", "-.")[style % 4], marker="osD^v"[style % 5],
-                                   capsize=3, label=method if others is None else f"{method}, {others}")
+                                   capsize=3, label=f"{method}, {others}" if others else method)
         values = sorted({x for by in curves.values() for points in by.values() for x, _ in points})
         for panel, what in ((panels[0][col], "test worst-group accuracy (%)"), (panels[1][col], "density (%)")):
             if values[0] > 0 and values[-1] / values[0] >= 10:
