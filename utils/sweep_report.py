@@ -378,10 +378,10 @@ def curves_figure(rows: list[Row]) -> Figure | None:
     of the other settings (e.g. retrain-only in a pruning grid) is drawn once, and a method that ran in one
     setting only (a baseline beside a reused reference run) is left to the table. None without a numeric
     setting."""
-    axes_keys = numeric_settings(rows)
     settings_of = Counter(r.method for r in rows)
     rows = [r for r in rows if settings_of[r.method] > 1]
-    if not axes_keys or not rows:
+    axes_keys = numeric_settings(rows)
+    if not axes_keys:
         return None
     from matplotlib.figure import Figure  # on use: matplotlib takes a second to import
     figure = Figure(figsize=(5.5 * len(axes_keys), 8.0), dpi=120)
