@@ -127,17 +127,21 @@ def test_a_method_run_later_on_the_same_configuration_joins_its_seeds_runs(tmp_p
     assert "differ" not in " ".join(warnings[:3])
 
 
-def test_a_curve_leaves_a_method_of_one_setting_to_the_table(tmp_path):
+def test_curves_draw_what_the_grid_moves_and_leave_the_rest_to_the_table(tmp_path):
     for length in (5, 20):  # a reused reference run adds a baseline at one setting only
         for seed in range(2):
-            methods = {"retrain_only": (0.9, 0.8, 1.0), "prusc": (0.9, 0.85 + length / 1000, 0.3)}
+            methods = {"erm": (0.8, 0.5 + seed / 10, 1.0), "retrain_only": (0.9, 0.8, 1.0),
+                       "prusc": (0.9, 0.85 + length / 1000, 0.3)}
             write_run(tmp_path / f"pruning_ep={length}" / f"seed{seed}", seed,
                       {**methods, **({"dfr": (0.9, 0.88, 1.0)} if length == 20 else {})}, pruning_ep=length)
     groups, _ = group_runs(find_runs([tmp_path]).results)
-    figure = curves_figure(summarise(groups, "retrain_only"))
-    top, bottom = figure.axes
-    assert top.get_legend_handles_labels()[1] == ["retrain_only", "prusc"]
-    assert bottom.get_legend_handles_labels()[1] == ["prusc"]
+    figure = curves_figure(summarise(groups, "retrain_only"), "retrain_only")
+    worst, density, paired = figure.axes
+    assert worst.get_legend_handles_labels()[1] == ["erm", "retrain_only", "prusc"]
+    assert density.get_legend_handles_labels()[1] == ["prusc"]
+    assert paired.get_legend_handles_labels()[1] == ["prusc"]  # not the reference; erm does not depend on the grid
+    line = paired.get_lines()[0]
+    assert list(line.get_xdata()) == [5, 20] and list(line.get_ydata()) == pytest.approx([5.5, 7.0])
 
 
 def test_unfinished_folders_are_named_and_a_file_given_twice_counts_once(tmp_path, capsys):

@@ -208,7 +208,8 @@ def paired_interval(differences: list[float], level: float = LEVEL) -> tuple[flo
 
 @dataclass
 class Row:
-    """One method in one group: per-seed test metrics (in %) and the paired comparison."""
+    """One method in one group: per-seed test metrics (in %, in the order of ``seeds``) and the paired
+    comparison."""
 
     group: Group
     method: str
@@ -216,6 +217,7 @@ class Row:
     avg: list[float]
     worst: list[float]
     density: list[float]
+    seeds: list[tuple] = field(default_factory=list)
     paired_n: int = 0
     d_worst: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     d_avg: tuple[float, float, float] = (math.nan, math.nan, math.nan)
@@ -234,7 +236,7 @@ def summarise(groups: list[Group], reference: str) -> list[Row]:
             tests = [r["splits"]["test"] for r in results.values()]
             row = Row(group, name, any(r.get("uses_group_labels") for r in results.values()),
                       [100 * t["avg_acc"] for t in tests], [100 * t["worst_group_acc"] for t in tests],
-                      [100 * density_of(r) for r in results.values()])
+                      [100 * density_of(r) for r in results.values()], list(results))
             shared = [s for s in results if s in ref]
             if name != reference and shared:
                 row.paired_n = len(shared)
@@ -371,42 +373,47 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def curves_figure(rows: list[Row]) -> Figure | None:
-    """For every numeric setting of the grid (e.g. --pruning_ep, --lambda_sparse), test worst-group accuracy
-    (top) and, for masked methods, density (bottom) against it, mean ± sample std over seeds. A colour per
-    method, a line style per value of the other settings; a method whose curve is the same at every value
-    of the other settings (e.g. retrain-only in a pruning grid) is drawn once, and a method that ran in one
-    setting only (a baseline beside a reused reference run) is left to the table. None without a numeric
-    setting."""
+def curves_figure(rows: list[Row], reference: str) -> Figure | None:
+    """For every numeric setting of the grid (e.g. --pruning_ep, --lambda_sparse), three panels against it:
+    test worst-group accuracy and, for masked methods, density (mean ± sample std over seeds), and the
+    paired difference in worst-group accuracy to ``reference`` (mean and 95% interval over seeds), which is
+    what a method earns beyond seed noise. A colour per method, a line style per value of the other
+    settings; a method whose results the grid does not change (ERM and retrain-only in a pruning grid) is
+    one curve, without a difference to draw, and a method that ran in one setting only (a baseline beside a
+    reused reference run) is left to the table. None without a numeric setting."""
     settings_of = Counter(r.method for r in rows)
     rows = [r for r in rows if settings_of[r.method] > 1]
     axes_keys = numeric_settings(rows)
     if not axes_keys:
         return None
     from matplotlib.figure import Figure  # on use: matplotlib takes a second to import
-    figure = Figure(figsize=(5.5 * len(axes_keys), 8.0), dpi=120)
-    panels = figure.subplots(2, len(axes_keys), squeeze=False)
+    figure = Figure(figsize=(5.5 * len(axes_keys), 11.5), dpi=120)
+    panels = figure.subplots(3, len(axes_keys), squeeze=False)
     colours = {method: f"C{i % 10}" for i, method in enumerate(dict.fromkeys(r.method for r in rows))}
     rows = sorted(rows, key=lambda r: [_number(r.group.settings[k]) for k in axes_keys])  # legends in value order
+    masked = {r.method for r in rows if any(d < 100 for d in r.density)}
+    moved = _moved_by_grid(rows)
+    metrics: list[tuple[str, Callable[[Row], tuple[float, float] | None]]] = [
+        ("test worst-group accuracy (%)", lambda r: mean_std(r.worst, single=0.0)),
+        ("density (%)", lambda r: mean_std(r.density, single=0.0) if r.method in masked else None),
+        (f"Δ worst-group vs {reference} (paired, 95% CI)", lambda r: _paired_point(r) if r.method in moved else None)]
     for col, key in enumerate(axes_keys):
         curves: dict[str, dict[str, list[tuple[float, Row]]]] = {}  # method -> other settings -> points
         for row in rows:
             others = ", ".join(f"{k}={v}" for k, v in row.group.settings.items() if k != key)
             curves.setdefault(row.method, {}).setdefault(others, []).append((_number(row.group.settings[key]), row))
         styles = {o: i for i, o in enumerate(dict.fromkeys(o for by in curves.values() for o in by))}
-        metrics = ((panels[0][col], lambda r: r.worst), (panels[1][col], lambda r: r.density))
         for method, by_others in curves.items():
-            for panel, values_of in metrics:
-                drawn = _distinct_curves(by_others, values_of)
-                if panel is panels[1][col] and all(m >= 100 for _, (_, stats) in drawn for m, _ in stats):
-                    continue  # no mask: density is 100 everywhere
-                for others, (xs, stats) in drawn:
-                    style = styles[others] if others is not None else 0
-                    panel.errorbar(xs, [m for m, _ in stats], yerr=[sd for _, sd in stats], color=colours[method],
+            if method not in moved:  # the same result at every setting: one curve
+                by_others = {"": _one_curve(by_others)}
+            for panel, (_, point_of) in zip(panels[:, col], metrics):
+                for others, (xs, points) in _distinct_curves(by_others, point_of):
+                    style = styles.get(others, 0)
+                    panel.errorbar(xs, [m for m, _ in points], yerr=[e for _, e in points], color=colours[method],
                                    linestyle=("-", "--", ":", "-.")[style % 4], marker="osD^v"[style % 5],
                                    capsize=3, label=f"{method}, {others}" if others else method)
         values = sorted({x for by in curves.values() for points in by.values() for x, _ in points})
-        for panel, what in ((panels[0][col], "test worst-group accuracy (%)"), (panels[1][col], "density (%)")):
+        for panel, (what, _) in zip(panels[:, col], metrics):
             if values[0] > 0 and values[-1] / values[0] >= 10:
                 panel.set_xscale("log")
             panel.set_xticks(values, [f"{v:g}" for v in values])
@@ -416,18 +423,54 @@ def curves_figure(rows: list[Row]) -> Figure | None:
             panel.grid(alpha=0.3)
             if panel.get_legend_handles_labels()[0]:
                 panel.legend(fontsize=6)
-    figure.suptitle("mean ± sample std over seeds")
+        panels[2][col].axhline(0.0, color="black", linewidth=0.8)
+    figure.suptitle("top, middle: mean ± sample std over seeds; bottom: paired difference by seed, "
+                    "mean and 95% t-interval")
     figure.tight_layout()
     return figure
 
 
-def _distinct_curves(by_others: dict[str, list[tuple[float, Row]]], values_of: Callable[[Row], list[float]]
+def _moved_by_grid(rows: list[Row]) -> set[str]:
+    """The methods whose test results differ between settings on some seed. The others (ERM in a pruning
+    grid) do not depend on the grid's flags: their difference to the reference is in the table, and drawn
+    as a curve it would only stretch the axis."""
+    seen: dict[tuple[str, tuple], set[tuple[float, float]]] = {}
+    for row in rows:
+        for seed, avg, worst in zip(row.seeds, row.avg, row.worst):
+            seen.setdefault((row.method, seed), set()).add((avg, worst))
+    return {method for (method, _), values in seen.items() if len(values) > 1}
+
+
+def _one_curve(by_others: dict[str, list[tuple[float, Row]]]) -> list[tuple[float, Row]]:
+    """The points of a method the grid does not move, one per value: the row with the most seeds."""
+    best: dict[float, Row] = {}
+    for points in by_others.values():
+        for x, row in points:
+            if x not in best or len(row.seeds) > len(best[x].seeds):
+                best[x] = row
+    return sorted(best.items(), key=lambda point: point[0])
+
+
+def _paired_point(row: Row) -> tuple[float, float] | None:
+    """The paired worst-group difference of ``row`` and the half-width of its interval (0 from one seed);
+    None for the reference itself and for a method that shares no seed with it."""
+    if row.paired_n == 0:
+        return None
+    mean, _, high = row.d_worst
+    return mean, (high - mean if row.paired_n > 1 else 0.0)
+
+
+def _distinct_curves(by_others: dict[str, list[tuple[float, Row]]],
+                     point_of: Callable[[Row], tuple[float, float] | None]
                      ) -> list[tuple[str | None, tuple[list[float], list[tuple[float, float]]]]]:
-    """Each curve (xs, per-point mean and sample std) by the other settings' values, its points in the order
-    given (:func:`curves_figure` sorts them); one curve, labelled None, when they are all the same."""
+    """Each curve (xs, per-point value and error bar) by the other settings' values, its points in the order
+    given (:func:`curves_figure` sorts them) and without the points ``point_of`` has no value for; one
+    curve, labelled None, when they are all the same."""
     curves = {}
     for others, points in by_others.items():
-        curves[others] = ([x for x, _ in points], [mean_std(values_of(r), single=0.0) for _, r in points])
+        kept = [(x, point_of(r)) for x, r in points if point_of(r) is not None]
+        if kept:
+            curves[others] = ([x for x, _ in kept], [p for _, p in kept])
     if len(curves) > 1 and len({json.dumps(c) for c in curves.values()}) == 1:
         return [(None, next(iter(curves.values())))]
     return list(curves.items())
@@ -455,7 +498,7 @@ def write_report_files(folder: Path, rows: list[Row], reference: str) -> list[st
         said.append(f"{'replaced' if path.exists() else 'wrote'} {path}")
 
     figures = {"worst_group.png": worst_group_figure(rows), "density.png": density_figure(rows),
-               "curves.png": curves_figure(rows)}
+               "curves.png": curves_figure(rows, reference)}
     texts = {"report.md": markdown(rows, reference) + "\n", "report.csv": csv_text(rows, reference)}
     for name, text in texts.items():
         note(folder / name)
