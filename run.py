@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster import fit as cluster_fit  # noqa: E402
 from cluster.io import warn_single_cluster_classes  # noqa: E402
 from data import add_data_args, canonical_name, data_settings, default_arch  # noqa: E402
-from methods import add_method_args, method_names, modes, parse_methods  # noqa: E402
+from methods import add_method_args, method_input_flags, method_names, modes, parse_methods  # noqa: E402
 from methods.prusc import RECIPES, apply_recipe  # noqa: E402
 from models.factory import Expect, ModelConfig, checked_checkpoint  # noqa: E402
 from training.erm import TrainConfig  # noqa: E402
@@ -44,6 +44,7 @@ MODES = {
 DEFAULT_MODE = "all"
 INPUT_FLAGS = ("metadata", "train_root_dir", "val_root_dir", "checkpoint", "cluster_checkpoint", "clusters",
                "pretrained_path")  # fingerprinted with the run; never inside a folder --overwrite replaces
+# (and each method's Method.input_flags)
 
 
 def cluster_epoch(text: str) -> int | str:
@@ -148,7 +149,7 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def run_inputs(args: argparse.Namespace) -> dict[str, str | None]:
     """The files and folders a run reads, by flag (:func:`utils.run_dir.open_run` fingerprints them)."""
-    return {f"--{name}": getattr(args, name, None) for name in INPUT_FLAGS}
+    return {f"--{name}": getattr(args, name, None) for name in INPUT_FLAGS + method_input_flags()}
 
 
 def run(argv: list[str] | None = None) -> None:

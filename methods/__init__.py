@@ -7,7 +7,7 @@ the default ``--methods`` order (annotation-free methods first, then those that 
 from __future__ import annotations
 
 from methods.base import Context, Fitted, Method
-from methods.registry import REGISTRY, add_method_args, method_names, parse_methods, register
+from methods.registry import REGISTRY, add_method_args, method_input_flags, method_names, parse_methods, register
 
 # registration: one line per method, in the default order
 from methods import erm  # noqa: E402,F401
@@ -19,5 +19,5 @@ from methods import groupdro  # noqa: E402,F401
 from methods import dfr  # noqa: E402,F401
 from methods import oracle  # noqa: E402,F401
 
-__all__ = ["REGISTRY", "register", "method_names", "parse_methods", "add_method_args", "Context", "Fitted",
-           "Method"]
+__all__ = ["REGISTRY", "register", "method_names", "method_input_flags", "parse_methods", "add_method_args",
+           "Context", "Fitted", "Method"]

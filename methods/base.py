@@ -165,7 +165,9 @@ class Method:
     - ``selection``: how the reported model is chosen, in words; with a :meth:`selector`, a sentence
       whose ``{score}`` the selector's words fill (results.json then says what was really used);
     - ``needs_attributes``: the method cannot run on data without attribute labels;
-    - ``config``: the frozen dataclass of its own flags (one field per flag, :mod:`utils.options`).
+    - ``config``: the frozen dataclass of its own flags (one field per flag, :mod:`utils.options`);
+    - ``input_flags``: its flags that name files or folders it reads, fingerprinted with the run and never
+      inside a folder ``--overwrite`` replaces.
     """
 
     name: ClassVar[str]
@@ -174,6 +176,7 @@ class Method:
     selection: ClassVar[str] = "last epoch"
     needs_attributes: ClassVar[bool] = False
     config: ClassVar[type | None] = None  # the frozen dataclass of its own settings (utils/options.py), if any
+    input_flags: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def add_args(cls, group: argparse._ArgumentGroup) -> None:

@@ -233,6 +233,7 @@ class IRM(Method):
 
     name = "irm"
     selection = "last step (--irm_steps), as in the IRM paper"
+    input_flags = ("minority_env", "balance_env")
 
     @staticmethod
     def add_args(group: argparse._ArgumentGroup) -> None:

@@ -24,6 +24,11 @@ def method_names() -> list[str]:
     return list(REGISTRY)
 
 
+def method_input_flags() -> tuple[str, ...]:
+    """Every registered method's flags that name inputs (``Method.input_flags``), in registry order."""
+    return tuple(flag for cls in REGISTRY.values() for flag in cls.input_flags)
+
+
 def parse_methods(text: str) -> list[str]:
     """``--methods``: a comma-separated list of registered names (``all`` for every one)."""
     if text.strip() == "all":

@@ -4,6 +4,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +191,20 @@ def test_overwrite_refuses_to_delete_its_own_input(run_cli, erm_dir):
     rc, _, err = run_cli("--mode", "evaluate", "--checkpoint", erm_dir / "erm.pt", "--out_dir", erm_dir, "--overwrite")
     assert rc == 2 and one_line(err) and "lies inside --out_dir" in err
     assert (erm_dir / "erm.pt").exists()
+
+
+def test_overwrite_refuses_to_delete_a_methods_input(run_cli, erm_dir):
+    envs = erm_dir / "envs"  # IRM's environment folders, an input that a method (not run.py) declares
+    for name in ("minority", "balanced"):
+        (envs / name).mkdir(parents=True, exist_ok=True)
+        (envs / name / "indices.csv").write_text("idx\n0\n")
+    try:
+        rc, _, err = run_cli("--methods", "irm", "--minority_env", envs / "minority", "--balance_env",
+                             envs / "balanced", "--out_dir", erm_dir, "--overwrite")
+        assert rc == 2 and one_line(err) and f"--minority_env {envs / 'minority'} lies inside --out_dir" in err
+        assert (erm_dir / "erm.pt").exists() and (envs / "minority" / "indices.csv").exists()
+    finally:
+        shutil.rmtree(envs)
 
 
 @pytest.mark.slow
