@@ -56,7 +56,8 @@ class ClusterConfig:
                                                            "silhouette in 2..--max_clusters", type=num_clusters_type)
     max_clusters: int = option(DEFAULT_MAX_CLUSTERS, "largest k tried by --num_clusters auto", type=at_least_two)
     per_class: bool | None = option(None, "cluster each class separately (ids stay unique); default: per class when "
-                                          "PruSC computes its clusters (--mode prune/all), over all samples otherwise",
+                                          "a run computes its own clusters (--mode prune/retrain/all), over all "
+                                          "samples otherwise",
                                     action=argparse.BooleanOptionalAction)
     clusters_auto: bool = option(False, "choose the ERM snapshot to cluster and --per_class (k=2) without group "
                                         "labels: the one whose clusters best predict how many snapshots misclassify "

@@ -249,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nproc_per_node", type=positive_int, default=1,
                         help="processes per job: >1 makes each job a torchrun (DDP) job")
     parser.add_argument("--gpus_per_job", type=non_negative(int), default=None,
-                        help="GPUs per job (local default: 1 where GPUs are visible, else 0; slurm default: "
-                             "max(1, --nproc_per_node))")
+                        help="GPUs per job (default: max(1, --nproc_per_node), locally only where GPUs are "
+                             "visible, else 0)")
     local = parser.add_argument_group("local executor")
     local.add_argument("--workers", type=positive_int, default=None,
                        help="jobs at once (default: one per GPU group where GPUs are visible, else 1)")
