@@ -67,6 +67,22 @@ def test_a_bad_file_is_one_line_naming_the_key(run_cli, tmp_path, text, says):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_json_key_twice_and_a_file_not_in_utf8_are_one_line(run_cli, tmp_path):
+    twice = write(tmp_path / "twice.json", '{"epochs": 1, "epochs": 2}')
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"# r\xe9glage\nepochs = 1\n")
+    for config, says in ((twice, "key 'epochs' is given twice"), (latin, "not UTF-8 text (byte 0xe9 at 3)")):
+        rc, _, err = run_cli("--config", config, "--out_dir", tmp_path / "run")
+        assert rc == 2 and err.count("\n") == 1 and says in err, err
+
+
+def test_a_leading_tilde_is_expanded_as_the_shell_would(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # --flag=~/x and file values reach the program unexpanded
+    write(tmp_path / "c.toml", 'checkpoint = "~/erm.pt"\n')
+    args = run.parse_args(["--config=~/c.toml", "--out_dir=~/runs/x"])
+    assert args.out_dir == str(tmp_path / "runs" / "x") and args.checkpoint == str(tmp_path / "erm.pt")
+
+
 def test_a_record_of_another_tool_is_refused(run_cli, tmp_path):
     config = write(tmp_path / "run_args.json", json.dumps({"tool": "irm.py", "args": {"irm_steps": 5}}))
     rc, _, err = run_cli("--config", config)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -65,10 +66,13 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     path = args.config
     del args.config
     typed = given_flags(parser, argv)
-    from_file = read_config(path, parser) if path is not None else {}
+    from_file = read_config(os.path.expanduser(path), parser) if path is not None else {}
     for name, value in from_file.items():
         if name not in typed:
             setattr(args, name, value)
+    for name, value in vars(args).items():  # --flag=~/x and file values: the shell expands neither
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
     missing = [f"--{name}" for name in required if getattr(args, name) is None]
     if missing:
         raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required, on the command "
@@ -94,11 +98,14 @@ def _load(path: Path, prog: str) -> dict[str, Any]:
     if path.suffix not in (".toml", ".json"):
         raise UserError(f"{FLAG} {path}: use a .toml or .json file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"{FLAG} {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{FLAG} {path}: not UTF-8 text (byte {exc.object[exc.start]:#x} at {exc.start}); "
+                        "save it as UTF-8") from None
     try:
-        content = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        content = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text, object_pairs_hook=_no_twice)
     except ValueError as exc:
         raise UserError(f"{FLAG} {path}: not valid {path.suffix[1:].upper()} ({exc})") from None
     if not isinstance(content, dict):
@@ -109,6 +116,16 @@ def _load(path: Path, prog: str) -> dict[str, Any]:
                             f"pass it to {content['tool']} --config")
         return {k: v for k, v in content["args"].items() if k not in RECORD_ONLY}
     return _flattened(content, path)
+
+
+def _no_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (json keeps the last of a repeated key silently)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} is given twice")
+        seen[key] = value
+    return seen
 
 
 def _flattened(content: dict[str, Any], path: Path) -> dict[str, Any]:
