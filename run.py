@@ -24,7 +24,7 @@ from training.erm import TrainConfig  # noqa: E402
 from training.retrain import RetrainConfig  # noqa: E402
 from training.selection import SelectionConfig  # noqa: E402
 from utils.checkpoint import plain_args  # noqa: E402
-from utils.cli import OneLineErrorParser, exit_code, positive_int  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, positive_int, seed_int  # noqa: E402
 from utils.config_file import add_config_arg, parse_with_config  # noqa: E402
 from utils.options import add_options  # noqa: E402
 from utils.distributed import (fail_together, init_from_env, is_distributed, is_main, main_print,  # noqa: E402
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where checkpoints and results.json go "
                              "(default: runs/<mode>_<data>_<arch>_seed<seed>_<time>)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing a finished result in --out_dir")
-    parser.add_argument("--seed", type=int, default=0, help="seed of model initialisation and batch order")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of model initialisation and batch order")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--recipe", choices=["none", *sorted(RECIPES)], default="none",
                         help="a named set of hyperparameters (original: the PruSC authors' code; docs/recipe.md); "

@@ -13,7 +13,7 @@ from data import add_data_args, build_splits, canonical_name
 from invariant_learning.construction import (ROLES, WEAK_CONTRAST, add_construction_args, build_environments,
                                              data_flags, describe, label_attr_agreement, summarize,
                                              write_environments)
-from utils.cli import OneLineErrorParser, exit_code
+from utils.cli import OneLineErrorParser, exit_code, seed_int
 from utils.config_file import add_config_arg, parse_with_config
 from utils.run_dir import check_folder_path, check_writable
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", help="folder that receives minority/ and balanced/ (required)")
     add_config_arg(parser)
     add_construction_args(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the random draws")
     parser.add_argument("--overwrite", action="store_true", help="replace environments already in --output_dir")
     add_data_args(parser)
     return parser

@@ -42,7 +42,7 @@ from methods.base import Context
 from methods.irm import IRM, IrmConfig, accuracy_on, add_training_args, fit_irm, irm_environments, true_environments
 from models import build_model
 from training.experiment import evaluate_model, results_payload
-from utils.cli import OneLineErrorParser, exit_code, positive_int
+from utils.cli import OneLineErrorParser, exit_code, positive_int, seed_int
 from utils.config_file import add_config_arg, parse_with_config
 from utils.report import format_comparison
 from utils.checkpoint import plain_args
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random_irm", action="store_true",
                         help="add IRM on a random partition of the same samples (--irm_envs random)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of restart 1 (restart r uses seed + r - 1)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of restart 1 (restart r uses seed + r - 1)")
     parser.add_argument("--out_dir", default=None, help="where results.json goes (default: runs/irm_<data>_...)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing a finished result in --out_dir")
     return parser

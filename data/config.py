@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from data.registry import REGISTRY, canonical_name, dataset_names
-from utils.cli import non_negative
+from utils.cli import non_negative, seed_int
 from utils.options import add_options, flag_fields, from_args, option
 
 
@@ -35,7 +35,7 @@ class DataConfig:
                                                 "0.9)", type=probability)
     label_noise: float | None = option(None, "probability of flipping a label (None: digits 0, cmnist 0.25)",
                                        type=probability)
-    data_seed: int = option(0, "seed of the data split and colouring", type=int)
+    data_seed: int = option(0, "seed of the data split and colouring", type=seed_int)
     num_workers: int = option(0, "DataLoader worker processes", type=non_negative(int))
     image_size: int = option(224, "photo data sets: side of the square crop fed to the model", type=int)
     augment: bool = option(False, "photo data sets: random resized crop + horizontal flip in training",

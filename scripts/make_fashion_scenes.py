@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import probability  # noqa: E402
 from data.fashion_scenes import SceneStyle, make_scenes, split_groups  # noqa: E402
-from utils.cli import OneLineErrorParser, exit_code, int_at_least, non_negative  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, int_at_least, non_negative, seed_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_test", type=int_at_least(4), default=5794)
     parser.add_argument("--spurious_ratio", type=probability, default=0.95,
                         help="P(background agrees with the label) in train")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--workers", type=int_at_least(1), default=os.cpu_count() or 1, help="worker processes")
     style = SceneStyle()
     parser.add_argument("--item_scale", type=non_negative(float), nargs=2, default=style.item_scale,

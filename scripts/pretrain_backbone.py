@@ -39,7 +39,7 @@ from data.fashion_scenes import (SceneStyle, _blend, _hsv, _octaves, _smooth_noi
                                  water)
 from data.transforms import resize_side  # noqa: E402
 from scripts import make_fashion_scenes  # noqa: E402
-from utils.cli import OneLineErrorParser, exit_code, int_at_least, positive_float  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, int_at_least, positive_float, seed_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import atomic_write_text  # noqa: E402
 from training.loops import Callback, Epochs, LossWatch, Objective, Step, run_training  # noqa: E402
@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="adam, or sgd with Nesterov momentum 0.9; cosine decay either way")
     parser.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate")
     parser.add_argument("--weight_decay", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--scenes_seeds", type=int, nargs="+", default=[0],
                         help="--seed values of the scenes data sets whose items are kept out of the corpus")
     parser.add_argument("--fashion_dir", default=make_fashion_scenes.DEFAULT_FASHION_DIR)

@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.sweep_exec import TOOLS, Job, Outcome, differences, run_local, run_submitit  # noqa: E402
-from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_int  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, non_negative, positive_int, seed_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import RESULTS_NAME  # noqa: E402
 from utils.run_dir import ARGS_NAME, SHOWN_DIFFERENCES, RunInterrupted, check_folder_path, read_args  # noqa: E402
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out_dir", required=True, help="the sweep's folder: one run folder per point and seed")
     parser.add_argument("--tool", choices=sorted(TOOLS), default="run", help="run.py or invariant_learning/irm.py")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--grid", nargs="+", default=[], help="FLAG=V1,V2 ... or one .toml/.json file")
     parser.add_argument("--overwrite", action="store_true",
                         help="rerun the jobs whose folders hold runs with other arguments (else refused)")

@@ -54,6 +54,8 @@ def test_values_go_through_the_flags_types(tmp_path):
     ('epochs = "ten"\n', "epochs = \"ten\": 'ten' is not an int"),
     ("epochs = 1.5\n", "epochs = 1.5: '1.5' is not an int"),
     ("lr = -1.0\n", "lr = -1.0: -1.0 is too small"),
+    ("seed = -1\n", "seed = -1: -1 is too small"),
+    ("data_seed = 4294967296\n", "4294967296 is too large for a seed"),
     ('optimizer = "adamw"\n', 'optimizer = "adamw": choose from adam, sgd'),
     ("augment = 1\n", "augment = 1: --augment is a switch; write true or false"),
     ("overwrite = true\n", "'overwrite' is accepted on the command line only"),

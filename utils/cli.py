@@ -45,6 +45,15 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return at_least(int, minimum)
 
 
+def seed_int(text: str) -> int:
+    """argparse type: a seed, 0 <= seed < 2**31 (numpy refuses negative ones, and a method adds small
+    offsets to the run's seed)."""
+    value = at_least(int, 0)(text)
+    if value >= 2**31:
+        raise argparse.ArgumentTypeError(f"{value} is too large for a seed; use 0 to {2**31 - 1}")
+    return value
+
+
 positive_int = int_at_least(1)
 positive_float = at_least(float, 0, strict=True)  # e.g. a temperature, which divides
 
