@@ -33,6 +33,7 @@ from utils.cli import OneLineErrorParser, exit_code  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.metrics import compute_metrics, group_counts  # noqa: E402
 from utils.results import RESULTS_NAME, atomic_write_text  # noqa: E402
+from utils.sweep_report import load_results  # noqa: E402
 
 SPLITS = ("val", "test")
 
@@ -57,7 +58,9 @@ def compare_run(folder: Path, methods: list[str]) -> list[dict[str, Any]]:
     results_file = folder / RESULTS_NAME
     if not results_file.is_file():
         raise UserError(f"{folder} has no {RESULTS_NAME}; pass a finished run folder of run.py")
-    args = json.loads(results_file.read_text())["args"]
+    args = load_results(results_file).get("args")
+    if not isinstance(args, dict):
+        raise UserError(f"{results_file} records no 'args'; pass a finished run folder of run.py")
     dense_path = Path(args.get("checkpoint") or folder / "erm.pt")
     masked = [m for m in methods if (folder / f"{m}_pruned.pt").is_file()]
     if not masked:
@@ -85,6 +88,22 @@ def compare_run(folder: Path, methods: list[str]) -> list[dict[str, Any]]:
     return records
 
 
+def check_records_file(path: Path) -> None:
+    """Refuse, before any work, a --json path this tool cannot write or must not replace: only a records
+    file it wrote before is rewritten (a run's results.json or a user's file never is)."""
+    if path.is_dir() or not path.parent.is_dir():
+        raise UserError(f"--json {path}: {'is a folder' if path.is_dir() else f'{path.parent} is not a folder'}; "
+                        "pass a file in an existing folder")
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if not (isinstance(old, list) and all(isinstance(r, dict) and {"run", "method"} <= set(r) for r in old)):
+            raise UserError(f"--json {path} exists and is not a records file of mask_agreement.py; nothing was "
+                            "written; choose a new file")
+
+
 def table(records: list[dict[str, Any]]) -> str:
     lines = ["| run | method | predictions changed by the mask, val / test | test avg: dense → masked | "
              "test worst-group: dense → masked | share of the absolute weight removed |", "|---|---|---|---|---|---|"]
@@ -103,6 +122,8 @@ def run(argv: list[str] | None) -> None:
     parser.add_argument("--methods", default="prusc_no_con,prusc", help="masked methods to compare")
     parser.add_argument("--json", type=Path, help="also write the records here")
     args = parser.parse_args(argv)
+    if args.json:
+        check_records_file(args.json)
     records = [r for folder in args.runs for r in compare_run(folder, args.methods.split(","))]
     print(table(records))
     if args.json:

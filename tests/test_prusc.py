@@ -181,6 +181,11 @@ def test_mask_agreement_compares_the_kept_mask_with_the_dense_model_on_the_runs_
     assert 0.0 <= record["test"]["changed"] <= 1.0 and record["dense"] == str(erm_dir / "erm.pt")
     assert mask_agreement.main([str(erm_dir)]) == 2
     assert "holds none of prusc_no_con_pruned.pt, prusc_pruned.pt" in capsys.readouterr().err
+    assert mask_agreement.main([str(tmp_path / "run"), "--json", str(tmp_path / "agree.json")]) == 0  # its own file
+    results = (tmp_path / "run" / "results.json").read_text()
+    assert mask_agreement.main([str(tmp_path / "run"), "--json", str(tmp_path / "run" / "results.json")]) == 2
+    assert "is not a records file of mask_agreement.py; nothing was written" in capsys.readouterr().err
+    assert (tmp_path / "run" / "results.json").read_text() == results  # a finished result is never overwritten
 
 
 def test_magnitude_mask_keeps_the_largest_weights_at_the_learned_masks_densities(tmp_path, erm_dir, capsys):
