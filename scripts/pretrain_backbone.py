@@ -370,8 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     def work() -> None:
         args = build_parser().parse_args(argv)
-        if Path(args.out).exists() and not args.overwrite:
-            raise UserError(f"{args.out} exists; pass --overwrite or choose another OUT")
+        out = Path(args.out)
+        for path in (out, Path(f"{out}.json")):
+            if path.exists() and not args.overwrite:
+                raise UserError(f"{path} exists; pass --overwrite or choose another OUT")
+        existing = next(p for p in out.absolute().parents if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"{existing} is a file, so OUT {out} cannot be written under it; choose another OUT")
         pretrain(args)
 
     return exit_code("pretrain_backbone.py", work)

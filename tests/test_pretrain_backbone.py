@@ -75,3 +75,13 @@ def test_erm_from_the_stand_in_differs_from_a_random_start(run_cli, stand_in, tm
         assert rc == 0, err
         accuracy[name] = read_results(tmp_path / name)["splits"]["test"]["avg_acc"]
     assert accuracy["random"] != accuracy["stand_in"]
+
+
+def test_an_existing_summary_or_a_file_above_out_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "b.pt.json").write_text("the user's notes")
+    (tmp_path / "file").write_text("")
+    assert pretrain_backbone.main([str(tmp_path / "b.pt")]) == 2
+    assert pretrain_backbone.main([str(tmp_path / "file" / "b.pt")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'b.pt.json'} exists; pass --overwrite" in err and "is a file, so OUT" in err
+    assert (tmp_path / "b.pt.json").read_text() == "the user's notes" and not (tmp_path / "b.pt").exists()
