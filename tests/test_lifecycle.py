@@ -440,6 +440,21 @@ def test_a_folder_that_is_not_a_run_is_never_touched(run_cli, tmp_path, overwrit
     assert files_of(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["docs"]
 
 
+def test_a_clustering_run_in_a_folder_is_neither_joined_nor_deleted_by_another_run(run_cli, tmp_path):
+    clusters = {"tool": "clustering.py", "args": {"data": "digits"}, "inputs": {}}
+    finished_run(tmp_path / "erm", *ERM)
+    (tmp_path / "clusters").mkdir()
+    for name in ("clusters", "erm"):  # a clustering run alone, and one beside the ERM model it clustered
+        (tmp_path / name / "cluster_args.json").write_text(json.dumps(clusters))
+        (tmp_path / name / "clusters.csv").write_text("index,label,cluster_assign\n")
+    before = files_of(tmp_path)
+    rc, _, err = run_cli(*ERM, "--out_dir", tmp_path / "clusters")
+    assert rc == 2 and one_line(err) and "holds a run of another tool (cluster_args.json)" in err, err
+    rc, _, err = run_cli(*ERM, "--seed", "1", "--overwrite", "--out_dir", tmp_path / "erm")
+    assert rc == 2 and one_line(err) and "also holds the run recorded in cluster_args.json" in err, err
+    assert files_of(tmp_path) == before
+
+
 @pytest.mark.parametrize("cwd, out_dir", [("run", "."), ("run/sub", ".."), ("run/sub", "")])
 def test_overwrite_refuses_the_current_folder_and_those_above_it(run_cli, tmp_path, monkeypatch, cwd, out_dir):
     finished_run(tmp_path / "run", *ERM)

@@ -490,6 +490,9 @@ class RunDir:
             raise UserError(finished_message(self.path, self.kind.finished))
         if not self._holds_outputs():  # a start that failed before writing anything leaves nothing to mix
             return
+        if self.kind.replace_folder and self._record() is None and self._other_records():
+            raise UserError(f"--out_dir {self.path} holds a run of another tool ({', '.join(self._other_records())}) "
+                            f"and no {self.kind.args_name}; nothing was changed; choose another --out_dir")
         differ, changed = self._differences()
         if differ:
             raise UserError(f"--out_dir {self.path} holds an unfinished run started with other arguments: "
@@ -522,6 +525,15 @@ class RunDir:
             if place.name in RECORD_NAMES and place.parent != self.path:
                 raise UserError(f"--overwrite would replace {self.path}, which holds another run "
                                 f"({place.parent}); nothing was changed; pass that run's own folder")
+        for name in self._other_records():
+            raise UserError(f"--overwrite would replace {self.path}, which also holds the run recorded in {name} "
+                            "(e.g. clusters of this model); nothing was changed; move that run's files away "
+                            "yourself or choose another --out_dir")
+
+    def _other_records(self) -> list[str]:
+        """The argument records of other kinds of run in this folder (a clustering run shares ERM folders)."""
+        return sorted(name for name in RECORD_NAMES - {self.kind.args_name}
+                      if read_record(self.path / name) is not None)
 
     def _check_states(self) -> None:
         """Every resume state that a continued run would use was shaped by the same arguments and inputs."""
