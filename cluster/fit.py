@@ -30,14 +30,14 @@ from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.options import add_options, from_args, option
 from utils.results import atomic_write_text
-from utils.run_dir import RunKind, prepare_out_dir
+from utils.run_dir import CLUSTER_ARGS_NAME, RunKind, prepare_out_dir
 from utils.runtime import Runtime, runtime_from_args, seed_everything
 
 CLUSTERS_NAME = "clusters.csv"
 SUMMARY_NAME = "cluster_summary"
 DEFAULT_NUM_CLUSTERS = 2
 DEFAULT_MAX_CLUSTERS = 6
-RUN_KIND = RunKind(finished=CLUSTERS_NAME, args_name="cluster_args.json", replace_folder=False)  # shares ERM folders
+RUN_KIND = RunKind(finished=CLUSTERS_NAME, args_name=CLUSTER_ARGS_NAME, replace_folder=False)  # shares ERM folders
 
 
 at_least_two = int_at_least(2)  # k-means with one cluster says nothing

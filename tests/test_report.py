@@ -78,6 +78,23 @@ def test_a_report_never_writes_into_a_run_folder(tmp_path, capsys):
     assert sorted(p.name for p in run.iterdir()) == before
 
 
+def test_a_report_replaces_only_a_report(tmp_path, capsys):
+    three_seeds(tmp_path / "sweep")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.md").write_text("my own notes")
+    (tmp_path / "clusters").mkdir()
+    (tmp_path / "clusters" / "cluster_args.json").write_text('{"tool": "clustering.py", "args": {}}')
+    (tmp_path / "file").write_text("")
+    for out in ("mine", "clusters", "file", "file/sub"):
+        assert report_cli.main([str(tmp_path / "sweep"), "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "holds report.md that no report of this toolkit wrote; nothing was changed" in err[0]
+    assert "a report never writes into a run" in err[1] and all("is a file" in line for line in err[2:])
+    assert (tmp_path / "mine" / "report.md").read_text() == "my own notes"
+    assert report_cli.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    assert report_cli.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0  # its own report again
+
+
 def test_configurations_are_reported_apart_and_pooled_only_with_a_warning(tmp_path, capsys):
     three_seeds(tmp_path / "a", lambda_sparse=1e-8)
     three_seeds(tmp_path / "b", lambda_sparse=5e-8)

@@ -58,6 +58,7 @@ from utils.fingerprint import Inputs, changed_inputs, fingerprint_inputs, named_
 from utils.results import RESULTS_NAME, atomic_write, atomic_write_text
 
 ARGS_NAME = "run_args.json"
+CLUSTER_ARGS_NAME = "cluster_args.json"  # the record of a clustering run (cluster/fit.py)
 STATE_DIR = "resume"
 CLOCK_NAME = "clock.json"
 MIN_FREE_BYTES = 64 * 2**20
@@ -87,7 +88,7 @@ class RunKind:
         RECORD_NAMES.add(self.args_name)
 
 
-RECORD_NAMES = {ARGS_NAME}  # the argument records of every kind of run: a folder with one is a run
+RECORD_NAMES = {ARGS_NAME, CLUSTER_ARGS_NAME}  # the argument records of every kind of run: a folder with one is a run
 
 
 RESULTS_RUN = RunKind()

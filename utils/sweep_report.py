@@ -33,12 +33,13 @@ from utils.report import density_of, display_name, mean_std
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 from utils.results import RESULTS_NAME, atomic_write, atomic_write_text
-from utils.run_dir import ARGS_NAME
+from utils.run_dir import ARGS_NAME, RECORD_NAMES
 
 SEED_ARGS = ("seed", "data_seed")
 NOT_CONFIG = ("out_dir", "overwrite", "device", "num_workers", "methods", "skip_image_check", "cache_dir",
               "no_cache", "cache_max_gb", "plot", "eval_batch_size")  # where and how fast, not what
 LEVEL = 0.95
+LEGEND = "mean ± sample std (n − 1) over seeds; Δ: paired difference by seed"  # marks a report.md as a report's
 REPORT_FILES = ("report.md", "report.csv", "worst_group.png", "density.png", "curves.png")
 
 
@@ -271,7 +272,7 @@ def markdown(rows: list[Row], reference: str) -> str:
         lines.append(f"| {row.group.label} | {display_name(row.method, {'uses_group_labels': row.uses_group_labels})}"
                      f" | {len(row.worst)} | {_cell(row.avg)} | {_cell(row.worst)} | {_cell(row.density)} | "
                      f"{_delta(row, 'd_worst', reference)} | {_delta(row, 'd_avg', reference)} |")
-    lines.append(f"\nmean ± sample std (n − 1) over seeds; Δ: paired difference by seed against {reference} "
+    lines.append(f"\n{LEGEND} against {reference} "
                  f"(percentage points), mean [{LEVEL:.0%} t-interval over seeds, n − 1 degrees of freedom], "
                  "n paired seeds; no interval from one seed")
     missing = [g.label for g in dict.fromkeys(r.group for r in rows) if not _has(rows, g, reference)]
@@ -477,13 +478,29 @@ def _distinct_curves(by_others: dict[str, list[tuple[float, Row]]],
 
 
 def check_report_folder(folder: Path) -> Path:
-    """Refuse to write a report into a run folder (or below one): it would replace that run's own files."""
+    """Refuse a folder a report must not write into: a run folder (or one below it), whose own files it would
+    replace; a folder whose report files no report wrote (a user's own report.md); a path that is, or lies
+    under, a file."""
     folder = Path(folder).expanduser().absolute()
     for place in (folder, *folder.parents):
-        if (place / ARGS_NAME).is_file() or (place / RESULTS_NAME).is_file():
+        if place.is_file():
+            raise UserError(f"report folder {folder}: {place} is a file; pass a folder")
+        if any((place / name).is_file() for name in (*RECORD_NAMES, RESULTS_NAME)):
             raise UserError(f"report folder {folder} is {'inside ' if place != folder else ''}the run folder "
                             f"{place}; a report never writes into a run, pass another folder")
+    earlier = [name for name in REPORT_FILES if (folder / name).exists()]
+    if earlier and not _is_a_report(folder / "report.md"):
+        raise UserError(f"report folder {folder} holds {', '.join(earlier)} that no report of this toolkit wrote; "
+                        "nothing was changed; pass another folder")
     return folder
+
+
+def _is_a_report(path: Path) -> bool:
+    """Whether ``path`` is a report.md that :func:`markdown` wrote (its legend line)."""
+    try:
+        return LEGEND in path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return False
 
 
 def write_report_files(folder: Path, rows: list[Row], reference: str) -> list[str]:
