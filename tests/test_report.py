@@ -78,6 +78,16 @@ def test_a_report_never_writes_into_a_run_folder(tmp_path, capsys):
     assert sorted(p.name for p in run.iterdir()) == before
 
 
+@pytest.mark.parametrize("damage", [{"erm": 5}, {"erm": {}}, {"erm": {"splits": {"test": {"avg_acc": 0.9,
+                                                                                      "worst_group_acc": None}}}}])
+def test_a_damaged_result_is_one_line_naming_the_field(tmp_path, capsys, damage):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"seed": 0, "args": {}, "methods": damage}))
+    assert report_cli.main([str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "methods.erm.splits.test." in err and "is missing or not a number" in err, err
+
+
 def test_a_report_replaces_only_a_report(tmp_path, capsys):
     three_seeds(tmp_path / "sweep")
     (tmp_path / "mine").mkdir()

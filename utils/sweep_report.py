@@ -92,7 +92,15 @@ def load_results(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {path} as JSON ({exc})") from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("methods"), dict):
-        raise UserError(f"{path} has no 'methods' entry; it was not written by run.py or irm.py of this toolkit")
+        raise UserError(f"{path} has no 'methods' object; it was not written by run.py or irm.py of this toolkit")
+    for name, result in payload["methods"].items():
+        splits = result.get("splits") if isinstance(result, dict) else None
+        test = splits.get("test") if isinstance(splits, dict) else None
+        bad = [key for key in ("avg_acc", "worst_group_acc")
+               if not isinstance(test, dict) or not isinstance(test.get(key), (int, float))]
+        if bad:
+            raise UserError(f"{path}: methods.{name}.splits.test.{bad[0]} is missing or not a number; the file "
+                            "was damaged or not written by this toolkit; rerun that run")
     return payload
 
 
