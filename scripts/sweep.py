@@ -103,6 +103,9 @@ def check_flags(tool: str, grid: list[tuple[str, list[Any]]], base: list[str]) -
     known = tool_module(tool).build_parser()._option_string_actions
     own = {*SEED_FLAGS[tool], *SWEEP_SETS}
     given = {a.split("=", 1)[0].lstrip("-") for a in base if a.startswith("--")}
+    twice = sorted({flag for flag, _ in grid if [f for f, _ in grid].count(flag) > 1})
+    if twice:
+        raise UserError(f"--grid {twice[0]}: given twice; list all its values in one item ({twice[0]}=V1,V2)")
     for flag, _ in grid:
         if f"--{flag}" not in known:
             raise UserError(f"--grid {flag}: {TOOLS[tool][1]} has no flag --{flag}")
@@ -111,6 +114,17 @@ def check_flags(tool: str, grid: list[tuple[str, list[Any]]], base: list[str]) -
     for flag in sorted((own & given) | (own & {f for f, _ in grid})):
         raise UserError(f"--{flag} is set by the sweep for each job; remove it (the seeds are --seeds, "
                         "the folders are under --out_dir, reruns of other arguments are --overwrite)")
+
+
+def check_values(tool: str, jobs: list[Job]) -> None:
+    """Refuse, before any job starts, a job whose command line the tool's parser refuses (a grid value of the
+    wrong type, an unknown flag after --): otherwise the good jobs run for hours before the typo shows."""
+    parser = tool_module(tool).build_parser()
+    for job in jobs:
+        def refuse(message: str, name: str = job.name) -> None:
+            raise UserError(f"job {name}: {message}; nothing was started")
+        parser.error = refuse  # type: ignore[method-assign]  # one line through the sweep, not the tool's exit
+        parser.parse_args(list(job.argv))
 
 
 def flags_of(point: tuple[tuple[str, Any], ...]) -> list[str]:
@@ -287,6 +301,7 @@ def sweep(argv: list[str]) -> list[Path]:
     else:
         slots, threads = [], opts.cpus_per_job
     jobs = make_jobs(opts.tool, base, grid, opts.seeds, root, threads, opts.nproc_per_node)
+    check_values(opts.tool, jobs)
     todo = plan(jobs, opts.overwrite, here=opts.executor == "local")
     try:
         outcomes = run_jobs(todo, opts, root, slots)

@@ -51,6 +51,9 @@ def test_a_grid_from_the_command_line_or_a_file_names_one_folder_per_point_and_s
     (["--grid", "epochs=1,2", "--", "--epochs", "3"], "--epochs is both in --grid and after --"),
     (["--", "--overwrite"], "--overwrite is set by the sweep"),
     (["--grid", "epochs"], "--grid epochs: write FLAG=VALUE1,VALUE2"),
+    (["--grid", "epochs=1", "epochs=2"], "--grid epochs: given twice"),
+    (["--grid", "epochs=1,one"], "job epochs=one/seed0: argument --epochs: 'one' is not an int; nothing was started"),
+    (["--", "--bogus", "3"], "job seed0: unrecognized arguments: --bogus 3; nothing was started"),
 ])
 def test_mistakes_are_refused_before_any_job(tmp_path, capsys, argv, message):
     assert sweep.main(["--out_dir", str(tmp_path / "s"), *argv]) == 2
@@ -119,13 +122,13 @@ def comparable(folder: Path, root: Path) -> dict:
 
 @pytest.mark.slow
 def test_a_failing_job_is_listed_and_the_others_finish(tmp_path, capsys):
-    argv = ["--out_dir", str(tmp_path), "--grid", "lr=0.001,-1", "--seeds", "0", "--workers", "2", "--",
-            "--mode", "erm", *TINY]
+    argv = ["--out_dir", str(tmp_path), "--grid", "cluster_epoch=1,5", "--seeds", "0", "--workers", "2", "--",
+            "--mode", "erm", *TINY]  # the parser takes 5; the run refuses it (after the last epoch)
     assert sweep.main(argv) == 2
     err = capsys.readouterr().err
-    assert f"failed: {tmp_path / 'lr=-1/seed0'}: run.py: error: argument --lr: -1.0 is too small" in err
+    assert f"failed: {tmp_path / 'cluster_epoch=5/seed0'}: run.py: error: --cluster_epoch 5 is after the last" in err
     assert "1 of 2 job(s) failed" in err
-    assert (tmp_path / "lr=0.001" / "seed0" / "results.json").exists()
+    assert (tmp_path / "cluster_epoch=1" / "seed0" / "results.json").exists()
 
 
 @pytest.fixture(scope="module")
