@@ -200,6 +200,10 @@ class Method:
             return f"it needs attribute labels, which data set {ctx.args.data!r} does not have"
         return None
 
+    def check_inputs(self, ctx: Context) -> None:
+        """Refuse (UserError) what is wrong with the method's own flags and files, before any method of the
+        run trains; the default has nothing to check."""
+
     def fit(self, ctx: Context) -> Fitted:
         raise NotImplementedError
 

@@ -167,6 +167,16 @@ def file_environments(minority_env: str | None, balance_env: str | None,
                                                   "balanced": balanced.summary}
 
 
+def uses_folders(minority_env: str | None, balance_env: str | None, kind: str) -> bool:
+    """Whether ``--irm_envs kind`` reads the ``--minority_env``/``--balance_env`` folders (refused when they
+    are given to a kind that ignores them)."""
+    folders = bool(minority_env or balance_env)
+    if kind == "clusters" and folders:
+        raise UserError("--irm_envs clusters builds the environments from the clusters; drop --minority_env/"
+                        "--balance_env, or pass --irm_envs files (or random) to use the folders")
+    return kind == "files" or (kind == "random" and folders)
+
+
 def cluster_environments(ctx: Context) -> tuple[list[torch.Tensor], dict[str, Any]]:
     """Training indices of the minority and balanced environments built from the reference model's clusters."""
     args, train = ctx.args, ctx.train
@@ -212,12 +222,7 @@ def irm_environments(ctx: Context, kind: str) -> tuple[list[torch.Tensor], dict[
             raise MethodUnavailable(f"IRM: --irm_envs true needs a data set with its own training environments "
                                     f"(cmnist has them), and {ctx.args.data!r} has none")
         return envs, {"source": "true", "sizes": [len(e) for e in envs]}
-    folders = bool(ctx.args.minority_env or ctx.args.balance_env)
-    if kind == "clusters" and folders:
-        raise UserError("--irm_envs clusters builds the environments from the clusters; drop --minority_env/"
-                        "--balance_env, or pass --irm_envs files (or random) to use the folders")
-    from_files = kind == "files" or (kind == "random" and folders)
-    if from_files:
+    if uses_folders(ctx.args.minority_env, ctx.args.balance_env, kind):
         envs, summary = file_environments(ctx.args.minority_env, ctx.args.balance_env, ctx.train)
     else:
         envs, summary = cluster_environments(ctx)
@@ -245,6 +250,12 @@ class IRM(Method):
         group.add_argument("--balance_env", default=None, help="IRM: balanced/ folder of environments.py")
         add_construction_args(group)
         add_training_args(group)
+
+    def check_inputs(self, ctx: Context) -> None:
+        args = ctx.args
+        kind = env_kind(args.irm_envs, bool(args.minority_env or args.balance_env))
+        if kind != "true" and uses_folders(args.minority_env, args.balance_env, kind):
+            file_environments(args.minority_env, args.balance_env, ctx.train)
 
     def fit(self, ctx: Context) -> Fitted:
         args = ctx.args

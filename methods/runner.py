@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cluster.io import load_clusters
 from data import build_splits
 from methods import REGISTRY
 from methods.base import Context, Fitted, Method, MethodUnavailable
@@ -39,6 +40,8 @@ def make_context(args: argparse.Namespace, allow_masked_reference: bool = False)
     seed_everything(args.seed)
     splits = build_splits(args)
     record_splits({name: len(split) for name, split in splits.items()})
+    if getattr(args, "clusters", None):
+        load_clusters(args.clusters, splits["train"])  # a wrong file is refused before the reference model trains
     return Context(args, splits, device, out_dir, allow_masked_reference, resumable=True), clock
 
 
@@ -77,6 +80,8 @@ def run_methods(ctx: Context, names: list[str]) -> dict[str, dict[str, Any]]:
             runnable.append(method)
     if not runnable:
         raise UserError(f"none of --methods {','.join(names)} can run on data set {ctx.args.data!r}")
+    for method in runnable:
+        method.check_inputs(ctx)
     finished = ctx.step("methods")
     results = restore_finished(ctx, finished)
     clock = run_clock()

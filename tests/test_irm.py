@@ -204,6 +204,14 @@ def test_the_method_refuses_environments_it_cannot_build_on_one_line(tmp_path, r
     assert rc == 2 and needle in err and err.count("\n") == 1
 
 
+def test_a_wrong_environment_folder_is_refused_before_any_method_trains(tmp_path, run_cli, envs):
+    rc, out, err = run_cli("--mode", "all", "--methods", "erm,irm", "--data", "digits", "--epochs", "1",
+                           "--hidden_dim", "8", "--device", "cpu", "--minority_env", envs / "minority",
+                           "--out_dir", tmp_path)
+    assert rc == 2 and "go together" in err and err.count("\n") == 1
+    assert "ERM epoch" not in out and not (tmp_path / "erm.pt").exists()
+
+
 def test_the_method_trains_on_true_environments_and_says_it_uses_group_labels(tmp_path, run_cli, digits_envs):
     rc, _, err = run_cli("--mode", "all", "--methods", "irm", "--data", "digits_envs", "--arch", "mlp", "--irm_envs",
                          "true", "--irm_steps", "3", "--hidden_dim", "8", "--device", "cpu", "--out_dir", tmp_path)

@@ -94,6 +94,16 @@ def test_clusters_of_other_data_are_refused(tmp_path, erm_dir, run_cli):
     assert rc == 2 and "clusters.csv" in err and "label" in err
 
 
+def test_a_wrong_clusters_file_is_refused_before_the_reference_trains_and_the_fixed_rerun_starts(tmp_path, run_cli):
+    train = make_colored_digits(0.95, 0.0, 0)["train"]
+    write_clusters(tmp_path / "short.csv", train.subset(torch.arange(10)), torch.zeros(10, dtype=torch.long))
+    argv = ("--mode", "prune", *FAST, "--out_dir", tmp_path / "p")
+    rc, out, err = run_cli(*argv, "--clusters", tmp_path / "short.csv")
+    assert rc == 2 and "has 10 rows but the train split has" in err and "ERM epoch" not in out
+    write_clusters(tmp_path / "good.csv", train, train.a)
+    assert run_cli(*argv, "--clusters", tmp_path / "good.csv")[0] == 0  # the failed start left nothing to mix
+
+
 def test_negative_lambda_is_refused(tmp_path):
     with pytest.raises(SystemExit) as exc:
         run.main(["--mode", "prune", "--lambda_sparse", "-1", "--out_dir", str(tmp_path)])
