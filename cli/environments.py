@@ -11,8 +11,8 @@ from pathlib import Path
 
 from data import add_data_args, build_splits, canonical_name
 from invariant_learning.construction import (ROLES, WEAK_CONTRAST, add_construction_args, build_environments,
-                                             data_flags, describe, label_attr_agreement, summarize,
-                                             write_environments)
+                                             check_output_folder, data_flags, describe, label_attr_agreement,
+                                             summarize, write_environments)
 from utils.cli import OneLineErrorParser, exit_code, seed_int
 from utils.config_file import add_config_arg, parse_with_config
 from utils.run_dir import check_folder_path, check_writable
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> None:
     """Build, write and describe the two environments."""
     args.data = canonical_name(args.data)
     check_writable(check_folder_path(args.output_dir, "--output_dir"), "--output_dir")  # before any work
+    check_output_folder(args.output_dir)
     train = build_splits(args)["train"]
     tables = build_environments(train, args.clusters, args.balanced_fraction, args.minority_share, args.seed)
     source = {"data": args.data, "data_flags": data_flags(vars(args)), "n_train": len(train),

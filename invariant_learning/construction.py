@@ -38,6 +38,7 @@ from cluster.kmeans import majority_label
 from data import SpuriousDataset, add_data_args
 from utils.errors import UserError
 from utils.results import atomic_write_text
+from utils.run_dir import is_orphan
 
 ROLES = ("minority", "balanced")
 SUMMARY_NAME = "environment.json"
@@ -139,12 +140,26 @@ def summarize(role: str, table: pd.DataFrame, train: SpuriousDataset, source: di
     }
 
 
+def check_output_folder(out_dir: str | Path) -> None:
+    """Environments go into a folder of their own: refuse, before any work, a folder holding anything but the
+    environment folders of an earlier run (a run's results, a user's files, a data set)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file, not a directory; pass a directory path")
+    written = {INDICES_NAME, SUMMARY_NAME}
+    foreign = [p for p in sorted(out.iterdir()) if not is_orphan(p) and not (
+        p.is_dir() and p.name in ROLES and all(q.name in written or is_orphan(q) for q in p.iterdir()))
+    ] if out.is_dir() else []
+    if foreign:
+        raise UserError(f"--output_dir {out} holds {foreign[0]}, which environments.py did not write; nothing was "
+                        "changed; environments go into a folder of their own: choose a new or empty --output_dir")
+
+
 def write_environments(out_dir: str | Path, tables: dict[str, pd.DataFrame], summaries: dict[str, dict],
                        overwrite: bool) -> dict[str, Path]:
     """Write ``OUT/<role>/{indices.csv,environment.json}``; refuse to replace existing ones unless ``overwrite``."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output_dir {out} is a file, not a directory; pass a directory path")
+    check_output_folder(out)
     existing = [str(out / role / SUMMARY_NAME) for role in ROLES if (out / role / SUMMARY_NAME).exists()]
     if existing and not overwrite:
         raise UserError(f"--output_dir {out} already holds environments ({existing[0]}); "

@@ -108,6 +108,19 @@ def test_existing_environments_are_not_replaced(train, tmp_path, capsys):
     assert environments.main([*argv, "--overwrite"]) == 0
 
 
+@pytest.mark.parametrize("place", ["notes.txt", "minority/mydata.txt", "results.json"])
+def test_a_folder_holding_anything_else_gets_no_environments(train, tmp_path, capsys, place):
+    path = write_clusters(tmp_path / "clusters.csv", train, train.a.clone())
+    (tmp_path / "e" / place).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "e" / place).write_text("a user's file")
+    for extra in ([], ["--overwrite"]):
+        assert environments.main([*DIGITS_FLAGS, "--clusters", str(path), "--output_dir", str(tmp_path / "e"),
+                                  *extra]) == 2
+        assert "which environments.py did not write; nothing was changed" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path / "e").as_posix() for p in (tmp_path / "e").rglob("*") if p.is_file()) \
+        == [place]
+
+
 def test_clusters_of_other_data_are_refused(tmp_path, capsys):
     other = make_colored_digits(0.95, 0.0, data_seed=5)["train"]
     path = write_clusters(tmp_path / "clusters.csv", other, other.a.clone())
