@@ -43,11 +43,14 @@ def run(argv: list[str] | None) -> None:
     parser.add_argument("masked", type=Path, help="a pruned checkpoint (<method>_pruned.pt) holding mask logits")
     parser.add_argument("out", type=Path, help="where to write the magnitude-masked checkpoint")
     args = parser.parse_args(argv)
-    ckpt = load_checkpoint(args.masked)
-    if not ckpt.get("mask_logits"):
-        raise UserError(f"{args.masked} holds no mask logits; pass a <method>_pruned.pt of a masked method")
     if args.out.exists():
         raise UserError(f"{args.out} exists; choose a new file (a result is never overwritten)")
+    existing = next(p for p in args.out.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{existing} is a file, so OUT {args.out} cannot be written under it; choose another OUT")
+    ckpt = load_checkpoint(args.masked, flag="MASKED")
+    if not ckpt.get("mask_logits"):
+        raise UserError(f"{args.masked} holds no mask logits; pass a <method>_pruned.pt of a masked method")
     logits, state = ckpt["mask_logits"], ckpt["state_dict"]
     print("| layer | density | IoU of the kept weights (learned vs magnitude) |\n|---|---|---|")
     learned_keep, magnitude_keep = [], []

@@ -75,8 +75,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def find_idx(root: Path, source: str, stem: str) -> Path:
-    """``stem`` (with '-' or '.' before ``idx``, gzipped or not) in torchvision's layout or flat."""
+def find_idx(root: Path, source: str, stem: str, flag: str = "--train_root_dir") -> Path:
+    """``stem`` (with '-' or '.' before ``idx``, gzipped or not) in torchvision's layout or flat; ``flag``
+    names the option that gave ``root`` in the error."""
     folders = [root / SOURCES[source] / "raw", root]
     names = [stem, stem.replace("-idx", ".idx")]
     for folder in folders:
@@ -85,14 +86,15 @@ def find_idx(root: Path, source: str, stem: str) -> Path:
                 if candidate.is_file():
                     return candidate
     raise UserError(
-        f"{stem}[.gz] not found in {folders[0]} or {folders[1]}; point --train_root_dir at the folder holding "
-        f"the {source} IDX files (or its parent in torchvision's layout), or add --download"
+        f"{stem}[.gz] not found in {folders[0]} or {folders[1]}; point {flag} at the folder holding "
+        f"the {source} IDX files (or its parent in torchvision's layout)"
+        + (", or add --download" if flag == "--train_root_dir" else "")
     )
 
 
-def load_idx_pair(root: Path, source: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+def load_idx_pair(root: Path, source: str, part: str, flag: str = "--train_root_dir") -> tuple[np.ndarray, np.ndarray]:
     """Images (N, H, W) and class labels (N,) of the ``train`` or ``test`` IDX files."""
-    image_path, label_path = (find_idx(root, source, stem) for stem in IDX_FILES[part])
+    image_path, label_path = (find_idx(root, source, stem, flag) for stem in IDX_FILES[part])
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or labels.ndim != 1:
         raise UserError(f"{image_path} / {label_path}: expected (N, H, W) images and (N,) labels, "

@@ -167,7 +167,7 @@ def _render_job(job: tuple) -> None:
 def make_scenes(out: Path, fashion_dir: Path, sizes: dict[str, int], ratio: float, seed: int, size: int,
                 style: SceneStyle = SceneStyle(), workers: int = 1) -> pd.DataFrame:
     """Write the scenes and ``metadata.csv`` under ``out``; return the metadata table."""
-    data = {part: load_idx_pair(fashion_dir, "fashion", part) for part in ("train", "test")}
+    data = {part: load_idx_pair(fashion_dir, "fashion", part, "--fashion_dir") for part in ("train", "test")}
     table = plan({part: d[1] for part, d in data.items()}, sizes, ratio, seed)
     table["img_filename"] = [_file_name(row) for row in table.itertuples()]
     for k in table.fashion_class.unique():

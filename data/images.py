@@ -172,7 +172,8 @@ def find_first(candidates: Sequence[Path], what: str, fix: str) -> Path:
 def read_table(path: Path, flag: str, **read_csv_args) -> pd.DataFrame:
     """``pandas.read_csv`` of a metadata file; a missing or unparsable file names ``flag``."""
     if not path.is_file():
-        raise UserError(f"metadata file {path} does not exist; check {flag}")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"metadata file {path} {what}; check {flag}")
     try:
         table = pd.read_csv(path, **read_csv_args)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:

@@ -189,6 +189,8 @@ def load_environment(path: str | Path, flag: str) -> Environment:
     path = Path(path)
     folder = path.parent if path.is_file() else path
     summary_path, indices_path = folder / SUMMARY_NAME, folder / INDICES_NAME
+    if not path.exists():
+        raise UserError(f"{flag} {path} does not exist; pass a folder written by invariant_learning/environments.py")
     if not summary_path.is_file() or not indices_path.is_file():
         raise UserError(f"{flag} {path} is not an environment: it needs {SUMMARY_NAME} and {INDICES_NAME} "
                         "(write them with invariant_learning/environments.py)")

@@ -34,8 +34,10 @@ def parse_methods(text: str) -> list[str]:
     if text.strip() == "all":
         return method_names()
     names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--methods {text!r} is empty; name at least one of {', '.join(REGISTRY)}, or all")
     unknown = [n for n in names if n not in REGISTRY]
-    if unknown or not names:
+    if unknown:
         raise UserError(f"--methods {text!r}: unknown method(s) {unknown}; choose from {', '.join(REGISTRY)} or all")
     return list(dict.fromkeys(names))
 

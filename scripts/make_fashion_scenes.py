@@ -58,6 +58,9 @@ def check(args: argparse.Namespace) -> None:
     for flag, (low, high), top in (("--item_scale", args.item_scale, 1.0), ("--item_opacity", args.item_opacity, 1.0)):
         if not 0 < low <= high <= top:
             raise UserError(f"{flag} {low} {high}: need 0 < MIN <= MAX <= {top}")
+    existing = next(p for p in (Path(args.out).absolute(), *Path(args.out).absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{existing} is a file, so OUT {args.out} cannot be a folder there; choose another OUT")
     if (Path(args.out) / "metadata.csv").exists() and not args.overwrite:
         raise UserError(f"{args.out}/metadata.csv exists; pass --overwrite or choose another OUT")
 

@@ -172,7 +172,7 @@ def build_corpus(fashion_dir: Path, n: int, size: int, seed: int, scenes_seeds: 
     """``n`` scenes (uint8, N x side x side x 3, side = the evaluation resize of ``size``) with their item
     class and background family; item and family drawn independently, classes balanced; drawn by
     ``workers`` processes (the same corpus for any number)."""
-    images, labels = load_idx_pair(fashion_dir, "fashion", "train")
+    images, labels = load_idx_pair(fashion_dir, "fashion", "train", "--fashion_dir")
     free = unused_items(labels, scenes_seeds)
     if n > len(free):
         raise UserError(f"--n_images {n}: only {len(free)} Fashion-MNIST training items are unused by the scenes")

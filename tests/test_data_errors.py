@@ -38,6 +38,10 @@ def missing_csv_metadata(tmp: Path) -> tuple[list, list]:
     return ["--data", "csv", "--metadata", tmp / "labels.csv"], [str(tmp / "labels.csv"), "does not exist"]
 
 
+def folder_as_csv_metadata(tmp: Path) -> tuple[list, list]:
+    return ["--data", "csv", "--metadata", tmp], [str(tmp), "is a folder, not a file", "check --metadata"]
+
+
 def csv_without_metadata_flag(tmp: Path) -> tuple[list, list]:
     return ["--data", "csv", "--train_root_dir", tmp], ["--data csv needs --metadata"]
 
@@ -158,7 +162,8 @@ def corrupt_image(tmp: Path) -> tuple[list, list]:
     return ["--data", "isic", "--train_root_dir", tmp], ["cannot be opened", samples[0].filename, f"{samples[0].split} split"]
 
 
-CASES = [missing_root, no_root_flag, missing_isic_metadata, missing_csv_metadata, csv_without_metadata_flag,
+CASES = [missing_root, no_root_flag, missing_isic_metadata, missing_csv_metadata, folder_as_csv_metadata,
+         csv_without_metadata_flag,
          missing_waterbirds_metadata, missing_celeba_partition, missing_label_column, missing_default_isic_column,
          missing_split_column, missing_waterbirds_column, unknown_target, unknown_confounder, absent_image,
          absent_celeba_image, absent_isic_image, unexpected_isic_label, unexpected_waterbirds_label,

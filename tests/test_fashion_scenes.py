@@ -87,3 +87,9 @@ def test_waterbirds_loader_reads_layout(run_cli, scenes, tmp_path):
     assert rc == 0, err
     groups = read_results(tmp_path / "out")["splits"]["test"]["groups"]
     assert {name: g["n"] for name, g in groups.items()} == {f"y={y},a={a}": 3 for y in (0, 1) for a in (0, 1)}
+
+
+def test_missing_fashion_files_name_the_generators_own_flag(tmp_path):
+    with pytest.raises(UserError, match="point --fashion_dir at the folder holding the fashion IDX files") as caught:
+        make_scenes(tmp_path / "out", tmp_path, SIZES, ratio=0.9, seed=3, size=16)
+    assert "--train_root_dir" not in str(caught.value) and "--download" not in str(caught.value)

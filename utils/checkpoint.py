@@ -54,7 +54,8 @@ def load_checkpoint(path: str | os.PathLike, data: str | None = None, arch: str 
         hint = f" (it holds {', '.join(inside[:5])})" if inside else ""
         raise UserError(f"{flag} {path} is a folder{hint}; pass the .pt file itself")
     if not path.is_file():
-        raise UserError(f"{flag} {path} does not exist; pass the .pt file written by --mode erm")
+        raise UserError(f"{flag} {path} does not exist; pass the .pt file written by "
+                        f"{'--mode erm' if flag.startswith('--') else 'run.py'}")
     try:
         with warnings.catch_warnings():  # torch warns about a plain pickle's protocol before failing on it
             warnings.simplefilter("ignore", UserWarning)
