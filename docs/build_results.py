@@ -23,12 +23,20 @@ from typing import Callable
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))  # the scripts and benchmarks that write some pages whole
+from utils.cli import OneLineErrorParser, exit_code  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
 MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
 @lru_cache(maxsize=None)
 def summary(relative: str) -> dict:
-    return json.loads((DOCS / relative).read_text())
+    path = DOCS / relative
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read it as JSON ({exc}); restore it (git checkout) or rerun the command "
+                        "its page names") from None
 
 
 def fixed(value: float, digits: int = 1) -> str:
@@ -468,7 +476,7 @@ def render(text: str, where: str) -> str:
     def fill(match: re.Match) -> str:
         name = match["name"]
         if name not in TABLES:
-            raise SystemExit(f"{where}: unknown table '{name}' (known: {', '.join(TABLES)})")
+            raise UserError(f"{where}: unknown table '{name}' (known: {', '.join(TABLES)})")
         return match.group(1) + "\n".join(TABLES[name]()) + "\n" + match.group(4)
 
     return MARKER.sub(fill, text)
@@ -488,15 +496,31 @@ def stale_tables(paths: list[Path] | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """0 when done (or, with --check, when every table is current), 1 when --check finds stale tables, 2 for a
+    mistake (a damaged summary, an unknown table name), on one line."""
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if a table differs from its summary")
     args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_tables()
-        for line in stale:
-            print(f"stale: {line} (run python3 docs/build_results.py)", file=sys.stderr)
-        return 1 if stale else 0
+    stale: list[str] = []
+
+    def work() -> None:
+        try:
+            if args.check:
+                stale.extend(stale_tables())
+            else:
+                rewrite()
+        except KeyError as exc:
+            raise UserError(f"a summary in docs/ lacks the key {exc}; rerun the command its page names") from None
+
+    code = exit_code("build_results.py", work)
+    for line in stale:
+        print(f"stale: {line} (run python3 docs/build_results.py)", file=sys.stderr)
+    return code or (1 if stale else 0)
+
+
+def rewrite() -> None:
+    """Rewrite every marked table and whole page that differs from its summary."""
     for path in pages():
         text = path.read_text()
         new = render(text, shown(path))
@@ -507,7 +531,6 @@ def main(argv: list[str] | None = None) -> int:
         if not page.is_file() or page.read_text() != produce():
             page.write_text(produce())
             print(f"rewrote {shown(page)}")
-    return 0
 
 
 if __name__ == "__main__":
