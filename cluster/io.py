@@ -50,14 +50,20 @@ def load_clusters(path: str | os.PathLike, dataset: SpuriousDataset) -> torch.Te
     try:
         frame = pd.read_csv(path)
     except Exception as exc:
-        raise UserError(f"--clusters {path} is not a readable CSV ({type(exc).__name__}: {exc})") from exc
+        reason = " ".join(str(exc).split())  # pandas' own text may end in a line break
+        raise UserError(f"--clusters {path} is not a readable CSV ({type(exc).__name__}: {reason})") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"{path} lacks column(s) {missing}; a clusters file needs {list(REQUIRED_COLUMNS)}, "
                         f"found {list(frame.columns)}")
+    if frame.empty:
+        raise UserError(f"{path} has a header but no rows; write it with cluster/clustering.py or "
+                        "run.py --mode cluster")
     for col in REQUIRED_COLUMNS:
         if not pd.api.types.is_integer_dtype(frame[col]):
-            raise UserError(f"{path}: column {col!r} must hold integers (found {frame[col].dtype})")
+            empty = frame.index[frame[col].isna()]
+            where = f"an empty cell on line {int(empty[0]) + 2}" if len(empty) else f"{frame[col].dtype} values"
+            raise UserError(f"{path}: column {col!r} must hold integers (found {where})")
     n = len(dataset)
     if len(frame) != n:
         raise UserError(f"{path} has {len(frame)} rows but the {dataset.split} split has {n} samples; "

@@ -29,6 +29,8 @@ def test_round_trip(train, tmp_path):
     (lambda f: f.assign(label=f["label"].sample(frac=1.0, random_state=1).to_numpy()), "disagrees with the data set"),
     (lambda f: f.assign(index=f["index"].clip(upper=10)), "column 'index'"),
     (lambda f: f.assign(cluster_assign=-1), "negative"),
+    (lambda f: f.iloc[:0], "has a header but no rows"),
+    (lambda f: f.assign(cluster_assign=f["cluster_assign"].where(f.index != 4)), "an empty cell on line 6"),
 ])
 def test_bad_files_are_named(train, tmp_path, damage, message):
     path = write_clusters(tmp_path / "clusters.csv", train, train.a)
