@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from utils.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.run_dir import check_folder_path  # noqa: E402
 
 
 def magnitude_logits(weight: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
@@ -45,9 +46,7 @@ def run(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     if args.out.exists():
         raise UserError(f"{args.out} exists; choose a new file (a result is never overwritten)")
-    existing = next(p for p in args.out.absolute().parents if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"{existing} is a file, so OUT {args.out} cannot be written under it; choose another OUT")
+    check_folder_path(args.out.parent, "OUT's folder")
     ckpt = load_checkpoint(args.masked, flag="MASKED")
     if not ckpt.get("mask_logits"):
         raise UserError(f"{args.masked} holds no mask logits; pass a <method>_pruned.pt of a masked method")

@@ -25,6 +25,7 @@ from data import probability  # noqa: E402
 from data.fashion_scenes import SceneStyle, make_scenes, split_groups  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, int_at_least, non_negative, seed_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.run_dir import check_folder_path  # noqa: E402
 
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 MAX_SIZE = 224
@@ -58,9 +59,7 @@ def check(args: argparse.Namespace) -> None:
     for flag, (low, high), top in (("--item_scale", args.item_scale, 1.0), ("--item_opacity", args.item_opacity, 1.0)):
         if not 0 < low <= high <= top:
             raise UserError(f"{flag} {low} {high}: need 0 < MIN <= MAX <= {top}")
-    existing = next(p for p in (Path(args.out).absolute(), *Path(args.out).absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"{existing} is a file, so OUT {args.out} cannot be a folder there; choose another OUT")
+    check_folder_path(args.out, "OUT")
     if (Path(args.out) / "metadata.csv").exists() and not args.overwrite:
         raise UserError(f"{args.out}/metadata.csv exists; pass --overwrite or choose another OUT")
 

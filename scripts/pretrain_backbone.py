@@ -42,6 +42,7 @@ from scripts import make_fashion_scenes  # noqa: E402
 from utils.cli import OneLineErrorParser, exit_code, int_at_least, positive_float, seed_int  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.results import atomic_write_text  # noqa: E402
+from utils.run_dir import check_folder_path  # noqa: E402
 from training.loops import Callback, Epochs, LossWatch, Objective, Step, run_training  # noqa: E402
 from utils.runtime import IMAGENET_MEAN, IMAGENET_STD, Runtime, amp_flag, runtime_from_args  # noqa: E402
 
@@ -374,9 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in (out, Path(f"{out}.json")):
             if path.exists() and not args.overwrite:
                 raise UserError(f"{path} exists; pass --overwrite or choose another OUT")
-        existing = next(p for p in out.absolute().parents if p.exists())
-        if not existing.is_dir():
-            raise UserError(f"{existing} is a file, so OUT {out} cannot be written under it; choose another OUT")
+        check_folder_path(out.parent, "OUT's folder")
         pretrain(args)
 
     return exit_code("pretrain_backbone.py", work)

@@ -83,5 +83,5 @@ def test_an_existing_summary_or_a_file_above_out_is_refused_before_any_work(tmp_
     assert pretrain_backbone.main([str(tmp_path / "b.pt")]) == 2
     assert pretrain_backbone.main([str(tmp_path / "file" / "b.pt")]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'b.pt.json'} exists; pass --overwrite" in err and "is a file, so OUT" in err
+    assert f"{tmp_path / 'b.pt.json'} exists; pass --overwrite" in err and "is a file, not a folder" in err
     assert (tmp_path / "b.pt.json").read_text() == "the user's notes" and not (tmp_path / "b.pt").exists()

@@ -33,7 +33,7 @@ from utils.report import density_of, display_name, mean_std
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 from utils.results import RESULTS_NAME, atomic_write, atomic_write_text
-from utils.run_dir import ARGS_NAME, RECORD_NAMES
+from utils.run_dir import ARGS_NAME, RECORD_NAMES, check_folder_path
 
 SEED_ARGS = ("seed", "data_seed")
 NOT_CONFIG = ("out_dir", "overwrite", "device", "num_workers", "methods", "skip_image_check", "cache_dir",
@@ -489,10 +489,8 @@ def check_report_folder(folder: Path) -> Path:
     """Refuse a folder a report must not write into: a run folder (or one below it), whose own files it would
     replace; a folder whose report files no report wrote (a user's own report.md); a path that is, or lies
     under, a file."""
-    folder = Path(folder).expanduser().absolute()
+    folder = check_folder_path(folder, "report folder")
     for place in (folder, *folder.parents):
-        if place.is_file():
-            raise UserError(f"report folder {folder}: {place} is a file; pass a folder")
         if any((place / name).is_file() for name in (*RECORD_NAMES, RESULTS_NAME)):
             raise UserError(f"report folder {folder} is {'inside ' if place != folder else ''}the run folder "
                             f"{place}; a report never writes into a run, pass another folder")
