@@ -42,9 +42,10 @@ MODES = {
     "all": modes.run_all,
 }
 DEFAULT_MODE = "all"
+# the flags naming a run's inputs (with each method's Method.input_flags): fingerprinted with the run, never
+# inside a folder --overwrite replaces
 INPUT_FLAGS = ("metadata", "train_root_dir", "val_root_dir", "checkpoint", "cluster_checkpoint", "clusters",
-               "pretrained_path")  # fingerprinted with the run; never inside a folder --overwrite replaces
-# (and each method's Method.input_flags)
+               "pretrained_path")
 
 
 def cluster_epoch(text: str) -> int | str:

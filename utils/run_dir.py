@@ -526,10 +526,11 @@ class RunDir:
             if place.name in RECORD_NAMES and place.parent != self.path:
                 raise UserError(f"--overwrite would replace {self.path}, which holds another run "
                                 f"({place.parent}); nothing was changed; pass that run's own folder")
-        for name in self._other_records():
-            raise UserError(f"--overwrite would replace {self.path}, which also holds the run recorded in {name} "
-                            "(e.g. clusters of this model); nothing was changed; move that run's files away "
-                            "yourself or choose another --out_dir")
+        others = self._other_records()
+        if others:
+            raise UserError(f"--overwrite would replace {self.path}, which also holds the run recorded in "
+                            f"{others[0]} (e.g. clusters of this model); nothing was changed; move that run's files "
+                            "away yourself or choose another --out_dir")
 
     def _other_records(self) -> list[str]:
         """The argument records of other kinds of run in this folder (a clustering run shares ERM folders)."""
