@@ -53,7 +53,7 @@ def test_a_grid_from_the_command_line_or_a_file_names_one_folder_per_point_and_s
     (["--grid", "epochs"], "--grid epochs: write FLAG=VALUE1,VALUE2"),
     (["--grid", "epochs=1", "epochs=2"], "--grid epochs: given twice"),
     (["--grid", "epochs=1,one"], "job epochs=one/seed0: argument --epochs: 'one' is not an int; nothing was started"),
-    (["--", "--bogus", "3"], "job seed0: unrecognized arguments: --bogus 3; nothing was started"),
+    (["--grid", "lr=0.1,-1"], "job lr=-1/seed0: argument --lr: -1.0 is too small; it must be >= 0; nothing was started"),
 ])
 def test_mistakes_are_refused_before_any_job(tmp_path, capsys, argv, message):
     assert sweep.main(["--out_dir", str(tmp_path / "s"), *argv]) == 2
