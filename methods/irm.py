@@ -254,7 +254,7 @@ class IRM(Method):
     def check_inputs(self, ctx: Context) -> None:
         args = ctx.args
         kind = env_kind(args.irm_envs, bool(args.minority_env or args.balance_env))
-        if kind != "true" and uses_folders(args.minority_env, args.balance_env, kind):
+        if uses_folders(args.minority_env, args.balance_env, kind):
             file_environments(args.minority_env, args.balance_env, ctx.train)
 
     def fit(self, ctx: Context) -> Fitted:

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ def check_flags(tool: str, grid: list[tuple[str, list[Any]]], base: list[str]) -
     known = tool_module(tool).build_parser()._option_string_actions
     own = {*SEED_FLAGS[tool], *SWEEP_SETS}
     given = {a.split("=", 1)[0].lstrip("-") for a in base if a.startswith("--")}
-    twice = sorted({flag for flag, _ in grid if [f for f, _ in grid].count(flag) > 1})
+    twice = sorted(flag for flag, count in Counter(f for f, _ in grid).items() if count > 1)
     if twice:
         raise UserError(f"--grid {twice[0]}: given twice; list all its values in one item ({twice[0]}=V1,V2)")
     for flag, _ in grid:

@@ -491,8 +491,9 @@ class RunDir:
             raise UserError(finished_message(self.path, self.kind.finished))
         if not self._holds_outputs():  # a start that failed before writing anything leaves nothing to mix
             return
-        if self.kind.replace_folder and self._record() is None and self._other_records():
-            raise UserError(f"--out_dir {self.path} holds a run of another tool ({', '.join(self._other_records())}) "
+        others = self._other_records() if self.kind.replace_folder and self._record() is None else []
+        if others:
+            raise UserError(f"--out_dir {self.path} holds a run of another tool ({', '.join(others)}) "
                             f"and no {self.kind.args_name}; nothing was changed; choose another --out_dir")
         differ, changed = self._differences()
         if differ:

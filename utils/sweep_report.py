@@ -477,7 +477,7 @@ def _distinct_curves(by_others: dict[str, list[tuple[float, Row]]],
     curve, labelled None, when they are all the same."""
     curves = {}
     for others, points in by_others.items():
-        kept = [(x, point_of(r)) for x, r in points if point_of(r) is not None]
+        kept = [(x, p) for x, p in ((x, point_of(r)) for x, r in points) if p is not None]
         if kept:
             curves[others] = ([x for x, _ in kept], [p for _, p in kept])
     if len(curves) > 1 and len({json.dumps(c) for c in curves.values()}) == 1:
