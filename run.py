@@ -24,7 +24,7 @@ from training.erm import TrainConfig  # noqa: E402
 from training.retrain import RetrainConfig  # noqa: E402
 from training.selection import SelectionConfig  # noqa: E402
 from utils.checkpoint import plain_args  # noqa: E402
-from utils.cli import OneLineErrorParser, exit_code, positive_int, seed_int  # noqa: E402
+from utils.cli import OneLineErrorParser, exit_code, number_or_words, positive_int, seed_int  # noqa: E402
 from utils.config_file import add_config_arg, parse_with_config  # noqa: E402
 from utils.options import add_options  # noqa: E402
 from utils.distributed import (fail_together, init_from_env, is_distributed, is_main, main_print,  # noqa: E402
@@ -48,11 +48,7 @@ INPUT_FLAGS = ("metadata", "train_root_dir", "val_root_dir", "checkpoint", "clus
                "pretrained_path")
 
 
-def cluster_epoch(text: str) -> int | str:
-    """argparse type for --cluster_epoch: a positive epoch, ``auto`` or ``final``."""
-    if text in ("auto", "final"):
-        return text
-    return positive_int(text)
+cluster_epoch = number_or_words(positive_int, "auto", "final")  # --cluster_epoch: a positive epoch, auto or final
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from cluster.report import format_summary, plot_clusters, summarize
 from data import SpuriousDataset, build_splits
 from models.factory import Expect, load_model
 from utils.checkpoint import plain_args
-from utils.cli import int_at_least
+from utils.cli import int_at_least, number_or_words
 from utils.distributed import run_on_main
 from utils.errors import UserError
 from utils.options import add_options, from_args, option
@@ -43,9 +43,7 @@ RUN_KIND = RunKind(finished=CLUSTERS_NAME, args_name=CLUSTER_ARGS_NAME, replace_
 at_least_two = int_at_least(2)  # k-means with one cluster says nothing
 
 
-def num_clusters_type(text: str) -> int | str:
-    """argparse type: ``auto`` or an integer >= 2 (the upper bound, the sample count, is checked at fit time)."""
-    return text if text == "auto" else at_least_two(text)
+num_clusters_type = number_or_words(at_least_two, "auto")  # the upper bound, the sample count, is checked at fit time
 
 
 @dataclass(frozen=True)

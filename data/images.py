@@ -216,11 +216,22 @@ def parse_codes(values: pd.Series, codes: Mapping[str, int], path: Path, column:
     """Map every cell to its code (compared as lower-case text); unexpected values are named, and
     ``flag`` (the option naming the column) is suggested when the column was chosen by one."""
     text = values.map(_as_text)
-    unexpected = sorted(set(text) - set(codes))
-    if unexpected:
-        raise UserError(f"{path} column {column!r} holds unexpected value(s) {unexpected[:5]}; "
-                        f"expected {sorted(set(codes))}" + (f" (or name another column with {flag})" if flag else ""))
+    bad = values[~text.isin(list(codes))]
+    if len(bad):
+        shown = sorted({shown_cell(value) for value in bad})
+        raise UserError(f"{path} column {column!r} holds unexpected value(s) {', '.join(shown[:5])} on "
+                        f"{row_names(bad.index)}; expected {sorted(set(codes))}"
+                        + (f" (or name another column with {flag})" if flag else ""))
     return text.map(codes).to_numpy(dtype=np.int64)
+
+
+def row_names(index: pd.Index) -> str:
+    """Where table rows are: their file lines when the table is numbered by row, else their first names
+    (a CelebA table is indexed by image file)."""
+    if pd.api.types.is_integer_dtype(index):
+        return csv_lines(index)
+    more = f" and {len(index) - 5} more" if len(index) > 5 else ""
+    return f"row{'s' if len(index) > 1 else ''} {', '.join(repr(str(name)) for name in index[:5])}{more}"
 
 
 def csv_lines(index: pd.Index) -> str:

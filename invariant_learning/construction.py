@@ -223,7 +223,11 @@ SOURCE_KEYS = ("data", "data_flags", "n_train", "input_shape", "clusters", "cons
 
 
 def check_pair(minority: Environment, balanced: Environment) -> None:
-    """Both environments must come from one environments.py run and share no sample."""
+    """Both environments must come from one environments.py run, each in its own role, and share no sample."""
+    for env, flag, role in ((minority, "--minority_env", "minority"), (balanced, "--balance_env", "balanced")):
+        if env.summary.get("role", role) != role:
+            raise UserError(f"{flag} {env.path} is the {env.summary['role']!r} environment (its {SUMMARY_NAME} says "
+                            f"so); pass the {role}/ folder of the environments.py run to {flag}")
     differ = [k for k in SOURCE_KEYS if minority.summary.get(k) != balanced.summary.get(k)]
     if differ:
         raise UserError(f"--minority_env {minority.path} and --balance_env {balanced.path} were written for different "

@@ -214,13 +214,17 @@ def true_environments(train: SpuriousDataset) -> list[torch.Tensor] | None:
     return [torch.nonzero(env == e).flatten() for e in torch.unique(env)]
 
 
+def no_true_environments(data: str) -> str:
+    return (f"IRM: --irm_envs true needs a data set with its own training environments (cmnist has them), and "
+            f"{data!r} has none; pass --irm_envs clusters, files or random")
+
+
 def irm_environments(ctx: Context, kind: str) -> tuple[list[torch.Tensor], dict[str, Any]]:
     """Training indices of each environment of ``--irm_envs kind``, and a description of them."""
     if kind == "true":
         envs = true_environments(ctx.train)
         if envs is None:
-            raise MethodUnavailable(f"IRM: --irm_envs true needs a data set with its own training environments "
-                                    f"(cmnist has them), and {ctx.args.data!r} has none")
+            raise MethodUnavailable(no_true_environments(ctx.args.data))
         return envs, {"source": "true", "sizes": [len(e) for e in envs]}
     if uses_folders(ctx.args.minority_env, ctx.args.balance_env, kind):
         envs, summary = file_environments(ctx.args.minority_env, ctx.args.balance_env, ctx.train)
@@ -254,6 +258,8 @@ class IRM(Method):
     def check_inputs(self, ctx: Context) -> None:
         args = ctx.args
         kind = env_kind(args.irm_envs, bool(args.minority_env or args.balance_env))
+        if kind == "true" and true_environments(ctx.train) is None:
+            raise UserError(no_true_environments(args.data))  # a flag mistake, not a data set IRM cannot use
         if uses_folders(args.minority_env, args.balance_env, kind):
             file_environments(args.minority_env, args.balance_env, ctx.train)
 

@@ -118,13 +118,19 @@ def unexpected_isic_label(tmp: Path) -> tuple[list, list]:
 def unexpected_waterbirds_label(tmp: Path) -> tuple[list, list]:
     write_waterbirds(tmp)
     set_cell(tmp / "metadata.csv", 0, "y", 2)
-    return ["--data", "waterbirds", "--train_root_dir", tmp], ["column 'y'", "'2'"]
+    return ["--data", "waterbirds", "--train_root_dir", tmp], ["column 'y'", "'2' on line 2"]
+
+
+def empty_waterbirds_place(tmp: Path) -> tuple[list, list]:
+    write_waterbirds(tmp)
+    set_cell(tmp / "metadata.csv", 3, "place", None)
+    return ["--data", "waterbirds", "--train_root_dir", tmp], ["column 'place'", "an empty cell on line 5"]
 
 
 def unexpected_celeba_value(tmp: Path) -> tuple[list, list]:
     write_celeba(tmp, "kaggle")
     set_cell(tmp / "list_attr_celeba.csv", 1, "Blond_Hair", 0)
-    return ["--data", "celebA", "--train_root_dir", tmp], ["column 'Blond_Hair'", "'0'", "['-1', '1']"]
+    return ["--data", "celebA", "--train_root_dir", tmp], ["column 'Blond_Hair'", "'0' on row '", ".jpg'", "['-1', '1']"]
 
 
 def non_integer_csv_label(tmp: Path) -> tuple[list, list]:
@@ -166,7 +172,7 @@ CASES = [missing_root, no_root_flag, missing_isic_metadata, missing_csv_metadata
          csv_without_metadata_flag,
          missing_waterbirds_metadata, missing_celeba_partition, missing_label_column, missing_default_isic_column,
          missing_split_column, missing_waterbirds_column, unknown_target, unknown_confounder, absent_image,
-         absent_celeba_image, absent_isic_image, unexpected_isic_label, unexpected_waterbirds_label,
+         absent_celeba_image, absent_isic_image, unexpected_isic_label, unexpected_waterbirds_label, empty_waterbirds_place,
          unexpected_celeba_value, non_integer_csv_label, unexpected_split_value, truncated_celeba_txt, empty_split,
          corrupt_image]
 

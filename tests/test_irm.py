@@ -152,10 +152,15 @@ def test_bad_environments_fail_on_one_line(tmp_path, capsys, damage, needle):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-def test_the_same_environment_twice_is_refused(envs, tmp_path, capsys):
-    rc, _, err = call(capsys, "--minority_env", envs / "minority", "--balance_env", envs / "minority", *FAST,
+@pytest.mark.parametrize("minority, balanced, needle", [
+    ("minority", "minority", "--balance_env .*minority' environment.*pass the balanced/ folder"),
+    ("balanced", "minority", "--minority_env .*balanced' environment.*pass the minority/ folder"),
+])
+def test_the_same_or_swapped_environments_are_refused(envs, tmp_path, capsys, minority, balanced, needle):
+    rc, _, err = call(capsys, "--minority_env", envs / minority, "--balance_env", envs / balanced, *FAST,
                       "--out_dir", tmp_path)
-    assert rc == 2 and "share" in err
+    assert rc == 2 and err.count("\n") == 1 and re.search(needle, err), err
+    assert not (tmp_path / "results.json").exists()
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
@@ -204,11 +209,15 @@ def test_the_method_refuses_environments_it_cannot_build_on_one_line(tmp_path, r
     assert rc == 2 and needle in err and err.count("\n") == 1
 
 
-def test_a_wrong_environment_folder_is_refused_before_any_method_trains(tmp_path, run_cli, envs):
+@pytest.mark.parametrize("flags, needle", [
+    (("--minority_env", "minority"), "go together"),
+    (("--irm_envs", "true"), "'digits' has none; pass --irm_envs clusters"),
+])
+def test_wrong_environment_flags_are_refused_before_any_method_trains(tmp_path, run_cli, envs, flags, needle):
+    flags = tuple(envs / f if f == "minority" else f for f in flags)
     rc, out, err = run_cli("--mode", "all", "--methods", "erm,irm", "--data", "digits", "--epochs", "1",
-                           "--hidden_dim", "8", "--device", "cpu", "--minority_env", envs / "minority",
-                           "--out_dir", tmp_path)
-    assert rc == 2 and "go together" in err and err.count("\n") == 1
+                           "--hidden_dim", "8", "--device", "cpu", *flags, "--out_dir", tmp_path)
+    assert rc == 2 and needle in err and err.count("\n") == 1, err
     assert "ERM epoch" not in out and not (tmp_path / "erm.pt").exists()
 
 

@@ -299,6 +299,17 @@ def test_zero_temperature_is_refused_at_parse_time(tmp_path, flag, capsys):
     assert "learning rate" not in err
 
 
+@pytest.mark.parametrize("flag, value, words", [("--cluster_epoch", "soon", "auto or final"),
+                                                ("--cluster_epoch", "0", "auto or final"),
+                                                ("--num_clusters", "two", "auto")])
+def test_a_flag_taking_a_number_or_a_word_names_the_words(tmp_path, capsys, flag, value, words):
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--mode", "prune", flag, value, "--out_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and one_line(err) and f"argument {flag}: " in err
+    assert err.rstrip().endswith(f"; pass a number or {words} (see --help)"), err
+
+
 @pytest.mark.parametrize("path", ["file", "file/below"])
 def test_out_dir_at_or_under_a_file_is_one_line(run_cli, tmp_path, path):
     (tmp_path / "file").write_text("")

@@ -54,6 +54,18 @@ def seed_int(text: str) -> int:
     return value
 
 
+def number_or_words(number: Callable[[str], Any], *words: str) -> Callable[[str], Any]:
+    """argparse type: one of ``words`` as typed, else what ``number`` parses; a mistake's message lists the words."""
+    def parse(text: str) -> Any:
+        if text in words:
+            return text
+        try:
+            return number(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}; pass a number or {' or '.join(words)}") from None
+    return parse
+
+
 positive_int = int_at_least(1)
 positive_float = at_least(float, 0, strict=True)  # e.g. a temperature, which divides
 
