@@ -51,8 +51,9 @@ INPUT_FLAGS = ("metadata", "train_root_dir", "val_root_dir", "checkpoint", "clus
 cluster_epoch = number_or_words(positive_int, "auto", "final")  # --cluster_epoch: a positive epoch, auto or final
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="run.py", description=__doc__.splitlines()[0],
+def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    """``prog`` names the program in messages (cluster/clustering.py is this parser under its own name)."""
+    parser = OneLineErrorParser(prog=prog, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default=DEFAULT_MODE, help="what to run")
     parser.add_argument("--out_dir", default=None,
@@ -92,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str = "run.py") -> argparse.Namespace:
     """The flags over the values of ``--config`` (utils/config_file.py), every derived default settled."""
-    args, explicit = parse_with_config(build_parser(), argv)
+    args, explicit = parse_with_config(build_parser(prog), argv, tool="run.py")
     return resolve(args, explicit)
 
 
@@ -149,14 +150,14 @@ def run_inputs(args: argparse.Namespace) -> dict[str, str | None]:
     return {f"--{name}": getattr(args, name, None) for name in INPUT_FLAGS + method_input_flags()}
 
 
-def run(argv: list[str] | None = None) -> None:
+def run(argv: list[str] | None = None, prog: str = "run.py") -> None:
     """Parse, join the ``torchrun`` process group when launched by it, run the mode, leave the group.
 
     A caller that already holds a process group (a test driver, a notebook under ``torchrun``) keeps it:
     destroying it here would make the caller start a second default group in the same job, whose
     ranks can read the first one's stale addresses from torchrun's store and time out connecting.
     """
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     joined_here = not is_distributed()
     args.device = str(init_from_env(resolve_device(args.device)))
     try:
@@ -175,8 +176,8 @@ def run(argv: list[str] | None = None) -> None:
             shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
-    return exit_code("run.py", lambda: run(argv))
+def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
+    return exit_code(prog, lambda: run(argv, prog))
 
 
 if __name__ == "__main__":

@@ -13,4 +13,4 @@ import run
 
 def main(argv: list[str] | None = None) -> int:
     """``cluster/clustering.py FLAGS`` runs ``run.py FLAGS --mode cluster``."""
-    return run.main([*(sys.argv[1:] if argv is None else argv), "--mode", "cluster"])
+    return run.main([*(sys.argv[1:] if argv is None else argv), "--mode", "cluster"], prog="clustering.py")

@@ -219,3 +219,17 @@ def test_num_clusters_below_two_is_refused_on_one_line(erm_checkpoint, tmp_path,
         clustering.main(["--checkpoint", str(erm_checkpoint), "--num_clusters", "1", "--output_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and "--num_clusters" in err and err.strip().count("\n") == 0
+    assert err.startswith("clustering.py: error: ")
+
+
+def test_the_script_names_itself_in_errors_and_reads_its_own_record_back(erm_checkpoint, tmp_path, capsys):
+    from cluster import clustering
+
+    (tmp_path / "file.txt").write_text("mine")
+    assert clustering.main(["--data", "digits", "--output_dir", str(tmp_path / "file.txt")]) == 2
+    assert capsys.readouterr().err.startswith("clustering.py: error: --out_dir ")
+    argv = ["--data", "digits", "--checkpoint", str(erm_checkpoint), "--device", "cpu"]
+    assert clustering.main([*argv, "--output_dir", str(tmp_path / "a")]) == 0
+    record = tmp_path / "a" / "cluster_args.json"
+    assert clustering.main(["--config", str(record), "--output_dir", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "clusters.csv").read_text() == (tmp_path / "a" / "clusters.csv").read_text()

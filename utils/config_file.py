@@ -19,7 +19,7 @@ import os
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from utils.errors import UserError
 
@@ -54,7 +54,7 @@ def _destinations(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
-                      required: Sequence[str] = ()) -> tuple[argparse.Namespace, set[str]]:
+                      required: Sequence[str] = (), tool: str | None = None) -> tuple[argparse.Namespace, set[str]]:
     """Parse ``argv`` over the values of its ``--config`` file (defaults < file < typed flags).
 
     ``required`` are destinations that must be given, on the command line or in the file (argparse's own
@@ -66,7 +66,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     path = args.config
     del args.config
     typed = given_flags(parser, argv)
-    from_file = read_config(os.path.expanduser(path), parser) if path is not None else {}
+    from_file = read_config(os.path.expanduser(path), parser, tool) if path is not None else {}
     for name, value in from_file.items():
         if name not in typed:
             setattr(args, name, value)
@@ -80,11 +80,13 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     return args, typed | set(from_file)
 
 
-def read_config(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The flag values in ``path``, each checked and converted as the command line would."""
+def read_config(path: str | Path, parser: argparse.ArgumentParser, tool: str | None = None) -> dict[str, Any]:
+    """The flag values in ``path``, each checked and converted as the command line would. A run record is
+    read only by the ``tool`` that wrote it (default: the parser's program; cluster/clustering.py parses
+    as itself but runs, and records, as run.py)."""
     path = Path(path)
-    raw = _load(path, parser.prog)
     actions = {dest: action for dest, action in _destinations(parser).items() if dest not in COMMAND_LINE_ONLY}
+    raw = _load(path, tool or parser.prog, actions)
     values = {}
     for key, value in raw.items():
         if key not in actions:
@@ -93,7 +95,7 @@ def read_config(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, 
     return values
 
 
-def _load(path: Path, prog: str) -> dict[str, Any]:
+def _load(path: Path, prog: str, flags: Collection[str]) -> dict[str, Any]:
     """The file's keys and values, TOML tables flattened, a run record's own keys left out."""
     if path.suffix not in (".toml", ".json"):
         raise UserError(f"{FLAG} {path}: use a .toml or .json file")
@@ -115,7 +117,7 @@ def _load(path: Path, prog: str) -> dict[str, Any]:
             raise UserError(f"{FLAG} {path}: this run record was written by {content['tool']}; "
                             f"pass it to {content['tool']} --config")
         return {k: v for k, v in content["args"].items() if k not in RECORD_ONLY}
-    return _flattened(content, path)
+    return _flattened(content, path, flags)
 
 
 def _no_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -128,10 +130,16 @@ def _no_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
-def _flattened(content: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Top-level keys and the keys of each table (one level; a table name only groups)."""
+def _flattened(content: dict[str, Any], path: Path, flags: Collection[str]) -> dict[str, Any]:
+    """Top-level keys and the keys of each table (one level; a table name only groups). A table named
+    after a flag whose keys are nothing like flags is a mistyped value (``epochs = {a = 1}``)."""
     out: dict[str, Any] = {}
     for key, value in content.items():
+        if isinstance(value, dict) and key in flags:
+            strays = [name for name in value if name not in flags and not difflib.get_close_matches(name, flags)]
+            if strays:
+                raise UserError(f"{FLAG} {path}: table [{key}] holds {strays[0]!r}, which is no flag, and {key} is "
+                                f"itself a flag; to set it, write {key} = <value>")
         inner = value.items() if isinstance(value, dict) else [(key, value)]
         for name, item in inner:
             if isinstance(item, dict):
