@@ -141,8 +141,19 @@ def check_inputs(args: argparse.Namespace) -> None:
                                                    data_settings=data_settings(vars(args)), flag=flag))
             if flag == "--checkpoint" and args.arch is None:
                 args.arch = ckpt["arch"]
+            if flag == "--checkpoint" and args.mode != "all":
+                adopt_widths(args, ckpt["arch_args"])
     if args.clusters and args.mode in ("prune", "all") and args.lambda_con_prune > 0:
         warn_single_cluster_classes(args.clusters)
+
+
+def adopt_widths(args: argparse.Namespace, arch_args: dict) -> None:
+    """A mode that builds no new model records the loaded model's width, not the flag's (``--mode all`` keeps
+    the flag: JTT and IRM build new models with it)."""
+    for flag, key in (("hidden_dim", "hidden_dim"), ("cnn_width", "width")):
+        if key in arch_args and getattr(args, flag) != arch_args[key]:
+            print(f"note: --{flag} is {arch_args[key]}, the width of --checkpoint's model", file=sys.stderr)
+            setattr(args, flag, arch_args[key])
 
 
 def run_inputs(args: argparse.Namespace) -> dict[str, str | None]:

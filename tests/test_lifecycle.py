@@ -299,6 +299,14 @@ def test_zero_temperature_is_refused_at_parse_time(tmp_path, flag, capsys):
     assert "learning rate" not in err
 
 
+def test_a_mode_that_loads_its_model_records_the_checkpoints_width(run_cli, erm_dir, tmp_path):
+    rc, _, err = run_cli("--mode", "evaluate", "--device", "cpu", "--checkpoint", erm_dir / "erm.pt",
+                         "--hidden_dim", "17", "--out_dir", tmp_path / "out")
+    assert rc == 0 and "note: --hidden_dim is 256, the width of --checkpoint's model" in err
+    assert json.loads((tmp_path / "out" / "run_args.json").read_text())["args"]["hidden_dim"] == 256
+    assert read_results(tmp_path / "out")["args"]["hidden_dim"] == 256
+
+
 @pytest.mark.parametrize("flag, value, words", [("--cluster_epoch", "soon", "auto or final"),
                                                 ("--cluster_epoch", "0", "auto or final"),
                                                 ("--num_clusters", "two", "auto")])
