@@ -11,7 +11,9 @@ Formatting (decimals, bold, row labels) belongs to each table below; the numbers
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import re
 import statistics
 import sys
@@ -423,6 +425,85 @@ def pretrained_headline() -> list[str]:
                   "vs last layer retrained (paired, 95% CI)"], rows)
 
 
+# --- The pretrained regime's curve (docs/curves/pretrained_v3/report.csv and the mask records) ---
+
+CURVE_REPORT = "curves/pretrained_v3/report.csv"
+CURVE_MASKS = ("masks/pretrained_v3_curve_agreement.json", "masks/pretrained_v3_agreement.json")
+COMPARISON_POINT = (20, 5e-8)  # the comparison's folders (cmp_default/seed<s>) carry no grid settings in their name
+CURVE_METHODS = {"prusc": "PruSC", "prusc_no_con": "mask without `L_con`"}
+
+
+def curve_point(run: str) -> tuple[int, float] | None:
+    """(pruning epochs, ``--lambda_sparse``) of a run folder of the curve sweeps or of the default comparison."""
+    folder = Path(run).parent.name
+    if folder == "cmp_default":
+        return COMPARISON_POINT
+    settings = dict(part.split("=", 1) for part in folder.split(",") if "=" in part)
+    if {"pruning_ep", "lambda_sparse"} <= set(settings):
+        return int(settings["pruning_ep"]), float(settings["lambda_sparse"])
+    return None
+
+
+def span(values: list[float], unit: str = "", sign: bool = False) -> str:
+    """``lo–hi`` of ``values`` (one value when they agree to the shown decimal)."""
+    shown = [f"{v:+.1f}" if sign else fixed(v) for v in (min(values), max(values))]
+    return f"{shown[0]}{unit}" if shown[0] == shown[1] else f"{shown[0]} to {shown[1]}{unit}"
+
+
+def mask_alone(records: list[dict]) -> str:
+    """What the masks do before retraining, on the test split: predictions changed, worst group ERM -> mask,
+    share of the absolute weight removed."""
+    if not records:
+        return ""
+    tests = [r["test"] for r in records]
+    return ", ".join([span([100 * t["changed"] for t in tests], "%"),
+                      span([100 * (t["masked_worst_group_acc"] - t["dense_worst_group_acc"]) for t in tests], sign=True),
+                      span([100 * r["removed_weight_share"]["all"] for r in records], "%")])
+
+
+def curve_order(point: tuple[int, float]) -> tuple:
+    """Curve points by length; at each length the comparison's point first, then by falling ``--lambda_sparse``."""
+    return point[0], point != COMPARISON_POINT, -point[1]
+
+
+def worst_by_seed(row: dict[str, str]) -> dict[str, str]:
+    """``{seed: test worst-group %}`` of a report.csv row."""
+    return dict(pair.split(":") for pair in row["worst_by_seed"].split())
+
+
+def read_report_csv(relative: str) -> list[dict[str, str]]:
+    path = DOCS / relative
+    try:
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc}); rerun the report command of the page that shows it") from None
+
+
+def pretrained_curve() -> list[str]:
+    """Each curve point of PruSC and of the mask without ``L_con``: per-seed test worst-group, the paired
+    difference to retrain-only, density and what the mask alone changes."""
+    report = read_report_csv(CURVE_REPORT)
+    records = [r for name in CURVE_MASKS for r in summary(name)]
+    reference = worst_by_seed(next(r for r in report if r["method"] == "retrain_only"))  # the grid does not move it
+    rows = [["retrain-only (the reference; the same at every point)", ", ".join(reference),
+             " / ".join(fixed(float(v)) for v in reference.values()), "", "100%", ""]]
+    for method, label in CURVE_METHODS.items():
+        points = {(int(r["pruning_ep"]), float(r["lambda_sparse"])): r for r in report if r["method"] == method}
+        for point in sorted(points, key=curve_order):
+            row, worst = points[point], worst_by_seed(points[point])
+            masks = [r for r in records if r["method"] == method and curve_point(r["run"]) == point
+                     and Path(r["run"]).name.removeprefix("seed") in worst]
+            low, high = float(row["d_worst_lo"]), float(row["d_worst_hi"])
+            delta = f"{float(row['d_worst_mean']):+.1f}" + ("" if math.isnan(low) else f" [{low:+.1f}, {high:+.1f}]")
+            name = f"{label}: {point[0]}, {row['lambda_sparse']}" + (" (comparison)" if point == COMPARISON_POINT else "")
+            rows.append([name, ", ".join(worst), " / ".join(fixed(float(v)) for v in worst.values()), delta,
+                         f"{fixed(float(row['density_mean']))}%", mask_alone(masks)])
+    return table(["method: pruning epochs, `--lambda_sparse`", "seeds", "test worst-group by seed",
+                  "− retrain-only (paired, 95% CI)", "density (mean)",
+                  "mask alone: test predictions changed, worst-group ERM → mask, weight removed"], rows)
+
+
 # --- Pages that a script writes whole from the summary kept beside them ---
 
 def whole_pages() -> dict[Path, Callable[[], str]]:
@@ -457,6 +538,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "gpu_ratios": gpu_ratios,
     "clustering_choice": clustering_choice,
     "pretrained_headline": pretrained_headline,
+    "pretrained_curve": pretrained_curve,
     **{name: (lambda name=name: reference_study(name))
        for name in ("reference_digits", "reference_digits_noise", "reference_fashion")},
 }

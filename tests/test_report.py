@@ -64,6 +64,7 @@ def test_the_cli_prints_markdown_and_writes_csv_and_pictures_outside_the_runs(tm
     row = next(r for r in csv.DictReader(io.StringIO((tmp_path / "out" / "report.csv").read_text()))
                if r["method"] == "prusc")
     assert float(row["d_worst_lo"]) == pytest.approx(5 - T_975_DF2 * math.sqrt(3), abs=1e-3)
+    assert row["worst_by_seed"] == " ".join(f"{s}:{100 * w:.4f}" for s, w in enumerate(PRUSC_WORST))
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"report.md", "report.csv", "worst_group.png",
                                                                "density.png"}
 

@@ -300,12 +300,14 @@ def csv_text(rows: list[Row], reference: str) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["setting", *keys, "method", "uses_group_labels", "seeds", "avg_mean", "avg_std",
                      "worst_mean", "worst_std", "density_mean", "density_std", "reference", "paired_seeds",
-                     "d_worst_mean", "d_worst_lo", "d_worst_hi", "d_avg_mean", "d_avg_lo", "d_avg_hi"])
+                     "d_worst_mean", "d_worst_lo", "d_worst_hi", "d_avg_mean", "d_avg_lo", "d_avg_hi",
+                     "worst_by_seed"])
     for r in rows:
         stats = [x for values in (r.avg, r.worst, r.density) for x in mean_std(values)]
+        by_seed = " ".join(f"{seed[0]}:{worst:.4f}" for seed, worst in zip(r.seeds, r.worst))
         writer.writerow([r.group.label, *(r.group.settings.get(k) for k in keys), r.method, r.uses_group_labels,
                          len(r.worst), *(f"{x:.4f}" for x in stats), reference, r.paired_n,
-                         *(f"{x:.4f}" for x in (*r.d_worst, *r.d_avg))])
+                         *(f"{x:.4f}" for x in (*r.d_worst, *r.d_avg)), by_seed])
     return out.getvalue()
 
 
