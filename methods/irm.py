@@ -215,6 +215,7 @@ def true_environments(train: SpuriousDataset) -> list[torch.Tensor] | None:
 
 
 def no_true_environments(data: str) -> str:
+    """Why ``--irm_envs true`` cannot run on ``data`` (said up front by ``check_inputs`` and by ``fit``)."""
     return (f"IRM: --irm_envs true needs a data set with its own training environments (cmnist has them), and "
             f"{data!r} has none; pass --irm_envs clusters, files or random")
 
