@@ -19,7 +19,9 @@ from torch import nn
 from methods.base import Context, Fitted, Method
 from methods.registry import register
 from methods.retrain_only import recipe_data, retrain_fitted
+from models import build_model
 from models.factory import checkpoint_content
+from models.masking import select_layers
 from training.erm import TrainConfig
 from training.prune import PruneConfig, learn_masks
 from training.selection import Selector
@@ -73,6 +75,10 @@ class PruSC(Method):
     config = PruneConfig
     selection = ("sparsest mask within --prune_tolerance of the best, then the best retraining epoch, both by {score} "
                  "on the selection samples")
+
+    def check_inputs(self, ctx: Context) -> None:
+        """``--prune_layers`` must name layers the backbone has, before the reference model trains."""
+        select_layers(build_model(ctx.args.arch, ctx.train.input_shape, ctx.train.n_classes), ctx.args.prune_layers)
 
     def selector(self, requested: Selector) -> Selector:
         return requested

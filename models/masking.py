@@ -169,6 +169,9 @@ def select_layers(model: nn.Module, which: str) -> list[tuple[str, nn.Module]]:
         return layers
     if which == "head":
         return [(n, m) for n, m in layers if m is model.head]
+    if which.isdigit() and int(which) > len(layers):
+        raise UserError(f"--prune_layers {which}: the model has {len(layers)} maskable layers (Conv2d/Linear); "
+                        f"use all, or a number up to {len(layers)}")
     if which.isdigit() and int(which) >= 1:
         return layers[-int(which):]
     raise UserError(f"--prune_layers {which!r} is not understood; use all, head, or a number N (the last N layers)")

@@ -104,6 +104,14 @@ def test_a_wrong_clusters_file_is_refused_before_the_reference_trains_and_the_fi
     assert run_cli(*argv, "--clusters", tmp_path / "good.csv")[0] == 0  # the failed start left nothing to mix
 
 
+@pytest.mark.parametrize("value, needle", [("50", "the model has 3 maskable layers (Conv2d/Linear); use all, or a "
+                                                   "number up to 3"), ("last", "is not understood")])
+def test_prune_layers_the_backbone_lacks_are_refused_before_the_reference_trains(tmp_path, run_cli, value, needle):
+    rc, out, err = run_cli("--mode", "all", "--methods", "erm,prusc", *FAST, "--prune_layers", value,
+                           "--out_dir", tmp_path)
+    assert rc == 2 and needle in err and err.count("\n") == 1 and "ERM epoch" not in out, err
+
+
 def test_negative_lambda_is_refused(tmp_path):
     with pytest.raises(SystemExit) as exc:
         run.main(["--mode", "prune", "--lambda_sparse", "-1", "--out_dir", str(tmp_path)])
