@@ -8,11 +8,16 @@ else a split of 80/10/10 seeded by ``--data_seed``.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 
 from data.config import DataConfig
-from data.images import (ImageFileDataset, image_splits, locate_metadata, parse_class_ids,
+from data.images import (ImageFileDataset, csv_lines, image_splits, locate_metadata, parse_class_ids,
                          read_table, split_codes, table_columns)
+from data.registry import SPLITS
 from utils.errors import UserError
 
 DEFAULT_COLUMNS = {"image_col": "image", "label_col": "label", "attr_col": None}
@@ -33,5 +38,25 @@ def build(data: DataConfig) -> dict[str, ImageFileDataset]:
         a = parse_class_ids(table[columns["attr_col"]], metadata, columns["attr_col"], "--attr_col")
         n_attrs = int(a.max()) + 1
     codes = split_codes(table, metadata, data.split_col, data.data_seed)
+    check_repeated_images(filenames, codes, metadata)
     return image_splits(image_dir, filenames, y, a, codes, n_classes=int(y.max()) + 1, n_attrs=n_attrs, data=data,
                         metadata=metadata)
+
+
+def check_repeated_images(filenames: list[str], codes: np.ndarray, metadata: Path) -> None:
+    """An image listed in two splits would be trained on and scored on: refused. One listed twice in a
+    split counts twice, which may be meant (oversampling): said in a note."""
+    table = pd.DataFrame({"image": filenames, "split": codes})
+    repeated = table[table["image"].duplicated(keep=False)]
+    if repeated.empty:
+        return
+    for image, rows in repeated.groupby("image", sort=False):
+        if rows["split"].nunique() > 1:
+            splits = " and ".join(f"{SPLITS[int(code)]} ({csv_lines(part.index)})"
+                                  for code, part in rows.groupby("split"))
+            raise UserError(f"{metadata}: image {image!r} is listed in {splits}; an image in two splits is "
+                            "trained on and scored on, so keep one of its rows")
+    first = repeated["image"].iloc[0]
+    print(f"note: {metadata} lists {repeated['image'].nunique()} image(s) more than once within a split (first: "
+          f"{first!r}, {csv_lines(repeated.index[repeated['image'] == first])}); each row counts as a sample",
+          file=sys.stderr)

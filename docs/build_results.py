@@ -456,8 +456,8 @@ def mask_alone(records: list[dict]) -> str:
     if not records:
         return ""
     tests = [r["test"] for r in records]
-    return ", ".join([span([100 * t["changed"] for t in tests], "%"),
-                      span([100 * (t["masked_worst_group_acc"] - t["dense_worst_group_acc"]) for t in tests], sign=True),
+    moved = [100 * (t["masked_worst_group_acc"] - t["dense_worst_group_acc"]) for t in tests]
+    return ", ".join([span([100 * t["changed"] for t in tests], "%"), span(moved, sign=True),
                       span([100 * r["removed_weight_share"]["all"] for r in records], "%")])
 
 
@@ -496,7 +496,7 @@ def pretrained_curve() -> list[str]:
                      and Path(r["run"]).name.removeprefix("seed") in worst]
             low, high = float(row["d_worst_lo"]), float(row["d_worst_hi"])
             delta = f"{float(row['d_worst_mean']):+.1f}" + ("" if math.isnan(low) else f" [{low:+.1f}, {high:+.1f}]")
-            name = f"{label}: {point[0]}, {row['lambda_sparse']}" + (" (comparison)" if point == COMPARISON_POINT else "")
+            name = f"{label}: {point[0]}, {row['lambda_sparse']}" + (" (comparison)" * (point == COMPARISON_POINT))
             rows.append([name, ", ".join(worst), " / ".join(fixed(float(v)) for v in worst.values()), delta,
                          f"{fixed(float(row['density_mean']))}%", mask_alone(masks)])
     return table(["method: pruning epochs, `--lambda_sparse`", "seeds", "test worst-group by seed",

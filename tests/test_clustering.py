@@ -214,7 +214,8 @@ def test_existing_clusters_file_is_reported(run_cli, train_set, tmp_path):
     rc, _, err = cluster_cli(run_cli, "--clusters", tmp_path / "one.csv", "--out_dir", tmp_path / "out")
     assert rc == 2 and "already holds cluster_summary.json, a finished result" in err, err
     rc, _, _ = cluster_cli(run_cli, "--clusters", tmp_path / "one.csv", "--out_dir", tmp_path / "out", "--overwrite")
-    assert rc == 0 and json.loads((tmp_path / "out" / "cluster_summary.json").read_text())["clusters"].endswith("one.csv")
+    summary = json.loads((tmp_path / "out" / "cluster_summary.json").read_text())
+    assert rc == 0 and summary["clusters"].endswith("one.csv")
 
 
 def test_num_clusters_below_two_is_refused_on_one_line(erm_checkpoint, tmp_path, capsys):

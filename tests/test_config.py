@@ -60,7 +60,8 @@ def test_values_go_through_the_flags_types(tmp_path):
     ("augment = 1\n", "augment = 1: --augment is a switch; write true or false"),
     ("overwrite = true\n", "'overwrite' is accepted on the command line only"),
     ("epochs = \n", "not valid TOML"),
-    ("epochs = {a = 1}\n", "table [epochs] holds 'a', which is no flag, and epochs is itself a flag; to set it, write epochs = <value>"),
+    ("epochs = {a = 1}\n", "table [epochs] holds 'a', which is no flag, and epochs is itself a flag; to set it, "
+                          "write epochs = <value>"),
 ])
 def test_a_bad_file_is_one_line_naming_the_key(run_cli, tmp_path, text, says):
     config = write(tmp_path / "bad.toml", text)

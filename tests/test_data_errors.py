@@ -130,7 +130,8 @@ def empty_waterbirds_place(tmp: Path) -> tuple[list, list]:
 def unexpected_celeba_value(tmp: Path) -> tuple[list, list]:
     write_celeba(tmp, "kaggle")
     set_cell(tmp / "list_attr_celeba.csv", 1, "Blond_Hair", 0)
-    return ["--data", "celebA", "--train_root_dir", tmp], ["column 'Blond_Hair'", "'0' on row '", ".jpg'", "['-1', '1']"]
+    return (["--data", "celebA", "--train_root_dir", tmp],
+            ["column 'Blond_Hair'", "'0' on row '", ".jpg'", "['-1', '1']"])
 
 
 def non_integer_csv_label(tmp: Path) -> tuple[list, list]:
@@ -138,6 +139,16 @@ def non_integer_csv_label(tmp: Path) -> tuple[list, list]:
     set_cell(tmp / "labels.csv", 3, "target", "cat")
     return (["--data", "csv", "--metadata", tmp / "labels.csv", "--image_col", "path", "--label_col", "target"],
             ["column 'target'", "'cat'", "class ids", "--label_col"])
+
+
+def image_in_two_splits(tmp: Path) -> tuple[list, list]:
+    write_custom_csv(tmp)
+    table = pd.read_csv(tmp / "labels.csv")
+    other = int((table["fold"] != table.loc[0, "fold"]).idxmax())
+    set_cell(tmp / "labels.csv", other, "path", table.loc[0, "path"])
+    return (["--data", "csv", "--metadata", tmp / "labels.csv", "--image_col", "path", "--label_col", "target",
+             "--split_col", "fold"], [f"image {table.loc[0, 'path']!r} is listed in", "line 2", f"line {other + 2}",
+                                      "keep one of its rows"])
 
 
 def unexpected_split_value(tmp: Path) -> tuple[list, list]:
@@ -172,8 +183,9 @@ CASES = [missing_root, no_root_flag, missing_isic_metadata, missing_csv_metadata
          csv_without_metadata_flag,
          missing_waterbirds_metadata, missing_celeba_partition, missing_label_column, missing_default_isic_column,
          missing_split_column, missing_waterbirds_column, unknown_target, unknown_confounder, absent_image,
-         absent_celeba_image, absent_isic_image, unexpected_isic_label, unexpected_waterbirds_label, empty_waterbirds_place,
-         unexpected_celeba_value, non_integer_csv_label, unexpected_split_value, truncated_celeba_txt, empty_split,
+         absent_celeba_image, absent_isic_image, unexpected_isic_label, unexpected_waterbirds_label,
+         empty_waterbirds_place, unexpected_celeba_value, non_integer_csv_label, image_in_two_splits,
+         unexpected_split_value, truncated_celeba_txt, empty_split,
          corrupt_image]
 
 

@@ -123,6 +123,17 @@ def test_custom_csv_with_attribute_and_numeric_splits(run_cli, tmp_path):
     assert train.filenames == [s.filename for s in samples if s.split == "train"]
 
 
+def test_an_image_listed_twice_in_one_split_counts_twice_with_a_note(tmp_path, capsys):
+    samples = write_custom_csv(tmp_path)
+    table = pd.read_csv(tmp_path / "labels.csv")
+    pd.concat([table, table.iloc[[0]]]).to_csv(tmp_path / "labels.csv", index=False)
+    split = splits_of("--data", "csv", "--metadata", tmp_path / "labels.csv", "--image_col", "path",
+                      "--label_col", "target", "--split_col", "fold")[samples[0].split]
+    assert split.filenames.count(samples[0].filename) == 2
+    assert f"lists 1 image(s) more than once within a split (first: '{samples[0].filename}', lines 2, " \
+           f"{len(table) + 2}); each row counts as a sample" in capsys.readouterr().err
+
+
 def test_custom_csv_without_attribute_groups_by_class(run_cli, tmp_path):
     samples = write_custom_csv(tmp_path / "meta", n_classes=2)
     images = tmp_path / "meta"
