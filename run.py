@@ -175,7 +175,7 @@ def run(argv: list[str] | None = None, prog: str = "run.py") -> None:
         args.out_dir = run_on_main(lambda: args.out_dir)  # the time-stamped default differs between ranks
         check_inputs(args)
         main_print(runtime_from_args(args).describe(), flush=True)
-        kind = cluster_fit.run_kind(args) if args.mode == "cluster" else RESULTS_RUN
+        kind = cluster_fit.run_kind(args.clusters) if args.mode == "cluster" else RESULTS_RUN
         inputs = run_inputs(args)
         with fail_together("while opening --out_dir"):  # rank 0 holds the folder's lock and writes
             folder = (open_run(args.out_dir, plain_args(args), args.overwrite, kind, inputs, tool="run.py")

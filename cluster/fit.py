@@ -41,10 +41,10 @@ RUN_KIND = RunKind(finished=CLUSTERS_NAME, args_name=CLUSTER_ARGS_NAME, replace_
 CHECK_KIND = RunKind(finished=f"{SUMMARY_NAME}.json", args_name=CLUSTER_ARGS_NAME, replace_folder=False)
 
 
-def run_kind(args: argparse.Namespace) -> RunKind:
+def run_kind(clusters: str | None) -> RunKind:
     """A clustering run is finished by its clusters.csv; a check of a given ``--clusters`` file writes none,
     so its summary marks it finished."""
-    return CHECK_KIND if args.clusters else RUN_KIND
+    return CHECK_KIND if clusters else RUN_KIND
 
 
 at_least_two = int_at_least(2)  # k-means with one cluster says nothing
