@@ -146,10 +146,14 @@ def check_output_folder(out_dir: str | Path) -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file, not a directory; pass a directory path")
-    written = {INDICES_NAME, SUMMARY_NAME}
-    foreign = [p for p in sorted(out.iterdir()) if not is_orphan(p) and not (
-        p.is_dir() and p.name in ROLES and all(q.name in written or is_orphan(q) for q in p.iterdir()))
-    ] if out.is_dir() else []
+    if not out.is_dir():
+        return
+
+    def written_here(path: Path) -> bool:  # a role folder holding only this tool's files, or a temporary one
+        return is_orphan(path) or (path.is_dir() and path.name in ROLES and all(
+            q.name in (INDICES_NAME, SUMMARY_NAME) or is_orphan(q) for q in path.iterdir()))
+
+    foreign = [p for p in sorted(out.iterdir()) if not written_here(p)]
     if foreign:
         raise UserError(f"--output_dir {out} holds {foreign[0]}, which environments.py did not write; nothing was "
                         "changed; environments go into a folder of their own: choose a new or empty --output_dir")

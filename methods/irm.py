@@ -145,11 +145,12 @@ def accuracy_on(model: nn.Module, dataset: SpuriousDataset, runtime: Runtime | t
     return float((preds == dataset.y).double().mean())
 
 
-def env_kind(irm_envs: str | None, folders_given: bool) -> str:
+def env_kind(ctx: Context) -> str:
     """``--irm_envs``; not given: ``files`` when environment folders are, else ``clusters``."""
-    if irm_envs is not None:
-        return irm_envs
-    return "files" if folders_given else "clusters"
+    args = ctx.args
+    if args.irm_envs is not None:
+        return args.irm_envs
+    return "files" if args.minority_env or args.balance_env else "clusters"
 
 
 def file_environments(minority_env: str | None, balance_env: str | None,
@@ -258,15 +259,14 @@ class IRM(Method):
 
     def check_inputs(self, ctx: Context) -> None:
         args = ctx.args
-        kind = env_kind(args.irm_envs, bool(args.minority_env or args.balance_env))
+        kind = env_kind(ctx)
         if kind == "true" and true_environments(ctx.train) is None:
             raise UserError(no_true_environments(args.data))  # a flag mistake, not a data set IRM cannot use
         if uses_folders(args.minority_env, args.balance_env, kind):
             file_environments(args.minority_env, args.balance_env, ctx.train)
 
     def fit(self, ctx: Context) -> Fitted:
-        args = ctx.args
-        kind = env_kind(args.irm_envs, bool(args.minority_env or args.balance_env))
+        kind = env_kind(ctx)
         indices, summary = irm_environments(ctx, kind)
         roles = [role for role in ("minority", "balanced") if role in summary]
         for role in roles:

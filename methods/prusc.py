@@ -77,8 +77,11 @@ class PruSC(Method):
                  "on the selection samples")
 
     def check_inputs(self, ctx: Context) -> None:
-        """``--prune_layers`` must name layers the backbone has, before the reference model trains."""
-        select_layers(build_model(ctx.args.arch, ctx.train.input_shape, ctx.train.n_classes), ctx.args.prune_layers)
+        """``--prune_layers`` must name layers the backbone has, before the reference model trains (all and
+        head always do, so the default builds no model here)."""
+        if ctx.args.prune_layers not in ("all", "head"):
+            select_layers(build_model(ctx.args.arch, ctx.train.input_shape, ctx.train.n_classes),
+                          ctx.args.prune_layers)
 
     def selector(self, requested: Selector) -> Selector:
         return requested

@@ -40,7 +40,7 @@ def make_context(args: argparse.Namespace, allow_masked_reference: bool = False)
     seed_everything(args.seed)
     splits = build_splits(args)
     record_splits({name: len(split) for name, split in splits.items()})
-    if getattr(args, "clusters", None):
+    if args.clusters:
         load_clusters(args.clusters, splits["train"])  # a wrong file is refused before the reference model trains
     return Context(args, splits, device, out_dir, allow_masked_reference, resumable=True), clock
 
