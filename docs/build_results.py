@@ -445,7 +445,7 @@ def curve_point(run: str) -> tuple[int, float] | None:
 
 
 def span(values: list[float], unit: str = "", sign: bool = False) -> str:
-    """``lo–hi`` of ``values`` (one value when they agree to the shown decimal)."""
+    """``lo to hi`` of ``values`` (one value when they agree to the shown decimal)."""
     shown = [f"{v:+.1f}" if sign else fixed(v) for v in (min(values), max(values))]
     return f"{shown[0]}{unit}" if shown[0] == shown[1] else f"{shown[0]} to {shown[1]}{unit}"
 
